@@ -1,0 +1,147 @@
+"""The reward model that trains on cached embeddings: K linear BT heads and a router.
+
+Heads have no bias, so r_k(x, a_w) - r_k(x, a_l) = w_k . (e_w - e_l): every method trains on the
+difference vectors of the cache. The router maps a prompt (or context + prompt) embedding to mixture
+weights on the simplex. Weights are saved as safetensors beside a JSON config; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class Router(nn.Module):
+    """Prompt embedding -> K mixture logits. `mlp`: one hidden layer + ReLU (the paper); `linear`: as the
+    authors' released code."""
+
+    def __init__(self, hidden_size: int, k: int, kind: str = "mlp", width: int = 128):
+        super().__init__()
+        if kind == "mlp":
+            self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.ReLU(), nn.Linear(width, k))
+        elif kind == "linear":
+            self.net = nn.Sequential(nn.Linear(hidden_size, k))
+        else:
+            raise ValueError(f"router must be 'mlp' or 'linear', not {kind!r}")
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MixtureRewardModel(nn.Module):
+    """K linear heads (+ an optional frozen random prior per head) and a mixture-weight model.
+
+    weights: `router` (prompt-conditioned, MiCRo), `static` (one learned logit vector, MaxMin-style),
+    or `uniform` (fixed 1/K: single head and the shared-base ensemble).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        k: int,
+        *,
+        weights: str = "router",
+        router: str = "mlp",
+        router_hidden: int = 128,
+        prior_scale: float = 0.0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if weights not in ("router", "static", "uniform"):
+            raise ValueError(f"weights must be router|static|uniform, not {weights!r}")
+        gen = torch.Generator().manual_seed(seed)
+        self.hidden_size, self.k, self.weights_kind = hidden_size, k, weights
+        self.router_kind, self.router_hidden, self.prior_scale = router, router_hidden, prior_scale
+        bound = 1.0 / math.sqrt(hidden_size)
+        self.heads = nn.Parameter((torch.rand(k, hidden_size, generator=gen) * 2 - 1) * bound)
+        prior = torch.randn(k, hidden_size, generator=gen) * (prior_scale / math.sqrt(hidden_size))
+        self.register_buffer("prior", prior)
+        self.router = Router(hidden_size, k, router, router_hidden) if weights == "router" else None
+        self.static_logits = nn.Parameter(torch.zeros(k)) if weights == "static" else None
+
+    # -- scores -----------------------------------------------------------------------------------
+    def head_vectors(self) -> torch.Tensor:
+        """[K, d] effective reward directions (trainable head + frozen prior)."""
+        return self.heads + self.prior
+
+    def head_margins(self, diff: torch.Tensor) -> torch.Tensor:
+        """[n, K] reward margins r_k(chosen) - r_k(rejected) from difference vectors [n, d]."""
+        return diff @ self.head_vectors().T
+
+    def rewards(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[n, K] per-head rewards of response embeddings."""
+        return embeddings @ self.head_vectors().T
+
+    # -- mixture weights --------------------------------------------------------------------------
+    def router_logits(self, router_input: torch.Tensor) -> torch.Tensor:
+        n = router_input.shape[0]
+        if self.router is not None:
+            return self.router(router_input)
+        if self.static_logits is not None:
+            return self.static_logits.expand(n, -1)
+        return torch.zeros(n, self.k, device=router_input.device, dtype=router_input.dtype)
+
+    def log_weights(self, router_input: torch.Tensor) -> torch.Tensor:
+        """[n, K] log mixture weights."""
+        return torch.log_softmax(self.router_logits(router_input), dim=-1)
+
+    def mixture_log_prob(self, diff: torch.Tensor, router_input: torch.Tensor) -> torch.Tensor:
+        """[n] log P(chosen > rejected) = logsumexp_k (log f_k + log sigmoid(margin_k)); never underflows."""
+        return torch.logsumexp(self.log_weights(router_input) + nn.functional.logsigmoid(self.head_margins(diff)), dim=-1)
+
+    def routed_margin(self, diff: torch.Tensor, router_input: torch.Tensor) -> torch.Tensor:
+        """[n] the routed reward margin sum_k f_k(x) (r_k(w) - r_k(l)); its sign is the routed choice."""
+        return (self.log_weights(router_input).exp() * self.head_margins(diff)).sum(-1)
+
+    # -- persistence ------------------------------------------------------------------------------
+    def architecture(self) -> dict[str, Any]:
+        return {
+            "hidden_size": self.hidden_size,
+            "k": self.k,
+            "weights": self.weights_kind,
+            "router": self.router_kind,
+            "router_hidden": self.router_hidden,
+            "prior_scale": self.prior_scale,
+        }
+
+    @classmethod
+    def from_architecture(cls, arch: dict[str, Any]) -> "MixtureRewardModel":
+        return cls(
+            arch["hidden_size"],
+            arch["k"],
+            weights=arch["weights"],
+            router=arch["router"],
+            router_hidden=arch["router_hidden"],
+            prior_scale=arch.get("prior_scale", 0.0),
+        )
+
+
+def save_model(model: MixtureRewardModel, run_dir: str | Path, config: dict[str, Any]) -> None:
+    """Write model.safetensors and config.json (config must hold what rebuilds the model and what it was
+    trained on; the architecture is added under "architecture")."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(run_dir / "model.safetensors"))
+    (run_dir / "config.json").write_text(json.dumps({**config, "architecture": model.architecture()}, indent=2) + "\n")
+
+
+def load_model(run_dir: str | Path) -> tuple[MixtureRewardModel, dict[str, Any]]:
+    """Rebuild a model from a run directory (safetensors + JSON, no pickle)."""
+    run_dir = Path(run_dir)
+    cfg_path, weights_path = run_dir / "config.json", run_dir / "model.safetensors"
+    for p in (cfg_path, weights_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} not found: {run_dir} is not a finished `micro fit-mixture` run directory.")
+    config = json.loads(cfg_path.read_text())
+    model = MixtureRewardModel.from_architecture(config["architecture"])
+    model.load_state_dict(load_file(str(weights_path)))
+    model.eval()
+    return model, config
