@@ -218,7 +218,7 @@ def rewardbench_sections(path: str | None = None) -> pd.DataFrame:
 
 
 def demo(path: str | None = None) -> pd.DataFrame:
-    """Synthetic two-group demo data (micro.data.demo), for trying the pipeline in seconds."""
+    """Synthetic four-group demo data (micro.data.demo), for trying the pipeline in seconds."""
     try:
         from .demo import load_demo
     except ImportError as exc:
