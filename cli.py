@@ -93,9 +93,146 @@ def _print_data_summary(summary: dict) -> None:
 # ---- end data commands ----
 
 # ---- embed commands ----
+@app.command("embed")
+def embed(
+    source: str = typer.Argument(..., help="Recipe name (see `micro data recipes`), a .jsonl/.json/.parquet/.csv file or folder, or a hub dataset id."),
+    model: str = typer.Option("Ray2333/GRM-Llama3.2-3B-rewardmodel-ft", "--model", help="Backbone: hub id or local path of a decoder reward/causal model or a sentence-transformers encoder; `minilm` = the packaged all-MiniLM-L6-v2."),
+    out: str = typer.Option(..., "--out", help="The HDF5 cache to write (e.g. cache.h5)."),
+    max_length: int = typer.Option(None, "--max-length", help="Truncate sequences over this many tokens (prompt first, from its start). Default: the model's maximum (4096 for decoders)."),
+    batch_tokens: int = typer.Option(None, "--batch-tokens", help="Padded tokens per batch (rows x longest). Default 32768 on GPU, 8192 on CPU."),
+    dtype: str = typer.Option(None, "--dtype", help="Compute dtype: bf16, fp16 or fp32 (default bf16 on GPU, fp32 on CPU). The cache stores float16."),
+    device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu ... (default: cuda when available; under torchrun each rank takes its local GPU)."),
+    context_in_sequence: bool = typer.Option(False, "--context-in-sequence", help="Also embed (context + prompt, response) for pairs with a context."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub repository."),
+    path: str = typer.Option(None, "--path", help="Local files for a recipe or hub id (instead of downloading)."),
+    split: str = typer.Option(None, "--split", help="Keep only this split."),
+    prompt_key: str = typer.Option("prompt", "--prompt-key", help="Column holding the prompt."),
+    chosen_key: str = typer.Option("chosen", "--chosen-key", help="Column holding the preferred response."),
+    rejected_key: str = typer.Option("rejected", "--rejected-key", help="Column holding the other response."),
+    attribute_key: str = typer.Option("attribute", "--attribute-key", help="Column holding the attribute/group."),
+    context_key: str = typer.Option("context", "--context-key", help="Column holding the context text."),
+    split_key: str = typer.Option("split", "--split-key", help="Column holding the split name."),
+    limit: int = typer.Option(None, "--limit", help="At most this many pairs per split."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Embed every distinct (prompt, response), prompt and (context + prompt) of SOURCE once into an HDF5 cache.
+
+    Crash-safe and resumable: rerun the same command after a crash to finish; a finished cache is left
+    alone. Several GPUs: `torchrun --nproc_per_node=N -m micro.cli embed ...` (same flags).
+    """
+    import json
+    import os
+
+    from .data import PreferenceDataError, load_preferences, table_sha256
+    from .embedcache import CacheError, embed_table
+
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    try:
+        df = load_preferences(source, path=path, split=split, prompt_key=prompt_key, chosen_key=chosen_key,
+                              rejected_key=rejected_key, attribute_key=attribute_key, context_key=context_key,
+                              split_key=split_key, limit=limit)
+        report = embed_table(df, model=model, out=out, max_length=max_length, batch_tokens=batch_tokens,
+                             dtype=dtype, device=device, context_in_sequence=context_in_sequence,
+                             trust_remote_code=trust_remote_code, source_sha256=table_sha256(df),
+                             log=lambda msg: typer.echo(msg, err=True))
+    except (PreferenceDataError, CacheError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not rank0:
+        return
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    elif not report.noop:
+        _print_embed_report(report)
+
+
+def _print_embed_report(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report.out}: {report.n_pairs} pairs embedded with {report.model_id}", show_header=False)
+    rows = [
+        ("distinct sequences", f"{report.sequences:,} (from {report.pair_references:,} pair references, dedup x{report.dedup_factor})"),
+        ("distinct prompts", f"{report.prompts:,}"),
+        ("context prompts / context sequences", f"{report.context_prompts:,} / {report.context_sequences:,}"),
+        ("forward passes", f"{report.forward_sequences:,} in {report.batches:,} batches"
+         + (f" ({report.resumed_batches} resumed)" if report.resumed_batches else "")
+         + (f", {report.reused_from_cache:,} rows reused from the old cache" if report.reused_from_cache else "")),
+        ("tokens", f"{report.tokens:,} real, padding {100 * report.padding_fraction:.1f} %"),
+        ("truncated (max length %d)" % report.max_length,
+         f"{report.truncated_prompts} prompts, {report.truncated_responses} responses, {report.truncated_router_inputs} router inputs"),
+        ("speed", f"{report.sequences_per_s:,.1f} seq/s, {report.tokens_per_s:,.0f} tok/s"
+         + (f" over {report.world_size} ranks" if report.world_size > 1 else "")),
+        ("wall time", f"{report.seconds:.1f} s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(stderr=False).print(table)
 # ---- end embed commands ----
 
 # ---- stage-1 commands (fit-mixture, simulate) ----
+def _stage1_fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command("fit-mixture")
+def fit_mixture_cmd(
+    cache: str = typer.Argument(..., help="embedding cache (.h5) from `micro embed` or `micro simulate`"),
+    out: str = typer.Option(..., "--out", help="run directory to write (model.safetensors, config.json, metrics.json)"),
+    method: str = typer.Option("micro", help="micro | single | static | ensemble"),
+    k: int = typer.Option(10, help="number of heads"),
+    alpha: float = typer.Option(0.5, help="weight of the router regulariser (eq. 5)"),
+    router: str = typer.Option("mlp", help="mlp | linear"),
+    hidden: int = typer.Option(128, help="MLP router width"),
+    epochs: int = typer.Option(None, help="passes over the train pairs (default: MixtureConfig.epochs)"),
+    lr: float = typer.Option(2e-3, help="peak AdamW learning rate"),
+    batch_size: int = typer.Option(32, "--batch-size", help="pairs per step"),
+    seed: int = typer.Option(0, help="random seed"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    router_input: str = typer.Option("prompt", "--router-input", help="prompt | context"),
+    balance: str = typer.Option("example", help="example (eq. 4) | batch (batch-mean balance)"),
+    eval_split: str = typer.Option("test", "--eval-split", help="split to evaluate on"),
+) -> None:
+    """Stage 1: fit K BT heads + router on a cache and print per-head accuracy per attribute."""
+    from .embedcache.store import CacheError
+    from .heads import MixtureConfig, run_fit_mixture
+    from .heads.report import print_report
+
+    try:
+        fields = dict(method=method, k=k, alpha=alpha, router=router, hidden=hidden, lr=lr, batch_size=batch_size,
+                      seed=seed, device=device, router_input=router_input, balance=balance)
+        if epochs is not None:
+            fields["epochs"] = epochs
+        metrics = run_fit_mixture(cache, out, MixtureConfig(**fields), eval_split=eval_split)
+    except (CacheError, ValueError, FileNotFoundError) as exc:
+        _stage1_fail(str(exc))
+    print_report(metrics)
+
+
+@app.command("simulate")
+def simulate_cmd(
+    out: str = typer.Option(..., "--out", help="cache file to write (.h5)"),
+    groups: int = typer.Option(3, help="planted annotator groups"),
+    dim: int = typer.Option(64, help="embedding dimension"),
+    pairs: int = typer.Option(6000, help="labeled pairs in all"),
+    seed: int = typer.Option(0, help="random seed"),
+    regime: str = typer.Option("prompt", help="prompt (group hinted by the prompt) | shared (same pairs, every group)"),
+) -> None:
+    """Write a cache from a planted mixture of BT models (truth stored in the file) to test stage 1 on."""
+    from .heads.simulate import bayes_accuracy, simulate
+
+    try:
+        truth = simulate(out, groups=groups, dim=dim, pairs=pairs, seed=seed, regime=regime)
+    except ValueError as exc:
+        _stage1_fail(str(exc))
+    typer.echo(
+        f"wrote {out}: {len(truth.pair_group)} pairs, {groups} groups, dim {dim}, regime {regime}; "
+        f"Bayes accuracy with context {bayes_accuracy(truth, with_context=True):.3f}, "
+        f"prompt only {bayes_accuracy(truth, with_context=False):.3f}"
+    )
+
+
 # ---- end stage-1 commands ----
 
 # ---- stage-2 commands (adapt) ----

@@ -1,0 +1,110 @@
+"""`MixtureConfig`: every stage-1 default in one place. CLI flags override fields; nothing else has defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+METHODS = ("micro", "single", "static", "ensemble")
+
+
+@dataclass
+class MixtureConfig:
+    """How to fit stage 1 (paper section 4.1, appendix B.1) or one of its baselines on a cache."""
+
+    method: str = "micro"
+    """'micro': K heads + prompt router (eq. 3-5). 'single': one BT head (K forced to 1).
+    'static': K heads with input-independent learned weights (MaxMin-style static mixture).
+    'ensemble': K heads, each with a frozen random prior, trained on the uniform sum of per-head BT
+    losses (the shared-base ensemble of HyRe)."""
+
+    k: int = 10
+    """Number of heads K (the paper uses 10 on RPR/HelpSteer2; 'single' ignores it)."""
+
+    alpha: float = 0.5
+    """Weight of the router regulariser (eq. 5). 0 switches it off."""
+
+    router: str = "mlp"
+    """'mlp': one hidden layer + softmax (the paper); 'linear': as the authors' released code."""
+
+    hidden: int = 128
+    """Width of the MLP router's hidden layer (paper: 128)."""
+
+    epochs: int = 4
+    """Passes over the training pairs. At batch 32 that is ~2,900 AdamW steps on HelpSteer2 (23.5K pairs),
+    a full fit in ~8 s on 2 CPU cores (benchmarks/README.md); on a HelpSteer2-shaped simulated cache the
+    held-out accuracy after 4 epochs equals that after 8 (0.5825 vs 0.5824). Small caches need more
+    epochs for the same number of steps: recovering planted groups at d=64 took ~3,750 steps (tests)."""
+
+    lr: float = 2e-3
+    """Peak AdamW learning rate (paper B.1)."""
+
+    batch_size: int = 32
+    """Pairs per optimiser step (paper: 4 x 8 gradient-accumulation steps = effective 32)."""
+
+    warmup: float = 0.05
+    """Fraction of all steps spent in linear warm-up (paper B.1); then cosine decay to 0."""
+
+    weight_decay: float = 0.0
+    """Decoupled AdamW weight decay on heads and router. 0 (the paper's probes are unregularised), which
+    also makes 'single' plain maximum-likelihood logistic regression on the difference vectors."""
+
+    seed: int = 0
+    """Seeds head/router initialisation, the ensemble priors and the batch order: same seed, same model."""
+
+    device: str = "cpu"
+    """'cpu' or 'cuda'. The cached tensors are moved there once and trained in place."""
+
+    threads: int = 1
+    """CPU threads torch may use while fitting (restored afterwards). Batch-32 steps are too small to gain
+    from more; on a shared CPU extra threads mostly wait on each other (measured: 2 threads ran 2-8x slower
+    than 1 on the 2-core benchmark machine under load). 0 leaves torch's own setting."""
+
+    router_input: str = "prompt"
+    """What the router sees: 'prompt' (the paper's stage 1) or 'context' (context + prompt embedding)."""
+
+    balance: str = "example"
+    """Regulariser form. 'example': alpha * mean_i sum_k f_k(x_i) log f_k(x_i) (eq. 4, faithful; can pin
+    the router to uniform). 'batch': alpha * sum_k fbar_k log fbar_k with fbar the batch-mean weights
+    (keeps every head in use without flattening each example's weights)."""
+
+    prior_scale: float = 1.0
+    """Ensemble only: norm of each head's frozen random prior, in units of the typical head norm
+    that fits the data (the prior is rescaled by 1/rms(diff) so the setting is cache-independent)."""
+
+    prior_l2: float = 0.05
+    """Ensemble only: L2 penalty (lambda/2) * rms(diff)^2 * ||theta_k||^2 on each head's trainable part,
+    inside the loss as in randomized prior functions (rms(diff)^2 ||theta||^2 is the variance of theta's
+    margins, so the setting is cache-independent). It keeps every head near its own prior, hence
+    diverse; 0 collapses all heads onto the single-head solution (BT on frozen features is convex).
+    0.05 gave pairwise agreement ~0.86 with best-head accuracy equal to the single head's on the
+    simulated cache."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.router not in ("mlp", "linear"):
+            raise ValueError(f"router must be 'mlp' or 'linear', not {self.router!r}")
+        if self.router_input not in ("prompt", "context"):
+            raise ValueError(f"router_input must be 'prompt' or 'context', not {self.router_input!r}")
+        if self.balance not in ("example", "batch"):
+            raise ValueError(f"balance must be 'example' or 'batch', not {self.balance!r}")
+        for name in ("k", "epochs", "batch_size", "hidden"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a fraction of the steps in [0, 1), not {self.warmup!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, not {self.lr!r}")
+
+    @property
+    def num_heads(self) -> int:
+        return 1 if self.method == "single" else int(self.k)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MixtureConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

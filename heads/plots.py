@@ -1,0 +1,75 @@
+"""Figure 3 of the paper: router weights for a dozen test prompts (needs matplotlib)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import torch
+
+from ..embedcache.store import CacheSplit
+from .model import MixtureRewardModel
+from .train import router_table
+
+
+def sample_prompts(split: CacheSplit, n: int = 12) -> list[int]:
+    """Pair indices with distinct prompts, taken round-robin over attributes (deterministic)."""
+    by_attr = [torch.nonzero(split.attribute == a).flatten().tolist() for a in range(len(split.attributes))]
+    picked, seen, pos = [], set(), [0] * len(by_attr)
+    while len(picked) < n and any(p < len(rows) for p, rows in zip(pos, by_attr)):
+        for a, rows in enumerate(by_attr):
+            while pos[a] < len(rows):
+                i = rows[pos[a]]
+                pos[a] += 1
+                if int(split.prompt_index[i]) not in seen:
+                    seen.add(int(split.prompt_index[i]))
+                    picked.append(i)
+                    break
+            if len(picked) == n:
+                break
+    return picked
+
+
+def router_heatmap(
+    model: MixtureRewardModel,
+    split: CacheSplit,
+    out: str | os.PathLike,
+    router_input: str = "prompt",
+    *,
+    cache_path: str | os.PathLike | None = None,
+    n: int = 12,
+) -> Path | None:
+    """Write a heatmap (prompts x heads) of the router weights; None if there is nothing to route."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if model.router is None or len(split) == 0:
+        return None
+    rows = sample_prompts(split, n)
+    table, index = router_table(split, router_input)
+    with torch.no_grad():
+        weights = model.log_weights(table[index[rows]].float()).exp().numpy()
+    labels = [split.attributes[int(split.attribute[i])] for i in rows]
+    if cache_path is not None:
+        with h5py.File(cache_path, "r") as f:
+            text = f["prompts"]["text"]
+            labels = [f"{lab} | {_short(text.asstr()[int(split.prompt_index[i])])}" for lab, i in zip(labels, rows)]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * model.k + 3.5, 0.9 + 0.38 * len(rows)))
+    im = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=max(1e-6, float(weights.max())), aspect="auto")
+    ax.set_xticks(range(model.k), [f"head {k + 1}" for k in range(model.k)], rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.set_title(f"Stage-1 router weights ({router_input} input)")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _short(text: str, width: int = 40) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,309 @@
+"""`micro simulate`: a cache drawn from a planted mixture of BT models, with the truth stored beside it.
+
+Group g has a reward direction u_g (unit vector) and scores a pair by s_g = scale * u_g . (e_w - e_l).
+Regime 'prompt' (the paper's): each pair is labeled by ONE group z ~ p(g|x) = (1-floor) softmax(A x) + floor/G,
+so the prompt hints at the group, with overlap. Regime 'shared': the SAME (prompt, response, response)
+triples are labeled by every group, independently of the prompt (p(g|x) = 1/G): only the context tells
+the groups apart. In both, attribute = context = the labeling group, and the (context + prompt) router
+input is the prompt embedding plus the group's context vector. Labels are sampled from sigmoid(s_z).
+
+The truth lives in the HDF5 group "simulation" (readers of the cache ignore it): directions [G, d],
+mixing matrix A [G, d], context vectors [G, d], and per pair its group, p(g|x) [n, G] and the scores of
+every group for the stored orientation s_g(chosen - rejected) [n, G].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ..embedcache.store import CacheSplit, write_cache
+
+REGIMES = ("prompt", "shared")
+
+
+@dataclass
+class SimulationTruth:
+    """The planted model behind a simulated cache; per-pair arrays are indexed by the cache's pair row."""
+
+    regime: str
+    directions: np.ndarray  # [G, d] unit reward directions u_g
+    scale: float  # s_g = scale * u_g . diff
+    mixing: np.ndarray  # [G, d] A in p(g|x) = (1-floor) softmax(A x) + floor/G (zeros in 'shared')
+    weight_floor: float
+    context_vectors: np.ndarray  # [G, d] added to the prompt embedding for the (context + prompt) input
+    pair_group: np.ndarray  # [n_pairs] group that labeled each pair
+    pair_weights: np.ndarray  # [n_pairs, G] p(g | prompt of the pair)
+    pair_scores: np.ndarray  # [n_pairs, G] s_g(chosen, rejected) for the stored orientation
+    params: dict
+
+    @property
+    def groups(self) -> int:
+        return int(self.directions.shape[0])
+
+    @property
+    def group_names(self) -> list[str]:
+        return [f"group{g}" for g in range(self.groups)]
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def simulate(
+    out: str | os.PathLike,
+    *,
+    groups: int = 3,
+    dim: int = 64,
+    pairs: int = 6000,
+    seed: int = 0,
+    regime: str = "prompt",
+    test_fraction: float = 0.2,
+    scale: float = 3.2,
+    sharpness: float = 4.0,
+    weight_floor: float = 0.1,
+    context_scale: float = 1.0,
+    pairs_per_prompt: int = 2,
+) -> SimulationTruth:
+    """Write a simulated cache to `out` and return its truth.
+
+    scale: reward scale; 3.2 makes the true group's BT rule ~88 % accurate (Bayes with context).
+    sharpness: std of the router logits A x; larger = the prompt tells the group more surely.
+    weight_floor: mass spread uniformly over groups, so p(g|x) >= floor/G for every prompt (the
+    diversity constant rho of Assumption 3.1). context_scale: per-coordinate std of each group's context
+    vector (prompt embeddings have 1). pairs: labeled pairs in all ('shared':
+    pairs // groups distinct triples, each labeled by every group). Test pairs are whole held-out prompts.
+    """
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be 'prompt' or 'shared', not {regime!r}")
+    if groups < 1 or dim < 1 or pairs < 2 * groups:
+        raise ValueError("need groups >= 1, dim >= 1 and pairs >= 2 * groups")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), not {test_fraction!r}")
+    rng = np.random.default_rng(seed)
+    G, d = groups, dim
+    directions = rng.normal(size=(G, d))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    context_vectors = rng.normal(size=(G, d)) * context_scale
+
+    triples = pairs if regime == "prompt" else pairs // G
+    n_prompts = max(2, math.ceil(triples / pairs_per_prompt))
+    prompt_emb = rng.normal(size=(n_prompts, d))
+    triple_prompt = np.arange(triples) % n_prompts
+    rng.shuffle(triple_prompt)
+    response_emb = rng.normal(size=(2 * triples, d))
+    a, b = np.arange(0, 2 * triples, 2), np.arange(1, 2 * triples, 2)
+    scores_ab = scale * (response_emb[a] - response_emb[b]) @ directions.T  # [triples, G]
+
+    if regime == "prompt":
+        mixing = rng.normal(size=(G, d)) * (sharpness / math.sqrt(d))
+        prompt_weights = (1 - weight_floor) * _softmax(prompt_emb @ mixing.T) + weight_floor / G
+        # one labeling group per triple, drawn from p(g | x)
+        u = rng.random(triples)[:, None]
+        group = (u > np.cumsum(prompt_weights[triple_prompt], axis=1)).sum(1).clip(max=G - 1)
+        triple_of_pair = np.arange(triples)
+    else:
+        mixing = np.zeros((G, d))
+        prompt_weights = np.full((n_prompts, G), 1.0 / G)
+        group = np.tile(np.arange(G), triples)
+        triple_of_pair = np.repeat(np.arange(triples), G)
+    n = len(group)
+    s_ab = scores_ab[triple_of_pair]  # [n, G] scores for the (a, b) orientation
+    a_wins = rng.random(n) < _sigmoid(s_ab[np.arange(n), group])
+    chosen = np.where(a_wins, a[triple_of_pair], b[triple_of_pair])
+    rejected = np.where(a_wins, b[triple_of_pair], a[triple_of_pair])
+    pair_scores = np.where(a_wins[:, None], s_ab, -s_ab)
+    prompt = triple_prompt[triple_of_pair]
+
+    test_prompts = rng.permutation(n_prompts)[: max(1, int(round(test_fraction * n_prompts)))]
+    split = np.isin(prompt, test_prompts).astype(np.int64)
+    context_prompt_emb = (prompt_emb[:, None, :] + context_vectors[None, :, :]).reshape(-1, d)
+
+    names = [f"group{g}" for g in range(G)]
+    params = dict(
+        groups=G, dim=d, pairs=int(n), seed=seed, regime=regime, test_fraction=test_fraction, scale=scale,
+        sharpness=sharpness, weight_floor=weight_floor, context_scale=context_scale, pairs_per_prompt=pairs_per_prompt,
+    )
+    truth = SimulationTruth(
+        regime=regime,
+        directions=directions,
+        scale=float(scale),
+        mixing=mixing,
+        weight_floor=float(weight_floor if regime == "prompt" else 1.0),
+        context_vectors=context_vectors,
+        pair_group=group.astype(np.int64),
+        pair_weights=prompt_weights[prompt],
+        pair_scores=pair_scores,
+        params=params,
+    )
+    write_cache(
+        out,
+        meta={
+            "model_id": "simulate",
+            "model_revision": f"seed{seed}",
+            "pooling": "planted",
+            "max_length": 0,
+            "template": f"simulate-{regime}",
+            "source_sha256": "",
+            "simulation": json.dumps(params),
+        },
+        sequences={
+            "embedding": response_emb,
+            "prompt": np.repeat(triple_prompt, 2),
+            "text": [f"response {i}" for i in range(2 * triples)],
+        },
+        prompts={"embedding": prompt_emb, "text": [f"prompt {p}" for p in range(n_prompts)]},
+        pairs={
+            "chosen": chosen,
+            "rejected": rejected,
+            "prompt": prompt,
+            "context_prompt": prompt * G + group,
+            "attribute": group,
+            "context": group,
+            "split": split,
+        },
+        attributes=names,
+        splits=["train", "test"],
+        contexts=[f"{name}: judge responses the way annotator group {g} does" for g, name in enumerate(names)],
+        context_prompts={
+            "embedding": context_prompt_emb,
+            "prompt": np.repeat(np.arange(n_prompts), G),
+            "context": np.tile(np.arange(G), n_prompts),
+        },
+        extra_groups={
+            "simulation": {
+                "directions": directions,
+                "mixing": mixing,
+                "context_vectors": context_vectors,
+                "pair_group": truth.pair_group,
+                "pair_weights": truth.pair_weights,
+                "pair_scores": pair_scores,
+                "params": [json.dumps({**params, "weight_floor_effective": truth.weight_floor})],
+            }
+        },
+    )
+    return truth
+
+
+def load_truth(path: str | os.PathLike) -> SimulationTruth:
+    """The planted model of a cache written by `simulate`."""
+    with h5py.File(Path(path), "r") as f:
+        if "simulation" not in f:
+            raise ValueError(f"{path} was not written by `micro simulate` (no 'simulation' group)")
+        g = f["simulation"]
+        params = json.loads(g["params"].asstr()[0])
+        return SimulationTruth(
+            regime=params["regime"],
+            directions=g["directions"][()],
+            scale=float(params["scale"]),
+            mixing=g["mixing"][()],
+            weight_floor=float(params["weight_floor_effective"]),
+            context_vectors=g["context_vectors"][()],
+            pair_group=g["pair_group"][()],
+            pair_weights=g["pair_weights"][()],
+            pair_scores=g["pair_scores"][()],
+            params=params,
+        )
+
+
+def _rows(truth: SimulationTruth, split: CacheSplit | None) -> np.ndarray:
+    if split is None:
+        return np.arange(len(truth.pair_group))
+    if split.pair_rows is None:
+        raise ValueError("this split has no pair_rows; load it with load_split to compare with the truth")
+    return np.asarray(split.pair_rows)
+
+
+def _mixture_prob(truth: SimulationTruth, rows: np.ndarray) -> np.ndarray:
+    """P(chosen > rejected | prompt) under the true mixture (the group unknown)."""
+    return (truth.pair_weights[rows] * _sigmoid(truth.pair_scores[rows])).sum(1)
+
+
+def _group_prob(truth: SimulationTruth, rows: np.ndarray) -> np.ndarray:
+    """P(chosen > rejected | prompt, true group)."""
+    return _sigmoid(truth.pair_scores[rows, truth.pair_group[rows]])
+
+
+def bayes_accuracy(truth: SimulationTruth, split: CacheSplit | None = None, with_context: bool = False, *, realised: bool = False) -> float:
+    """Accuracy of the Bayes-optimal rule on the split's pairs.
+
+    with_context: the true group is known (the true group's BT rule); else only the prompt (the rule
+    follows the true mixture probability sum_g p(g|x) sigma(s_g)). realised=False gives the expected
+    accuracy mean max(p, 1-p); realised=True scores the rule on the labels actually drawn (same label
+    noise as a model evaluated on the split, so differences are less noisy).
+    """
+    rows = _rows(truth, split)
+    p = _group_prob(truth, rows) if with_context else _mixture_prob(truth, rows)
+    if realised:
+        return float((p > 0.5).mean())
+    return float(np.maximum(p, 1 - p).mean())
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+
+
+def bayes_loss(truth: SimulationTruth, split: CacheSplit | None = None, with_context: bool = False) -> float:
+    """Expected cross-entropy (nats) of the Bayes predictor: with the group known, or from the prompt only."""
+    rows = _rows(truth, split)
+    if with_context:
+        return float((truth.pair_weights[rows] * _entropy(_sigmoid(truth.pair_scores[rows]))).sum(1).mean())
+    return float(_entropy(_mixture_prob(truth, rows)).mean())
+
+
+def theorem_bound(truth: SimulationTruth, split: CacheSplit | None = None) -> dict:
+    """Theorem 3.2 for the planted parameters on the split's pairs (cross-entropy in nats).
+
+    With sigma_k = sigmoid(s_k) and gamma_k(x) = p(k|x) >= rho, the proof (Pinsker, KL >= 2 (p-q)^2) gives
+    for ANY predictor that does not see the group:
+        L_CE >= H + 2 rho K E_x,pair Var_k[sigma_k],   H = E sum_k gamma_k h(sigma_k)
+    (Var_k over the K groups with equal weight; h the binary entropy). `gap` = 2 rho K E Var_k; H is the
+    loss of the oracle that knows the group. `tight_bound` replaces rho K Var_k by the gamma-weighted variance.
+    Note: the bound holds for a prompt-routed mixture too (it never sees the group); what separates the
+    mixture from one BT head is that it can reach the prompt-only Bayes loss (`bayes_loss_prompt`).
+    """
+    rows = _rows(truth, split)
+    sig = _sigmoid(truth.pair_scores[rows])
+    w = truth.pair_weights[rows]
+    K = truth.groups
+    rho = float(w.min())
+    var_uniform = float(sig.var(axis=1).mean())
+    mean_w = (w * sig).sum(1, keepdims=True)
+    var_weighted = float((w * (sig - mean_w) ** 2).sum(1).mean())
+    H = float((w * _entropy(sig)).sum(1).mean())
+    return {
+        "rho": rho,
+        "K": K,
+        "variance": var_uniform,
+        "entropy": H,
+        "gap": 2 * rho * K * var_uniform,
+        "bound": H + 2 * rho * K * var_uniform,
+        "tight_bound": H + 2 * var_weighted,
+        "bayes_loss_prompt": float(_entropy(mean_w[:, 0]).mean()),
+    }
+
+
+def match_heads(truth: SimulationTruth, head_vectors: torch.Tensor | np.ndarray) -> dict:
+    """Match heads to planted groups (Hungarian on cosine); returns {"head": [G], "cosine": [G]}."""
+    from scipy.optimize import linear_sum_assignment
+
+    heads = np.asarray(head_vectors.detach().cpu() if isinstance(head_vectors, torch.Tensor) else head_vectors, dtype=np.float64)
+    heads = heads / np.linalg.norm(heads, axis=1, keepdims=True).clip(min=1e-12)
+    cos = truth.directions @ heads.T  # [G, K]
+    g_idx, k_idx = linear_sum_assignment(-cos)
+    order = np.argsort(g_idx)
+    return {"head": k_idx[order].tolist(), "cosine": cos[g_idx[order], k_idx[order]].tolist()}
