@@ -1,6 +1,7 @@
 """The embedding cache: run the frozen backbone once, then read its tensors for training.
 
-`load_split(path, split)` is what later stages use; `write_cache` is the one writer of the format.
+`load_split(path, split)` is what later stages use; `write_cache` is the one writer of the format;
+`embed_table(table, model=..., out=...)` builds a cache from a preference table (what `micro embed` runs).
 """
 
 from .store import (
@@ -14,8 +15,19 @@ from .store import (
     read_meta,
     write_cache,
 )
+from .backbone import DEFAULT_MODEL, Backbone, load_backbone
+from .plan import Plan, build_plan, make_batches
+from .runner import EmbedReport, embed_table
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "Backbone",
+    "EmbedReport",
+    "Plan",
+    "build_plan",
+    "embed_table",
+    "load_backbone",
+    "make_batches",
     "FORMAT_VERSION",
     "IDENTITY_FIELDS",
     "CacheError",
