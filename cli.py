@@ -99,7 +99,7 @@ def embed(
     model: str = typer.Option("Ray2333/GRM-Llama3.2-3B-rewardmodel-ft", "--model", help="Backbone: hub id or local path of a decoder reward/causal model or a sentence-transformers encoder; `minilm` = the packaged all-MiniLM-L6-v2."),
     out: str = typer.Option(..., "--out", help="The HDF5 cache to write (e.g. cache.h5)."),
     max_length: int = typer.Option(None, "--max-length", help="Truncate sequences over this many tokens (prompt first, from its start). Default: the model's maximum (4096 for decoders)."),
-    batch_tokens: int = typer.Option(None, "--batch-tokens", help="Padded tokens per batch (rows x longest). Default 32768 on GPU, 8192 on CPU."),
+    batch_tokens: int = typer.Option(None, "--batch-tokens", help="Padded tokens per batch (rows x longest). Default 32768 on GPU, 4096 on CPU."),
     dtype: str = typer.Option(None, "--dtype", help="Compute dtype: bf16, fp16 or fp32 (default bf16 on GPU, fp32 on CPU). The cache stores float16."),
     device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu ... (default: cuda when available; under torchrun each rank takes its local GPU)."),
     context_in_sequence: bool = typer.Option(False, "--context-in-sequence", help="Also embed (context + prompt, response) for pairs with a context."),
@@ -236,6 +236,65 @@ def simulate_cmd(
 # ---- end stage-1 commands ----
 
 # ---- stage-2 commands (adapt) ----
+@app.command("adapt")
+def adapt_cmd(
+    cache: str = typer.Argument(..., help="embedding cache (.h5) with contexts: budget pairs are drawn from its train split"),
+    run_dir: str = typer.Argument(..., help="stage-1 `micro fit-mixture --method micro` run directory"),
+    out: str = typer.Option(..., "--out", help="output directory (results.json/csv, table.md, budget_curve.png, routers/)"),
+    budget: int = typer.Option(None, "--budget", help="labelled context pairs per attribute (default 50)"),
+    budgets: str = typer.Option(None, "--budgets", help="comma-separated budgets for a sweep, e.g. 10,25,50,100,150"),
+    seeds: int = typer.Option(5, "--seeds", help="independent repetitions (mean ± std)"),
+    seed: int = typer.Option(0, "--seed", help="first seed"),
+    tau: float = typer.Option(1e-3, "--tau", help="Hedge temperature of eq. 6 (paper: 1e-3 HelpSteer2, 1e-4 RPR)"),
+    epochs: int = typer.Option(10, "--epochs", help="router epochs (soft labels recomputed each epoch)"),
+    batch_size: int = typer.Option(32, "--batch-size", help="pairs per router step"),
+    lr: float = typer.Option(None, "--lr", help="router AdamW learning rate (default: AdaptConfig.lr)"),
+    hyre_shots: int = typer.Option(16, "--hyre-shots", help="labelled test pairs per attribute for HyRe / MiCRo-HyRe"),
+    hyre_variant: str = typer.Option("posterior", "--hyre-variant", help="posterior | best"),
+    eval_cache: str = typer.Option(None, "--eval-cache", help="evaluate on this cache's test split (same backbone)"),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="skip the stage-1 baseline fits (single, static, ensemble, hyre)"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    as_json: bool = typer.Option(False, "--json", help="print results.json's summary as JSON instead of the table"),
+) -> None:
+    """Stage 2: adapt the stage-1 router to user contexts (Hedge soft labels, paper eq. 6 / Algorithm 1)
+    over budgets x seeds, and score it beside the baselines on the same test pairs."""
+    import json
+
+    from .embedcache.store import CacheError
+    from .router import AdaptConfig, run_adapt
+    from .router.report import table_rows
+
+    try:
+        if budget is not None and budgets is not None:
+            raise ValueError("give --budget or --budgets, not both")
+        values = [int(b) for b in budgets.split(",") if b.strip()] if budgets else [budget if budget is not None else 50]
+        fields = dict(budgets=values, seeds=seeds, seed=seed, tau=tau, epochs=epochs, batch_size=batch_size,
+                      hyre_shots=hyre_shots, hyre_variant=hyre_variant, eval_cache=eval_cache,
+                      baselines=not no_baselines, device=device)
+        if lr is not None:
+            fields["lr"] = lr
+        results = run_adapt(cache, run_dir, out, AdaptConfig(**fields), log=lambda msg: typer.echo(msg, err=True))
+    except (CacheError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({"summary": results["summary"], "files": results["files"]}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Stage-2 accuracy on {results['eval_cache']} (mean ± std over {seeds} seeds)")
+    table.add_column("Method")
+    for name in results["attributes"] + ["Average"]:
+        table.add_column(name, justify="right")
+    for label, cells in table_rows(results):
+        table.add_row(label, *cells)
+    console = Console()
+    console.print(table)
+    for note in results["notes"]:
+        console.print(f"note: {note}", style="yellow", markup=False)
+    for name, path in results["files"].items():
+        console.print(f"{name}: {path}", markup=False)
 # ---- end stage-2 commands ----
 
 # ---- demo command ----

@@ -1,0 +1,121 @@
+"""Score new pairs for a user context with an adapted model, straight from embeddings.
+
+    prm = load_adapted("runs/micro", "out/routers/b50_s0.safetensors")
+    margins = prm.score(chosen_emb, rejected_emb, context_prompt_emb)   # > 0: chosen preferred
+    rewards = prm.rewards(response_emb, context_prompt_emb)
+
+`context_prompt_emb` is the backbone's router-input embedding of (context + prompt), as in the cache's
+/context_prompts; response embeddings are the cache's /sequences rows (same backbone). With
+`attribute=...` (and a router saved by `micro adapt` with micro-refine heads) the attribute's refined
+head is added: margin = s * routed + delta . d.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..heads.model import MixtureRewardModel, Router, load_model
+
+
+class PersonalizedRewardModel(nn.Module):
+    """Frozen stage-1 heads + an adapted router (+ optionally one refined head for a single context)."""
+
+    def __init__(self, heads_model: MixtureRewardModel, router: Router, *, delta: torch.Tensor | None = None, scale: float = 1.0):
+        super().__init__()
+        self.heads_model = heads_model.eval()
+        self.router = router.eval()
+        self.register_buffer("delta", None if delta is None else delta.detach().float().reshape(-1))
+        self.scale = float(scale)
+
+    @torch.no_grad()
+    def weights(self, context_prompt_emb: torch.Tensor) -> torch.Tensor:
+        """[n, K] mixture weights f(x, c) on the stage-1 heads."""
+        return torch.softmax(self.router(context_prompt_emb.float()), dim=-1)
+
+    @torch.no_grad()
+    def margins(self, diff: torch.Tensor, context_prompt_emb: torch.Tensor) -> torch.Tensor:
+        """[n] personalised reward margins from difference vectors (chosen - rejected embeddings)."""
+        diff = diff.float()
+        routed = (self.weights(context_prompt_emb) * self.heads_model.head_margins(diff)).sum(-1)
+        if self.delta is None:
+            return routed
+        return self.scale * routed + diff @ self.delta
+
+    def score(self, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor, context_prompt_emb: torch.Tensor) -> torch.Tensor:
+        """[n] r(chosen) - r(rejected) for the user context; > 0 means chosen is preferred."""
+        return self.margins(chosen_emb.float() - rejected_emb.float(), context_prompt_emb)
+
+    @torch.no_grad()
+    def rewards(self, response_emb: torch.Tensor, context_prompt_emb: torch.Tensor) -> torch.Tensor:
+        """[n] personalised reward of each response (only differences between responses are meaningful)."""
+        emb = response_emb.float()
+        routed = (self.weights(context_prompt_emb) * self.heads_model.rewards(emb)).sum(-1)
+        if self.delta is None:
+            return routed
+        return self.scale * routed + emb @ self.delta
+
+
+def router_paths(path: str | Path) -> tuple[Path, Path, Path]:
+    """(weights, config, refine weights) of a saved router, from any of them or their common stem."""
+    path = Path(path)
+    name = path.name
+    for suffix in (".refine.safetensors", ".safetensors", ".json"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    stem = path.with_name(name)
+    return stem.with_name(name + ".safetensors"), stem.with_name(name + ".json"), stem.with_name(name + ".refine.safetensors")
+
+
+def save_router(path: str | Path, router: Router, info: dict[str, Any], refine: dict[str, Any] | None = None) -> Path:
+    """Write router weights (safetensors) + a JSON config; `refine` = {"delta" [A, d], "scale" [A],
+    "attributes": [...]} adds the micro-refine heads beside them."""
+    weights, config, refine_path = router_paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}, str(weights))
+    linears = [m for m in router.net if isinstance(m, nn.Linear)]
+    arch = {"kind": router.kind, "hidden_size": linears[0].in_features, "k": linears[-1].out_features,
+            "width": linears[0].out_features if len(linears) > 1 else None}
+    meta = {**info, "architecture": arch}
+    if refine is not None:
+        save_file({"delta": refine["delta"].detach().float().contiguous(), "scale": refine["scale"].detach().float().contiguous()}, str(refine_path))
+        meta["refine_attributes"] = list(refine["attributes"])
+    config.write_text(json.dumps(meta, indent=2) + "\n")
+    return weights
+
+
+def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
+    """A saved adapted router and its JSON config."""
+    weights, config, _ = router_paths(path)
+    for p in (weights, config):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} not found: not a router saved by `micro adapt`.")
+    meta = json.loads(config.read_text())
+    arch = meta["architecture"]
+    router = Router(arch["hidden_size"], arch["k"], arch["kind"], arch["width"] or 128)
+    router.load_state_dict(load_file(str(weights)))
+    return router.eval(), meta
+
+
+def load_adapted(run_dir: str | Path, router_path: str | Path, *, attribute: str | None = None) -> PersonalizedRewardModel:
+    """Stage-1 heads of `run_dir` + the adapted router at `router_path`; with `attribute`, that
+    attribute's micro-refine head too (refused if the router was saved without one for it)."""
+    heads_model, _ = load_model(run_dir)
+    router, meta = load_router(router_path)
+    if router.net[-1].out_features != heads_model.k:
+        raise ValueError(f"router has {router.net[-1].out_features} outputs but {run_dir} has {heads_model.k} heads")
+    if attribute is None:
+        return PersonalizedRewardModel(heads_model, router)
+    names = meta.get("refine_attributes") or []
+    _, _, refine_path = router_paths(router_path)
+    if attribute not in names or not refine_path.exists():
+        raise ValueError(f"no micro-refine head for attribute {attribute!r} beside {router_path} (has: {names})")
+    tensors = load_file(str(refine_path))
+    i = names.index(attribute)
+    return PersonalizedRewardModel(heads_model, router, delta=tensors["delta"][i], scale=float(tensors["scale"][i]))

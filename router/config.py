@@ -1,0 +1,117 @@
+"""`AdaptConfig`: every stage-2 default in one place. CLI flags override fields; nothing else has defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+HYRE_VARIANTS = ("posterior", "best")
+
+
+@dataclass
+class AdaptConfig:
+    """How to adapt a stage-1 MiCRo router to user contexts (paper section 4.2, Algorithm 1, appendix B.1)
+    and which baselines to score beside it."""
+
+    budgets: list[int] = field(default_factory=lambda: [50])
+    """Labelled (context + prompt, chosen, rejected) pairs per attribute given to stage 2 (paper: 50;
+    Figure 4 sweeps 10..150). Budgets of one seed are nested: the first 10 pairs of B=25 are B=10's."""
+
+    seeds: int = 5
+    """Independent repetitions (budget draw, batch order, HyRe shots); tables report mean ± std over them."""
+
+    seed: int = 0
+    """First seed; repetitions use seed, seed + 1, ... ."""
+
+    tau: float = 1e-3
+    """Hedge temperature of eq. 6 (paper: 1e-3 HelpSteer2 and cross-dataset, 1e-4 RPR). Its scale is
+    that of the per-head BT losses: tau << |L_ik - L_ij| makes each soft label one-hot on the pair's
+    best head, tau >> makes it the router's current prediction (no update)."""
+
+    epochs: int = 10
+    """Router epochs over the budget pairs; soft labels are recomputed once at the start of each (B.1)."""
+
+    batch_size: int = 32
+    """Pairs per router step (B.1)."""
+
+    lr: float = 2e-3
+    """AdamW learning rate of the router (stage 1's rate, B.1; the paper gives none for stage 2). The soft
+    labels are per pair and the router also sees the prompt, so a fast router memorises each pair's
+    label through the prompt part of its input instead of averaging over the context: on simulated
+    data (planted heads, tau 1, B = 50/group) test accuracy was 0.862 at 1e-3 and 2e-3, 0.77 at 1e-2
+    and unstable at 1e-1; 3e-4 underfits (0.75). Steps grow with the budget (10 epochs x A*B/32)."""
+
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay on the router (0: the router stays a copy of stage 1 plus updates)."""
+
+    hyre_shots: int = 16
+    """Labelled TEST pairs per attribute for HyRe / MiCRo-HyRe (paper: 16). They are removed from that
+    attribute's test pairs for every method, so all methods are scored on the same pairs."""
+
+    hyre_variant: str = "posterior"
+    """'posterior': weights ∝ exp(-sum of each head's BT loss on the shots), the Bayesian posterior
+    over heads under a uniform prior (HyRe, Lee et al. 2024). 'best': all weight on the head with the
+    most shots right (ties: lower BT loss)."""
+
+    refine_grid: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 1000.0)
+    """Candidate prior precisions for budget-bt and micro-refine, in units of 1/mean||d||^2 (so
+    lambda = c / prior margin variance and the grid is embedding-scale free). Each attribute's c is
+    chosen by 3-fold cross-validated BT loss on its budget pairs, so the budget decides how far a head
+    moves from its prior."""
+
+    refine_scale_precision: float = 1.0
+    """micro-refine scales its routed prior by a fitted s ~ N(1, 1/this): a wrong prior can shrink to 0."""
+
+    oracle_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+    """Candidate precisions (same units) for the oracle head, chosen on a 20 % hold-out of ALL the
+    attribute's training pairs, then refitted on all of them."""
+
+    baselines: bool = True
+    """Score the stage-1 baselines that need their own stage-1 fits (single, static, ensemble-best,
+    hyre); False skips those fits. micro, micro-refine, budget-bt, oracle, stage1-best and micro-hyre
+    are always scored."""
+
+    eval_cache: str | None = None
+    """Evaluate on another cache's test split (same backbone; the Table 4 setting). None: the adapt cache."""
+
+    save_routers: bool = True
+    """Write each adapted router (and micro-refine heads) under OUT/routers/."""
+
+    plot: bool = True
+    """Draw budget_curve.png (needs matplotlib; skipped with a note when missing)."""
+
+    device: str = "cpu"
+    """'cpu' or 'cuda'."""
+
+    def __post_init__(self) -> None:
+        self.budgets = [int(b) for b in self.budgets]
+        if not self.budgets or min(self.budgets) < 1:
+            raise ValueError(f"budgets must be positive integers, not {self.budgets!r}")
+        if len(set(self.budgets)) != len(self.budgets):
+            raise ValueError(f"budgets must be distinct, not {self.budgets!r}")
+        self.budgets = sorted(self.budgets)
+        for name in ("seeds", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
+        if self.hyre_shots < 0:
+            raise ValueError(f"hyre_shots must be >= 0, not {self.hyre_shots!r}")
+        if not self.tau >= 0:
+            raise ValueError(f"tau must be >= 0, not {self.tau!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, not {self.lr!r}")
+        if self.hyre_variant not in HYRE_VARIANTS:
+            raise ValueError(f"hyre_variant must be one of {HYRE_VARIANTS}, not {self.hyre_variant!r}")
+        self.refine_grid = tuple(float(c) for c in self.refine_grid)
+        self.oracle_grid = tuple(float(c) for c in self.oracle_grid)
+
+    @property
+    def seed_values(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AdaptConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,127 @@
+"""Human-readable outputs of a stage-2 sweep: tidy CSV, Markdown table (paper Tables 3/9), budget curve (Figure 4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LABELS = {
+    "single": "Single Reward",
+    "static": "Static Mixture",
+    "ensemble-best": "Shared-Base Best Head",
+    "stage1-best": "MiCRo best head (oracle selection)",
+    "hyre": "HyRe",
+    "micro-hyre": "MiCRo-HyRe",
+    "oracle": "Oracle BT (all train pairs)",
+    "micro": "MiCRo",
+    "micro-refine": "MiCRo-refine",
+    "budget-bt": "Budget BT",
+}
+FIXED_ORDER = ("single", "static", "ensemble-best", "hyre", "micro-hyre")
+BUDGET_ORDER = ("budget-bt", "micro", "micro-refine")
+UPPER_ORDER = ("stage1-best", "oracle")
+
+
+def table_rows(results: dict) -> list[tuple[str, list[str]]]:
+    """(row label, cells) in the paper's layout: budget-free baselines, then per budget budget-bt /
+    MiCRo / MiCRo-refine, then the oracle lines; cells "mean ± std" over seeds."""
+    summary = results["summary"]
+    attrs = results["attributes"] + ["Average"]
+    budgets = sorted(summary, key=int)
+    rows = []
+
+    def cells(entry: dict) -> list[str]:
+        return [f"{entry[a]['mean']:.4f} ± {entry[a]['std']:.4f}" if a in entry else "-" for a in attrs]
+
+    first = summary[budgets[0]]
+    for m in FIXED_ORDER:
+        if m in first:
+            rows.append((LABELS[m], cells(first[m])))
+    for b in budgets:
+        for m in BUDGET_ORDER:
+            if m in summary[b]:
+                rows.append((f"{LABELS[m]} (B = {b})", cells(summary[b][m])))
+    for m in UPPER_ORDER:
+        if m in first:
+            rows.append((LABELS[m], cells(first[m])))
+    return rows
+
+
+def markdown_table(results: dict) -> str:
+    attrs = results["attributes"] + ["Average"]
+    lines = ["| Method | " + " | ".join(attrs) + " |", "|---|" + "---|" * len(attrs)]
+    for label, row in table_rows(results):
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    seeds = results["config"]["seeds"]
+    shots = results["config"]["hyre_shots"]
+    foot = (
+        f"\nAccuracy on the test pairs of `{results['eval_cache']}` (mean ± sample std over {seeds} seeds; "
+        f"each seed removes its {shots} HyRe shots per attribute from every method's test pairs). "
+        "Average: unweighted mean over attributes per seed. Budget B = labelled context pairs per attribute. "
+        "`MiCRo best head` and `Oracle BT` are upper lines: the first picks heads on the test pairs, the second "
+        "trains on all of an attribute's training pairs."
+    )
+    notes = "".join(f"\n- {n}" for n in results.get("notes", []))
+    return "\n".join(lines) + "\n" + foot + ("\n\nNotes:" + notes if notes else "") + "\n"
+
+
+def write_csv(results: dict, path: Path) -> None:
+    import pandas as pd
+
+    cols = ["budget", "seed", "attribute", "method", "accuracy", "pairs"]
+    pd.DataFrame(results["records"], columns=cols).to_csv(path, index=False)
+
+
+def plot_budget_curve(results: dict, path: Path) -> bool:
+    """Average accuracy vs budget with ± std bands (Figure 4 style); False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    summary = results["summary"]
+    budgets = sorted(summary, key=int)
+    xs = [int(b) for b in budgets]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, color in (("micro", "C0"), ("micro-refine", "C1"), ("budget-bt", "C2")):
+        pts = [(x, summary[b][m]["Average"]) for x, b in zip(xs, budgets) if m in summary[b] and "Average" in summary[b][m]]
+        if not pts:
+            continue
+        x = [p[0] for p in pts]
+        mean = [p[1]["mean"] for p in pts]
+        std = [p[1]["std"] for p in pts]
+        ax.plot(x, mean, "o-", color=color, label=LABELS[m])
+        ax.fill_between(x, [a - s for a, s in zip(mean, std)], [a + s for a, s in zip(mean, std)], color=color, alpha=0.2)
+    for m, color, style in (("single", "k", "--"), ("oracle", "k", ":"), ("stage1-best", "C3", ":")):
+        entry = summary[budgets[0]].get(m, {}).get("Average")
+        if entry:
+            ax.axhline(entry["mean"], color=color, linestyle=style, label=LABELS[m])
+    ax.set_xlabel("labelled context pairs per attribute (budget B)")
+    ax.set_ylabel("average test accuracy")
+    ax.set_title("Stage-2 adaptation vs budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_outputs(results: dict, out: Path, *, plot: bool = True) -> dict:
+    """results.json, results.csv, table.md (+ budget_curve.png); returns {name: path}."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"results.json": out / "results.json", "results.csv": out / "results.csv", "table.md": out / "table.md"}
+    write_csv(results, files["results.csv"])
+    files["table.md"].write_text(markdown_table(results))
+    if plot:
+        if plot_budget_curve(results, out / "budget_curve.png"):
+            files["budget_curve.png"] = out / "budget_curve.png"
+        else:
+            results.setdefault("notes", []).append("matplotlib not installed: budget_curve.png not drawn.")
+    if (out / "routers").is_dir():
+        files["routers"] = out / "routers"
+    listing = {k: str(v) for k, v in files.items()}
+    files["results.json"].write_text(json.dumps({**results, "files": listing}, indent=1) + "\n")
+    return listing
