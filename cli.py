@@ -180,31 +180,34 @@ def _stage1_fail(message: str) -> None:
 def fit_mixture_cmd(
     cache: str = typer.Argument(..., help="embedding cache (.h5) from `micro embed` or `micro simulate`"),
     out: str = typer.Option(..., "--out", help="run directory to write (model.safetensors, config.json, metrics.json)"),
-    method: str = typer.Option("micro", help="micro | single | static | ensemble"),
-    k: int = typer.Option(10, help="number of heads"),
-    alpha: float = typer.Option(0.5, help="weight of the router regulariser (eq. 5)"),
-    router: str = typer.Option("mlp", help="mlp | linear"),
-    hidden: int = typer.Option(128, help="MLP router width"),
-    epochs: int = typer.Option(None, help="passes over the train pairs (default: MixtureConfig.epochs)"),
-    lr: float = typer.Option(2e-3, help="peak AdamW learning rate"),
-    batch_size: int = typer.Option(32, "--batch-size", help="pairs per step"),
-    seed: int = typer.Option(0, help="random seed"),
-    device: str = typer.Option("cpu", help="cpu | cuda"),
-    router_input: str = typer.Option("prompt", "--router-input", help="prompt | context"),
-    balance: str = typer.Option("example", help="example (eq. 4) | batch (batch-mean balance)"),
+    method: str = typer.Option(None, help="micro | single | static | ensemble  [default: micro]"),
+    k: int = typer.Option(None, help="number of heads  [default: 10]"),
+    alpha: float = typer.Option(None, help="weight of the router regulariser (eq. 5)  [default: 0.5]"),
+    router: str = typer.Option(None, help="mlp | linear  [default: mlp]"),
+    hidden: int = typer.Option(None, help="MLP router width  [default: 128]"),
+    epochs: int = typer.Option(None, help="passes over the train pairs  [default: 4]"),
+    lr: float = typer.Option(None, help="peak AdamW learning rate  [default: 2e-3]"),
+    batch_size: int = typer.Option(None, "--batch-size", help="pairs per step  [default: 32]"),
+    seed: int = typer.Option(None, help="random seed  [default: 0]"),
+    device: str = typer.Option(None, help="cpu | cuda  [default: cpu]"),
+    router_input: str = typer.Option(None, "--router-input", help="auto | prompt | context  [default: auto = context when every pair has one]"),
+    balance: str = typer.Option(None, help="batch (batch-mean balance) | example (eq. 4)  [default: batch]"),
+    paper: bool = typer.Option(False, "--paper", help="the paper's exact stage 1: --router-input prompt --balance example"),
     eval_split: str = typer.Option("test", "--eval-split", help="split to evaluate on"),
 ) -> None:
-    """Stage 1: fit K BT heads + router on a cache and print per-head accuracy per attribute."""
+    """Stage 1: fit K BT heads + router on a cache and print per-head accuracy per attribute.
+
+    Defaults live in micro.heads.MixtureConfig; flags given here override them."""
     from .embedcache.store import CacheError
     from .heads import MixtureConfig, run_fit_mixture
     from .heads.report import print_report
 
+    given = dict(method=method, k=k, alpha=alpha, router=router, hidden=hidden, epochs=epochs, lr=lr,
+                 batch_size=batch_size, seed=seed, device=device, router_input=router_input, balance=balance)
+    overrides = {name: value for name, value in given.items() if value is not None}
     try:
-        fields = dict(method=method, k=k, alpha=alpha, router=router, hidden=hidden, lr=lr, batch_size=batch_size,
-                      seed=seed, device=device, router_input=router_input, balance=balance)
-        if epochs is not None:
-            fields["epochs"] = epochs
-        metrics = run_fit_mixture(cache, out, MixtureConfig(**fields), eval_split=eval_split)
+        config = MixtureConfig.paper(**overrides) if paper else MixtureConfig(**overrides)
+        metrics = run_fit_mixture(cache, out, config, eval_split=eval_split)
     except (CacheError, ValueError, FileNotFoundError) as exc:
         _stage1_fail(str(exc))
     print_report(metrics)
@@ -243,17 +246,18 @@ def adapt_cmd(
     out: str = typer.Option(..., "--out", help="output directory (results.json/csv, table.md, budget_curve.png, routers/)"),
     budget: int = typer.Option(None, "--budget", help="labelled context pairs per attribute (default 50)"),
     budgets: str = typer.Option(None, "--budgets", help="comma-separated budgets for a sweep, e.g. 10,25,50,100,150"),
-    seeds: int = typer.Option(5, "--seeds", help="independent repetitions (mean ± std)"),
-    seed: int = typer.Option(0, "--seed", help="first seed"),
-    tau: float = typer.Option(1e-3, "--tau", help="Hedge temperature of eq. 6 (paper: 1e-3 HelpSteer2, 1e-4 RPR)"),
-    epochs: int = typer.Option(10, "--epochs", help="router epochs (soft labels recomputed each epoch)"),
-    batch_size: int = typer.Option(32, "--batch-size", help="pairs per router step"),
-    lr: float = typer.Option(None, "--lr", help="router AdamW learning rate (default: AdaptConfig.lr)"),
-    hyre_shots: int = typer.Option(16, "--hyre-shots", help="labelled test pairs per attribute for HyRe / MiCRo-HyRe"),
-    hyre_variant: str = typer.Option("posterior", "--hyre-variant", help="posterior | best"),
+    seeds: int = typer.Option(None, "--seeds", help="independent repetitions (mean ± std)  [default: 5]"),
+    seed: int = typer.Option(None, "--seed", help="first seed  [default: 0]"),
+    tau: float = typer.Option(None, "--tau", help="Hedge temperature of eq. 6  [default: 1.0; --paper: 1e-3]"),
+    epochs: int = typer.Option(None, "--epochs", help="router epochs (soft labels recomputed each epoch)  [default: 10]"),
+    batch_size: int = typer.Option(None, "--batch-size", help="pairs per router step  [default: 32]"),
+    lr: float = typer.Option(None, "--lr", help="router AdamW learning rate  [default: 2e-3]"),
+    hyre_shots: int = typer.Option(None, "--hyre-shots", help="labelled test pairs per attribute for HyRe / MiCRo-HyRe  [default: 16]"),
+    hyre_variant: str = typer.Option(None, "--hyre-variant", help="posterior | best  [default: posterior]"),
     eval_cache: str = typer.Option(None, "--eval-cache", help="evaluate on this cache's test split (same backbone)"),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="skip the stage-1 baseline fits (single, static, ensemble, hyre)"),
-    device: str = typer.Option("cpu", help="cpu | cuda"),
+    device: str = typer.Option(None, help="cpu | cuda  [default: cpu]"),
+    paper: bool = typer.Option(False, "--paper", help="the paper's stage 2: --tau 1e-3"),
     as_json: bool = typer.Option(False, "--json", help="print results.json's summary as JSON instead of the table"),
 ) -> None:
     """Stage 2: adapt the stage-1 router to user contexts (Hedge soft labels, paper eq. 6 / Algorithm 1)
@@ -267,13 +271,13 @@ def adapt_cmd(
     try:
         if budget is not None and budgets is not None:
             raise ValueError("give --budget or --budgets, not both")
-        values = [int(b) for b in budgets.split(",") if b.strip()] if budgets else [budget if budget is not None else 50]
-        fields = dict(budgets=values, seeds=seeds, seed=seed, tau=tau, epochs=epochs, batch_size=batch_size,
-                      hyre_shots=hyre_shots, hyre_variant=hyre_variant, eval_cache=eval_cache,
-                      baselines=not no_baselines, device=device)
-        if lr is not None:
-            fields["lr"] = lr
-        results = run_adapt(cache, run_dir, out, AdaptConfig(**fields), log=lambda msg: typer.echo(msg, err=True))
+        values = [int(b) for b in budgets.split(",") if b.strip()] if budgets else ([budget] if budget is not None else None)
+        given = dict(budgets=values, seeds=seeds, seed=seed, tau=tau, epochs=epochs, batch_size=batch_size, lr=lr,
+                     hyre_shots=hyre_shots, hyre_variant=hyre_variant, eval_cache=eval_cache, device=device)
+        overrides = {name: value for name, value in given.items() if value is not None}
+        overrides["baselines"] = not no_baselines
+        config = AdaptConfig.paper(**overrides) if paper else AdaptConfig(**overrides)
+        results = run_adapt(cache, run_dir, out, config, log=lambda msg: typer.echo(msg, err=True))
     except (CacheError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -283,7 +287,7 @@ def adapt_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Stage-2 accuracy on {results['eval_cache']} (mean ± std over {seeds} seeds)")
+    table = Table(title=f"Stage-2 accuracy on {results['eval_cache']} (mean ± std over {config.seeds} seeds)")
     table.add_column("Method")
     for name in results["attributes"] + ["Average"]:
         table.add_column(name, justify="right")

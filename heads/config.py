@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 METHODS = ("micro", "single", "static", "ensemble")
@@ -60,13 +60,17 @@ class MixtureConfig:
     from more; on a shared CPU extra threads mostly wait on each other (measured: 2 threads ran 2-8x slower
     than 1 on the 2-core benchmark machine under load). 0 leaves torch's own setting."""
 
-    router_input: str = "prompt"
-    """What the router sees: 'prompt' (the paper's stage 1) or 'context' (context + prompt embedding)."""
+    router_input: str = "auto"
+    """What the router sees: 'prompt' (the paper's stage 1), 'context' (context + prompt embedding), or
+    'auto' (default): 'context' when every training pair carries a context, else 'prompt'. When groups
+    share prompts, only a router that sees the context can tell them apart (DESIGN.md,
+    "Identifiability"); benchmarks/README.md, "Beyond the paper", has the evidence."""
 
-    balance: str = "example"
-    """Regulariser form. 'example': alpha * mean_i sum_k f_k(x_i) log f_k(x_i) (eq. 4, faithful; can pin
-    the router to uniform). 'batch': alpha * sum_k fbar_k log fbar_k with fbar the batch-mean weights
-    (keeps every head in use without flattening each example's weights)."""
+    balance: str = "batch"
+    """Regulariser form. 'batch' (default): alpha * sum_k fbar_k log fbar_k with fbar the batch-mean
+    weights (keeps every head in use without flattening each example's weights). 'example': eq. 4 as
+    written, alpha * mean_i sum_k f_k(x_i) log f_k(x_i); at alpha 0.5 it pins the router to uniform
+    weights on every cache measured (see benchmarks/README.md)."""
 
     prior_scale: float = 1.0
     """Ensemble only: norm of each head's frozen random prior, in units of the typical head norm
@@ -85,8 +89,8 @@ class MixtureConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.router not in ("mlp", "linear"):
             raise ValueError(f"router must be 'mlp' or 'linear', not {self.router!r}")
-        if self.router_input not in ("prompt", "context"):
-            raise ValueError(f"router_input must be 'prompt' or 'context', not {self.router_input!r}")
+        if self.router_input not in ("auto", "prompt", "context"):
+            raise ValueError(f"router_input must be 'auto', 'prompt' or 'context', not {self.router_input!r}")
         if self.balance not in ("example", "batch"):
             raise ValueError(f"balance must be 'example' or 'batch', not {self.balance!r}")
         for name in ("k", "epochs", "batch_size", "hidden"):
@@ -103,6 +107,19 @@ class MixtureConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "MixtureConfig":
+        """The paper's exact stage 1 (section 4.1, B.1): the router reads the prompt only and the
+        regulariser is eq. 4's per-example entropy. Other fields keep their defaults unless overridden."""
+        return cls(**{"router_input": "prompt", "balance": "example", **overrides})
+
+    def resolved(self, train: "Any") -> "MixtureConfig":
+        """This config with router_input 'auto' decided for a training split (a CacheSplit)."""
+        if self.router_input != "auto":
+            return self
+        has_context = train.context_embedding is not None and bool((train.context_index >= 0).all())
+        return replace(self, router_input="context" if has_context else "prompt")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MixtureConfig":

@@ -114,6 +114,7 @@ def run_fit_mixture(
     if len(train) == 0:
         raise CacheError(f"cache {cache_path} has no training pairs.")
 
+    config = config.resolved(train)
     start = time.perf_counter()
     model = fit_mixture(train, config, log=log)
     train_seconds = time.perf_counter() - start

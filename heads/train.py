@@ -67,7 +67,7 @@ def fit_mixture(
     `log`, if given, receives {"epoch", "loss", "seconds"} after each epoch. The returned model is on
     the CPU in eval mode; `model.train_history` holds the per-epoch mean losses.
     """
-    config = config or MixtureConfig()
+    config = (config or MixtureConfig()).resolved(train)
     threads = torch.get_num_threads()
     if config.threads and config.device == "cpu":
         torch.set_num_threads(config.threads)

@@ -23,10 +23,12 @@ class AdaptConfig:
     seed: int = 0
     """First seed; repetitions use seed, seed + 1, ... ."""
 
-    tau: float = 1e-3
-    """Hedge temperature of eq. 6 (paper: 1e-3 HelpSteer2 and cross-dataset, 1e-4 RPR). Its scale is
-    that of the per-head BT losses: tau << |L_ik - L_ij| makes each soft label one-hot on the pair's
-    best head, tau >> makes it the router's current prediction (no update)."""
+    tau: float = 1.0
+    """Hedge temperature of eq. 6. Its scale is that of the per-head BT losses: tau << |L_ik - L_ij|
+    makes each soft label one-hot on the pair's best head (the router then chases each pair's
+    largest-margin head and gets worse with more budget), tau >> keeps the router's current prediction.
+    Default 1.0 (benchmarks/README.md, "Beyond the paper", has the comparison); the paper's values are
+    1e-3 (HelpSteer2, cross-dataset) and 1e-4 (RPR): `AdaptConfig.paper()` / `micro adapt --paper`."""
 
     epochs: int = 10
     """Router epochs over the budget pairs; soft labels are recomputed once at the start of each (B.1)."""
@@ -103,6 +105,11 @@ class AdaptConfig:
             raise ValueError(f"hyre_variant must be one of {HYRE_VARIANTS}, not {self.hyre_variant!r}")
         self.refine_grid = tuple(float(c) for c in self.refine_grid)
         self.oracle_grid = tuple(float(c) for c in self.oracle_grid)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "AdaptConfig":
+        """The paper's stage 2 (appendix B.1): tau = 1e-3 (pass tau=1e-4 for RPR)."""
+        return cls(**{"tau": 1e-3, **overrides})
 
     @property
     def seed_values(self) -> list[int]:

@@ -1,0 +1,136 @@
+"""report.md (and report.html with the figures inline) from the demo's summary: one page a person reads."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+# Methods of the headline table, in reading order, with what each one is.
+HEADLINE = [
+    ("single", "Single BT head (one global preference)"),
+    ("static", "Static mixture (MaxMin-style, no routing)"),
+    ("ensemble-best", "Shared-base ensemble, best head per group"),
+    ("hyre", "HyRe: ensemble reweighted from 16 labelled test pairs"),
+    ("micro-hyre", "MiCRo heads reweighted from 16 labelled test pairs"),
+    ("budget-bt", "Fresh BT head per group on the budget pairs only"),
+    ("micro", "MiCRo: stage-2 router with the user context"),
+    ("micro-refine", "MiCRo + refined head per context"),
+    ("stage1-best", "MiCRo stage-1 best head per group (oracle choice)"),
+    ("oracle", "BT head per group on all its training pairs (upper line)"),
+]
+
+
+def _fmt(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    return f"{entry['mean']:.3f} ± {entry['std']:.3f}" if entry.get("seeds", 1) > 1 else f"{entry['mean']:.3f}"
+
+
+def headline_rows(summary: dict) -> tuple[list[str], list[list[str]], int]:
+    """The comparison table at the largest budget: rows = methods, columns = groups + Average."""
+    adapt = summary["adapt"]
+    budget = max(int(b) for b in adapt["summary"])
+    at = adapt["summary"][str(budget)]
+    header = ["method"] + list(adapt["attributes"]) + ["Average"]
+    rows = []
+    for method, label in HEADLINE:
+        if method in at:
+            rows.append([f"{label} (`{method}`)"] + [_fmt(at[method].get(a)) for a in header[1:]])
+    return header, rows, budget
+
+
+def stage1_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    attrs = list(next(iter(summary["stage1"].values()))["per_attribute"])
+    header = ["stage-1 method"] + attrs + ["Average", "routed (prompt only)", "router entropy", "head agreement"]
+    rows = []
+    for method, s in summary["stage1"].items():
+        per = s["per_attribute"]
+        ent, agr = s.get("router_entropy"), s.get("head_agreement")
+        rows.append(
+            [method]
+            + [f"{per[a]['best_accuracy']:.3f} (head {per[a]['best_head']})" for a in attrs]
+            + [f"{s['average']['best_accuracy']:.3f}", f"{s['average']['routed_accuracy']:.3f}",
+               "–" if ent is None else f"{ent:.3f}", "–" if agr is None else f"{agr:.3f}"]
+        )
+    return header, rows
+
+
+def budget_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    adapt = summary["adapt"]
+    methods = [m for m in ("micro", "micro-refine", "budget-bt") if m in adapt["methods"]]
+    header = ["budget per group"] + methods
+    rows = []
+    for b in sorted(adapt["summary"], key=int):
+        rows.append([b] + [_fmt(adapt["summary"][b].get(m, {}).get("Average")) for m in methods])
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.replace('`', ''))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(summary: dict, out: Path) -> dict[str, Path]:
+    """Write report.md always and report.html when there are figures to inline; returns the paths."""
+    out = Path(out)
+    embed, t = summary["embed"], summary["timings_s"]
+    h_header, h_rows, budget = headline_rows(summary)
+    sections = [
+        ("Personalized reward models on the demo data",
+         f"Test accuracy (fraction of test pairs where the group's preferred response scores higher), mean ± std over "
+         f"{summary['config']['seeds']} seeds, at a stage-2 budget of {budget} labelled pairs per group.",
+         (h_header, h_rows)),
+        ("Stage 1: best head per group", "Each head is scored on every group; the best head and its accuracy.",
+         stage1_rows(summary)),
+        ("Stage 2: accuracy vs budget (average over groups)", "", budget_rows(summary)),
+        ("Cache and timings", "",
+         (["what", "value"], [
+             ["pairs", str(embed["n_pairs"])],
+             ["distinct sequences embedded", f"{embed['sequences']} responses, {embed['prompts']} prompts, {embed['context_prompts']} context+prompts"],
+             ["dedup factor (pair references / distinct sequences)", f"{embed['dedup_factor']:.2f}"],
+             ["embed", "reused existing cache" if embed["noop"] else f"{t['embed']:.1f} s"],
+             ["fit-mixture (4 methods)", f"{t['fit-mixture']:.1f} s"],
+             ["adapt (all budgets and seeds)", f"{t['adapt']:.1f} s"],
+             ["total", f"{t['total']:.1f} s"],
+         ])),
+    ]
+    warnings = [f"{m}: {w}" for m, s in summary["stage1"].items() for w in s.get("warnings", [])]
+    figures = [
+        ("Figure: accuracy vs budget", out / "adapt" / "budget_curve.png"),
+        ("Figure: stage-1 router weights for sample prompts", out / "runs" / "micro" / "router_heatmap.png"),
+    ]
+    figures = [(c, p) for c, p in figures if p.exists()]
+
+    md = []
+    for title, text, (header, rows) in sections:
+        md += [f"## {title}", ""] + ([text, ""] if text else []) + [_md_table(header, rows), ""]
+    if warnings:
+        md += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    for caption, p in figures:
+        md += [f"![{caption}]({p.relative_to(out).as_posix()})", ""]
+    paths = {"markdown": out / "report.md"}
+    paths["markdown"].write_text("# micro demo report\n\n" + "\n".join(md))
+
+    if figures:
+        parts = ["<!doctype html><meta charset='utf-8'><title>micro demo report</title>",
+                 "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+                 "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}</style>",
+                 "<h1>micro demo report</h1>"]
+        for title, text, (header, rows) in sections:
+            parts += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(text)}</p>" if text else "", _html_table(header, rows)]
+        if warnings:
+            parts += ["<h2>Warnings</h2><ul>"] + [f"<li>{html.escape(w)}</li>" for w in warnings] + ["</ul>"]
+        for caption, p in figures:
+            data = base64.b64encode(p.read_bytes()).decode()
+            parts += [f"<h2>{html.escape(caption)}</h2>", f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{data}' style='max-width:100%'>"]
+        paths["html"] = out / "report.html"
+        paths["html"].write_text("\n".join(parts))
+    return paths
