@@ -35,7 +35,7 @@ class DemoConfig:
     """The demo has ~500 training pairs: 40 epochs at batch 32 are ~600 steps, the same order of steps as
     the default 4 epochs on HelpSteer2's 23.5K pairs."""
     paper: bool = False
-    """Use the paper's exact stage-1 configuration instead of micro's defaults."""
+    """Use the paper's exact stage-1 and stage-2 configuration instead of micro's defaults."""
 
 
 def run_demo(config: DemoConfig | None = None, *, log: Callable[[str], None] = print) -> dict:
@@ -52,8 +52,9 @@ def run_demo(config: DemoConfig | None = None, *, log: Callable[[str], None] = p
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    table = load_preferences("demo")
-    if config.n_prompts is not None or config.data_seed:
+    if config.n_prompts is None and not config.data_seed:
+        table = load_preferences("demo")
+    else:
         from ..data.demo import load_demo
 
         table = load_demo(n_prompts=config.n_prompts, seed=config.data_seed)
@@ -65,18 +66,15 @@ def run_demo(config: DemoConfig | None = None, *, log: Callable[[str], None] = p
     stage1 = {}
     t = time.perf_counter()
     for method in STAGE1_METHODS:
-        mcfg = MixtureConfig.paper(method=method) if config.paper else MixtureConfig(method=method)
-        mcfg.epochs = config.stage1_epochs
+        mcfg = (MixtureConfig.paper if config.paper else MixtureConfig)(method=method, epochs=config.stage1_epochs)
         log(f"[2/4] fit-mixture --method {method}")
         stage1[method] = run_fit_mixture(cache, out / "runs" / method, mcfg)
     timings["fit-mixture"] = time.perf_counter() - t
 
     t = time.perf_counter()
     log(f"[3/4] adapt budgets {config.budgets} x {config.seeds} seeds")
-    adapt = run_adapt(
-        cache, out / "runs" / "micro", out / "adapt",
-        AdaptConfig(budgets=list(config.budgets), seeds=config.seeds),
-    )
+    acfg = (AdaptConfig.paper if config.paper else AdaptConfig)(budgets=list(config.budgets), seeds=config.seeds)
+    adapt = run_adapt(cache, out / "runs" / "micro", out / "adapt", acfg)
     timings["adapt"] = time.perf_counter() - t
 
     log("[4/4] report")

@@ -27,8 +27,9 @@ def _fmt(entry: dict | None) -> str:
     return f"{entry['mean']:.3f} ± {entry['std']:.3f}" if entry.get("seeds", 1) > 1 else f"{entry['mean']:.3f}"
 
 
-def headline_rows(summary: dict) -> tuple[list[str], list[list[str]], int]:
-    """The comparison table at the largest budget: rows = methods, columns = groups + Average."""
+def headline_rows(summary: dict, *, short: bool = False) -> tuple[list[str], list[list[str]], int]:
+    """The comparison table at the largest budget: rows = methods, columns = groups + Average.
+    `short` names rows by method only (for a terminal)."""
     adapt = summary["adapt"]
     budget = max(int(b) for b in adapt["summary"])
     at = adapt["summary"][str(budget)]
@@ -36,13 +37,14 @@ def headline_rows(summary: dict) -> tuple[list[str], list[list[str]], int]:
     rows = []
     for method, label in HEADLINE:
         if method in at:
-            rows.append([f"{label} (`{method}`)"] + [_fmt(at[method].get(a)) for a in header[1:]])
+            name = method if short else f"{label} (`{method}`)"
+            rows.append([name] + [_fmt(at[method].get(a)) for a in header[1:]])
     return header, rows, budget
 
 
 def stage1_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     attrs = list(next(iter(summary["stage1"].values()))["per_attribute"])
-    header = ["stage-1 method"] + attrs + ["Average", "routed (prompt only)", "router entropy", "head agreement"]
+    header = ["stage-1 method"] + attrs + ["Average", "routed", "router entropy", "head agreement"]
     rows = []
     for method, s in summary["stage1"].items():
         per = s["per_attribute"]

