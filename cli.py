@@ -322,13 +322,17 @@ def demo_cmd(
                         budgets=[int(b) for b in budgets.split(",") if b.strip()])
     summary = run_demo(config, log=lambda msg: typer.echo(msg, err=True))
     header, rows, budget = headline_rows(summary, short=True)
-    table = Table(title=f"Demo: test accuracy per user group, {budget} labelled pairs per group (mean ± std, {seeds} seeds)")
+    console = Console()
+    width = 4 + max(len(r[0]) for r in rows) + sum(3 + max(len(h), 11) for h in header[1:])
+    if console.width < width:  # a narrow terminal: means only, so no cell is cut
+        rows = [[r[0]] + [c.split("±")[0] for c in r[1:]] for r in rows]
+    title = f"Demo: test accuracy per user group, {budget} labelled pairs per group, {seeds} seeds"
+    table = Table(title=title + (" (mean ± std)" if console.width >= width else " (mean; ± std in report.md)"))
     table.add_column(header[0], no_wrap=True, min_width=max(len(r[0]) for r in rows))
     for name in header[1:]:
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(*row)
-    console = Console()
     console.print(table)
     console.print("methods: " + "; ".join(f"{m}: {label}" for m, label in HEADLINE), markup=False)
     console.print(f"timings: {summary['timings_s']}", markup=False)

@@ -21,10 +21,10 @@ HEADLINE = [
 ]
 
 
-def _fmt(entry: dict | None) -> str:
+def _fmt(entry: dict | None, sep: str = " ± ") -> str:
     if not entry:
         return "–"
-    return f"{entry['mean']:.3f} ± {entry['std']:.3f}" if entry.get("seeds", 1) > 1 else f"{entry['mean']:.3f}"
+    return f"{entry['mean']:.3f}{sep}{entry['std']:.3f}" if entry.get("seeds", 1) > 1 else f"{entry['mean']:.3f}"
 
 
 def headline_rows(summary: dict, *, short: bool = False) -> tuple[list[str], list[list[str]], int]:
@@ -38,7 +38,7 @@ def headline_rows(summary: dict, *, short: bool = False) -> tuple[list[str], lis
     for method, label in HEADLINE:
         if method in at:
             name = method if short else f"{label} (`{method}`)"
-            rows.append([name] + [_fmt(at[method].get(a)) for a in header[1:]])
+            rows.append([name] + [_fmt(at[method].get(a), "±" if short else " ± ") for a in header[1:]])
     return header, rows, budget
 
 
