@@ -2,10 +2,13 @@
 
 Group g has a reward direction u_g (unit vector) and scores a pair by s_g = scale * u_g . (e_w - e_l).
 Regime 'prompt' (the paper's): each pair is labeled by ONE group z ~ p(g|x) = (1-floor) softmax(A x) + floor/G,
-so the prompt hints at the group, with overlap. Regime 'shared': the SAME (prompt, response, response)
-triples are labeled by every group, independently of the prompt (p(g|x) = 1/G): only the context tells
-the groups apart. In both, attribute = context = the labeling group, and the (context + prompt) router
-input is the prompt embedding plus the group's context vector. Labels are sampled from sigmoid(s_z).
+so the prompt hints at the group, with overlap. Regime 'shared' (conflicting groups): the SAME (prompt,
+response, response) triples are labeled by every group, independently of the prompt (p(g|x) = 1/G), and
+the groups' directions are centred before normalising (`conflict`), so they sum to ~0 and disagree: no
+single BT direction explains much (one head, or a prompt-routed mixture, sits near 50 % on average) and
+only the context tells the groups apart. In both, attribute = context = the labeling group, and the
+(context + prompt) router input is the prompt embedding plus the group's context vector. Labels are
+sampled from sigmoid(s_z).
 
 The truth lives in the HDF5 group "simulation" (readers of the cache ignore it): directions [G, d],
 mixing matrix A [G, d], context vectors [G, d], and per pair its group, p(g|x) [n, G] and the scores of
@@ -77,6 +80,7 @@ def simulate(
     weight_floor: float = 0.1,
     context_scale: float = 1.0,
     pairs_per_prompt: int = 2,
+    conflict: float | None = None,
 ) -> SimulationTruth:
     """Write a simulated cache to `out` and return its truth.
 
@@ -86,6 +90,11 @@ def simulate(
     diversity constant rho of Assumption 3.1). context_scale: per-coordinate std of each group's context
     vector (prompt embeddings have 1). pairs: labeled pairs in all ('shared':
     pairs // groups distinct triples, each labeled by every group). Test pairs are whole held-out prompts.
+    conflict: fraction c of the groups' mean direction removed before normalising, u_g ∝ v_g - c mean_h v_h
+    (v_g iid Gaussian). 1 centres them: the unit directions sum to ~0 (mean pairwise cosine ~ -1/(G-1)),
+    so the groups conflict and one global BT direction fits no group better than chance. 0 keeps independent
+    random directions (nearly orthogonal in high dimension). None (default): 1 in 'shared', 0 in
+    'prompt' (the paper's regime, unchanged). Ignored for a single group.
     """
     if regime not in REGIMES:
         raise ValueError(f"regime must be 'prompt' or 'shared', not {regime!r}")
@@ -93,9 +102,15 @@ def simulate(
         raise ValueError("need groups >= 1, dim >= 1 and pairs >= 2 * groups")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), not {test_fraction!r}")
+    if conflict is None:
+        conflict = 1.0 if regime == "shared" else 0.0
+    if not 0 <= conflict <= 1:
+        raise ValueError(f"conflict must be in [0, 1], not {conflict!r}")
     rng = np.random.default_rng(seed)
     G, d = groups, dim
     directions = rng.normal(size=(G, d))
+    if G > 1 and conflict:
+        directions = directions - conflict * directions.mean(0, keepdims=True)
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     context_vectors = rng.normal(size=(G, d)) * context_scale
 
@@ -136,6 +151,7 @@ def simulate(
     params = dict(
         groups=G, dim=d, pairs=int(n), seed=seed, regime=regime, test_fraction=test_fraction, scale=scale,
         sharpness=sharpness, weight_floor=weight_floor, context_scale=context_scale, pairs_per_prompt=pairs_per_prompt,
+        conflict=float(conflict),
     )
     truth = SimulationTruth(
         regime=regime,

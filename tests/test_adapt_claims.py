@@ -1,13 +1,18 @@
-"""Stage 2 on simulated caches: the paper's claims (section 5.3, Figure 4) and the sweep's outputs.
+"""Stage 2 on simulated caches: the paper's claims (section 5.3, Figure 4), the defaults beyond the paper,
+and the sweep's outputs. Every test names the configs it uses (MixtureConfig.paper(...) / MixtureConfig(...),
+AdaptConfig.paper(...) / AdaptConfig(tau=...)), so a change of defaults cannot silently change a claim.
 
-Most claims here are about stage 2, so they start from a *planted* stage 1: heads = the simulation's
-group directions (at its reward scale) plus 7 random distractor heads of the same norm, and an untrained
-router; that isolates the router adaptation from how well stage 1 separated the groups. The 'shared'
-regime test uses a real stage-1 fit (the paper's: prompt router, per-example balance).
-
-tau: the simulation's heads have margins of a few units, so per-pair BT losses differ by O(1) and tau=1
-(not the paper's 1e-3, set for GRM heads) is the scale where eq. 6 reweights instead of one-hot-ing each
-pair onto its largest-margin head (tau=1e-3 gave 0.67 at B = 50, tau=1 0.86; see router/config.py).
+Two kinds of stage 1:
+- *planted* (the paper-claims tests): heads = the simulation's group directions (at its reward scale) plus
+  7 random distractor heads of the same norm, and an untrained router; that isolates the router adaptation
+  from how well stage 1 separated the groups. Stage 2 there uses AdaptConfig(tau=1.0): the simulation's
+  heads have margins of a few units, so per-pair BT losses differ by O(1) and tau=1 (not the paper's 1e-3,
+  set for GRM heads) is the scale where eq. 6 reweights instead of one-hot-ing each pair onto its
+  largest-margin head (tau=1e-3 gave 0.67 at B = 50, tau=1 0.86; see router/config.py).
+- *real* fits, in both regimes of `simulate` ('prompt': the prompt hints at the group; 'shared': the same
+  pairs labeled by every group, groups that conflict), with the default configs (MixtureConfig(),
+  AdaptConfig(): context + prompt router with batch balance, tau 1) and the paper's (MixtureConfig.paper(),
+  AdaptConfig.paper(): prompt router, eq. 4's per-example entropy, tau 1e-3).
 """
 
 import math
@@ -18,12 +23,13 @@ import pytest
 import torch
 
 from micro.embedcache import load_split, read_meta
-from micro.heads import MixtureConfig, bayes_accuracy, fit_mixture, simulate
+from micro.heads import MixtureConfig, bayes_accuracy, fit_mixture, match_heads, simulate
 from micro.heads.model import MixtureRewardModel, save_model
 from micro.heads.run import cache_identity
 from micro.router import AdaptConfig, BudgetError, hyre_weights, load_adapted, run_adapt
 from micro.router.sweep import draw_shots
 
+torch.set_num_threads(1)  # batch-32 steps gain nothing from a second thread; on a shared box it only waits
 K = 10
 
 
@@ -35,7 +41,8 @@ def _planted_run(cache, truth, run_dir, seed=1):
     model = MixtureRewardModel(d, K, weights="router", seed=seed)
     with torch.no_grad():
         model.heads.copy_(heads * truth.scale)
-    cfg = MixtureConfig(k=K, epochs=1, seed=0)  # epochs: only the baselines fitted from it use it
+    # only the single/static/ensemble baselines fitted from it read this config (none has a router)
+    cfg = MixtureConfig.paper(k=K, epochs=1, seed=0)
     save_model(model, run_dir, {"config": cfg.to_dict(), "cache": cache_identity(read_meta(cache), cache)})
     return run_dir
 
@@ -117,38 +124,110 @@ def test_budget_larger_than_an_attributes_train_pairs_is_refused(prompt_sim, tmp
     assert counts.max() < 5000
 
 
+# ------------------------------------------------------------------------------------------------
+# real stage-1 fits in both regimes: the defaults vs the paper's configs
+# ------------------------------------------------------------------------------------------------
+REGIMES = ("prompt", "shared")
+SWEEP = dict(budgets=[50], seeds=3, baselines=False, plot=False, save_routers=False)  # what is scored, not how
+
+
+def _configs(which):
+    if which == "default":
+        stage1, stage2 = MixtureConfig(), AdaptConfig(**SWEEP)
+        # the defaults these claims are about; if they change, re-measure and restate the claims
+        assert (stage1.k, stage1.router_input, stage1.balance, stage2.tau) == (K, "auto", "batch", 1.0)
+    else:
+        stage1, stage2 = MixtureConfig.paper(), AdaptConfig.paper(**SWEEP)
+        assert (stage1.k, stage1.router_input, stage1.balance, stage2.tau) == (K, "prompt", "example", 1e-3)
+    return stage1, stage2
+
+
 @pytest.fixture(scope="module")
-def shared_sim(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapt_shared")
-    cache = root / "sim.h5"
-    truth = simulate(cache, regime="shared", seed=0)
-    cfg = MixtureConfig(k=K, seed=0)  # the paper's stage 1: prompt router, per-example balance (eq. 4)
-    model = fit_mixture(load_split(cache, "train"), cfg)
-    run = root / "runs" / "micro"
-    save_model(model, run, {"config": cfg.to_dict(), "cache": cache_identity(read_meta(cache), cache)})
-    results = run_adapt(cache, run, root / "out", AdaptConfig(budgets=[50], seeds=3, tau=1.0, baselines=False))
-    return cache, truth, results
+def real(tmp_path_factory):
+    """real(regime, "default" | "paper") -> (cache, truth, stage-1 model, run_adapt results); each regime's
+    cache (18K pairs, d = 64, G = 3, seed 0) and each fit are made once, on first use."""
+    root = tmp_path_factory.mktemp("adapt_real")
+    caches, fits = {}, {}
+
+    def get(regime, which):
+        if regime not in caches:
+            caches[regime] = (root / f"{regime}.h5", simulate(root / f"{regime}.h5", regime=regime, pairs=18000, seed=0))
+        cache, truth = caches[regime]
+        if (regime, which) not in fits:
+            stage1, stage2 = _configs(which)
+            model = fit_mixture(load_split(cache, "train"), stage1)
+            run = root / "runs" / f"{regime}_{which}"
+            save_model(model, run, {"config": stage1.to_dict(), "cache": cache_identity(read_meta(cache), cache)})
+            fits[regime, which] = model, run_adapt(cache, run, root / f"out_{regime}_{which}", stage2)
+        return (cache, truth, *fits[regime, which])
+
+    return get
 
 
-def test_shared_regime_stage1_leaves_micro_no_groups_to_route(shared_sim):
-    """The limit: when the prompt says nothing about the group, stage 1's heads do not separate the groups,
-    so the adapted router can only pick among unspecialised heads. Measured: micro ~0.66 (the heads'
-    shared average direction: cos ~0.58 with each group's), never near the 0.88 of the group's own rule."""
-    cache, truth, results = shared_sim
+@pytest.mark.parametrize("regime", REGIMES)
+def test_default_stage1_recovers_the_planted_groups(real, regime):
+    """MixtureConfig() resolves to the (context + prompt) router with batch balance on these caches; 3 of its
+    10 heads match the planted directions (measured cosine 0.99 in both regimes)."""
+    _, truth, model, _ = real(regime, "default")
+    assert min(match_heads(truth, model.head_vectors())["cosine"]) >= 0.9
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_default_micro_and_micro_refine_reach_oracle(real, regime):
+    """MixtureConfig() + AdaptConfig() at B = 50/group: micro and micro-refine within 2 points of the oracle
+    head fitted on all of a group's training pairs. Measured (3 seeds): prompt 0.870 / 0.868 vs oracle 0.870;
+    shared 0.874 / 0.868 vs 0.876."""
+    _, _, _, results = real(regime, "default")
+    oracle = _avg(results, 50, "oracle")
+    assert _avg(results, 50, "micro-refine") >= oracle - 0.02, (_avg(results, 50, "micro-refine"), oracle)
+    assert _avg(results, 50, "micro") >= oracle - 0.02, (_avg(results, 50, "micro"), oracle)
+
+
+def test_paper_micro_stays_near_chance_with_conflicting_groups(real):
+    """The limit of the paper's stage 1 (MixtureConfig.paper() + AdaptConfig.paper()) in the 'shared' regime:
+    the prompt says nothing about the group, so stage 1's heads do not separate the groups (cosine <= 0.3
+    measured) and the adapted router can only pick among unspecialised heads whose average conflicts with
+    every group. Measured: micro 0.505 after stage 2, best stage-1 head 0.553, Bayes with context 0.877."""
+    cache, truth, model, results = real("shared", "paper")
     bayes = bayes_accuracy(truth, load_split(cache, "test"), with_context=True, realised=True)
     micro, best_head = _avg(results, 50, "micro"), _avg(results, 50, "stage1-best")
-    assert micro < bayes - 0.15, (micro, bayes)
+    assert max(match_heads(truth, model.head_vectors())["cosine"]) < 0.5
+    assert micro <= 0.6 and best_head <= 0.6, (micro, best_head)
+    assert micro < bayes - 0.25, (micro, bayes)
     assert micro <= best_head + 0.01  # routing cannot beat the best available head
 
 
-def test_shared_regime_micro_refine_is_no_worse_than_its_ingredients(shared_sim):
-    results = shared_sim[2]
+def test_paper_micro_is_flattened_by_eq4_in_the_prompt_regime(real):
+    """In the paper's own regime the paper's configs do better than chance but eq. 4 at alpha 0.5 keeps the
+    stage-1 router uniform, so the heads only half specialise (cosine 0.54-0.73) and stage 2 cannot reach
+    the oracle. Measured: micro 0.650, oracle 0.870 (the defaults: 0.870)."""
+    _, _, _, results = real("prompt", "paper")
+    micro, oracle = _avg(results, 50, "micro"), _avg(results, 50, "oracle")
+    assert 0.55 < micro < oracle - 0.1, (micro, oracle)
+
+
+_PAPER_REFINE = ("the paper's stage 1 gives micro-refine a poor prior (heads half specialised in 'prompt', not at all in "
+                 "'shared') and 50 pairs/group in 64 dims cannot make up for it")
+
+
+@pytest.mark.parametrize("which, regime", [
+    ("default", "prompt"), ("default", "shared"),
+    pytest.param("paper", "prompt", marks=pytest.mark.xfail(strict=True, reason=f"{_PAPER_REFINE}: measured micro-refine 0.696 vs oracle 0.870")),
+    pytest.param("paper", "shared", marks=pytest.mark.xfail(strict=True, reason=f"{_PAPER_REFINE}: measured micro-refine 0.601 vs oracle 0.876")),
+])
+def test_micro_refine_near_oracle(real, which, regime):
+    results = real(regime, which)[3]
+    assert _avg(results, 50, "micro-refine") >= _avg(results, 50, "oracle") - 0.02
+
+
+@pytest.mark.parametrize("which, regime", [
+    ("default", "prompt"), ("default", "shared"), ("paper", "prompt"),
+    pytest.param("paper", "shared", marks=pytest.mark.xfail(strict=True, reason=(
+        "micro-refine's routed prior (unspecialised heads whose mixture conflicts with the group) costs more "
+        "than the fitted scale s ~ N(1, 1) removes: measured micro-refine 0.601 vs budget-bt 0.679 (seeds 1, 2 "
+        "of the cache: 0.561 vs 0.684, 0.625 vs 0.684)"))),
+])
+def test_micro_refine_is_no_worse_than_its_ingredients(real, which, regime):
+    results = real(regime, which)[3]
     refine = _avg(results, 50, "micro-refine")
     assert refine >= max(_avg(results, 50, "micro"), _avg(results, 50, "budget-bt")) - 0.02
-
-
-@pytest.mark.xfail(strict=True, reason="50 pairs/group in 64 dims cannot recover a group's direction when stage 1 "
-                   "carries none of it: measured micro-refine 0.70 vs oracle 0.88 (B = 100: 0.75)")
-def test_shared_regime_micro_refine_near_oracle(shared_sim):
-    results = shared_sim[2]
-    assert _avg(results, 50, "micro-refine") >= _avg(results, 50, "oracle") - 0.02

@@ -37,8 +37,9 @@ def prompt_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def micro_fit(prompt_cache):
     _, _, train, _ = prompt_cache
-    # ~3,750 steps; batch balance (see test_eq4_regulariser_pins_the_router_to_uniform for eq. 4)
-    return fit_mixture(train, MixtureConfig(k=3, epochs=6, balance="batch"))
+    # The paper's prompt router (Theorem 3.2 and the prompt-only Bayes rule are about it) with the batch
+    # balance (see test_eq4_regulariser_pins_the_router_to_uniform for eq. 4); ~3,750 steps.
+    return fit_mixture(train, MixtureConfig(k=3, epochs=6, router_input="prompt", balance="batch"))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,8 @@ def test_single_head_has_irreducible_error_theorem_3_2(prompt_cache, micro_fit, 
 def test_eq4_regulariser_pins_the_router_to_uniform(prompt_cache, tmp_path):
     """Eq. 4 at alpha=0.5 (the faithful default) flattens every example's weights: documented, and warned."""
     path, _, _, _ = prompt_cache
-    metrics = run_fit_mixture(path, tmp_path / "run", MixtureConfig(k=3, epochs=2, balance="example"))
+    metrics = run_fit_mixture(path, tmp_path / "run", MixtureConfig.paper(k=3, epochs=2))
+    assert metrics["config"]["router_input"] == "prompt" and metrics["config"]["balance"] == "example"
     assert metrics["router_entropy"] > 0.98
     assert any("router is uniform" in w for w in metrics["warnings"])
 
@@ -146,8 +148,10 @@ def test_run_writes_documented_files_and_refuses_another_backbone(small_cache, t
     assert (run / "model.safetensors").exists() and (run / "router_heatmap.png").exists()
 
     model, config = load_run(run)
+    # the default router_input 'auto' is resolved before fitting: every simulated pair has a context
+    assert config["config"]["router_input"] == "context" and config["config"]["balance"] == "batch"
     test = load_split(small_cache, "test")
-    assert evaluate(model, test)["average"] == pytest.approx(metrics["test"]["average"])
+    assert evaluate(model, test, router_input="context")["average"] == pytest.approx(metrics["test"]["average"])
     meta = read_meta(small_cache)
     check_cache_matches(config, meta)  # same backbone: fine
     for field, value in (("model_id", "other/model"), ("model_revision", "v2"), ("pooling", "mean"), ("hidden_size", 32)):
@@ -178,6 +182,11 @@ def test_cli_fit_mixture_prints_tables_and_refuses_bad_input(small_cache, tmp_pa
     ok = runner.invoke(app, ["fit-mixture", str(small_cache), "--out", str(tmp_path / "r"), "--k", "3", "--epochs", "1"])
     assert ok.exit_code == 0, ok.output
     assert "best head per attribute" in ok.output and "head 3" in ok.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["router_input"] == "context"
+    paper = runner.invoke(app, ["fit-mixture", str(small_cache), "--out", str(tmp_path / "p"), "--k", "3", "--epochs", "1", "--paper"])
+    assert paper.exit_code == 0, paper.output
+    saved = json.loads((tmp_path / "p" / "config.json").read_text())["config"]
+    assert (saved["router_input"], saved["balance"]) == ("prompt", "example")
     missing = runner.invoke(app, ["fit-mixture", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "does not exist" in missing.output and "Traceback" not in missing.output
     bad = runner.invoke(app, ["fit-mixture", str(small_cache), "--out", str(tmp_path / "x"), "--method", "maxmin"])

@@ -41,31 +41,70 @@ def test_shared_regime_labels_the_same_pairs_by_every_group(tmp_path):
     assert len(np.unique(key)) <= len(train) // 3
 
 
+def test_shared_regime_groups_conflict_and_prompt_regime_is_unchanged(tmp_path):
+    """'shared' centres the group directions (conflict=1): unit vectors summing to ~0, every pairwise cosine
+    negative and their mean ~ -1/(G-1). 'prompt' keeps the independent random directions of the paper's regime (conflict=0), drawn
+    exactly as before the parameter existed; the same seed's 'shared' directions are their centred version."""
+    G, d = 4, 64
+    shared = simulate(tmp_path / "s.h5", groups=G, dim=d, pairs=800, regime="shared", seed=5)
+    prompt = simulate(tmp_path / "p.h5", groups=G, dim=d, pairs=800, regime="prompt", seed=5)
+    v = np.random.default_rng(5).normal(size=(G, d))
+    np.testing.assert_allclose(prompt.directions, v / np.linalg.norm(v, axis=1, keepdims=True))
+    c = v - v.mean(0)
+    np.testing.assert_allclose(shared.directions, c / np.linalg.norm(c, axis=1, keepdims=True))
+    assert np.linalg.norm(shared.directions.sum(0)) < 0.3 < np.linalg.norm(prompt.directions.sum(0))
+    cos = shared.directions @ shared.directions.T
+    off = cos[~np.eye(G, dtype=bool)]
+    assert (off < 0).all() and abs(off.mean() + 1 / (G - 1)) < 0.03, off
+    assert shared.params["conflict"] == 1.0 and prompt.params["conflict"] == 0.0
+    assert load_truth(tmp_path / "s.h5").params["conflict"] == 1.0
+    # conflict is a knob: 'shared' without it keeps independent directions, 'prompt' can have it
+    np.testing.assert_allclose(simulate(tmp_path / "s0.h5", groups=G, dim=d, pairs=800, regime="shared", seed=5, conflict=0).directions,
+                               prompt.directions)
+    with pytest.raises(ValueError, match="conflict"):
+        simulate(tmp_path / "x.h5", pairs=800, conflict=2.0)
+
+
+REGIMES = ("prompt", "shared")
+
+
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    path = tmp_path_factory.mktemp("shared") / "shared.h5"
-    truth = simulate(path, regime="shared", pairs=18000, seed=0)
-    return truth, load_split(path, "train"), load_split(path, "test")
+def sims(tmp_path_factory):
+    """Both regimes at d=64, G=3, 18K labeled pairs (shared: 6K triples x 3 groups), seed 0."""
+    out = {}
+    for regime in REGIMES:
+        path = tmp_path_factory.mktemp(regime) / f"{regime}.h5"
+        truth = simulate(path, regime=regime, pairs=18000, seed=0)
+        out[regime] = (truth, load_split(path, "train"), load_split(path, "test"))
+    return out
 
 
-def test_prompt_only_stage1_cannot_separate_groups_in_shared_regime(shared):
-    """Same pairs labeled by every group, prompt independent of the group: the prompt router has nothing
-    to route on, and every head stays at the single head's accuracy, far below the with-context Bayes rule."""
-    truth, train, test = shared
+def test_prompt_only_stage1_cannot_separate_conflicting_groups_in_shared_regime(sims):
+    """Same pairs labeled by every group, prompt independent of the group, groups that conflict: one BT
+    head sits near 50 % on average (measured 0.49: 0.59 / 0.48 / 0.41), and a prompt-routed mixture (the
+    paper's stage 1, and the prompt router with batch balance) has nothing to route on: its heads stay
+    unspecialised (matched cosine <= 0.15 measured) and near chance, far below the with-context Bayes rule (0.88)."""
+    truth, train, test = sims["shared"]
+    bayes = bayes_accuracy(truth, test, with_context=True)
     single = evaluate(fit_mixture(train, MixtureConfig(method="single", epochs=3)), test)
-    for balance in ("example", "batch"):
-        result = evaluate(fit_mixture(train, MixtureConfig(k=3, epochs=3, balance=balance)), test)
-        for g in range(3):
-            best = result["per_attribute"][f"group{g}"]["best_accuracy"]
-            assert abs(best - single["per_attribute"][f"group{g}"]["best_accuracy"]) < 0.03
-        assert result["average"]["best_accuracy"] < bayes_accuracy(truth, test, with_context=True) - 0.15
+    assert single["average"]["best_accuracy"] <= 0.55
+    for config in (MixtureConfig.paper(k=3), MixtureConfig(k=3, router_input="prompt", balance="batch")):
+        model = fit_mixture(train, config)
+        result = evaluate(model, test, router_input="prompt")
+        assert max(match_heads(truth, model.head_vectors())["cosine"]) < 0.4, config
+        assert result["average"]["routed_accuracy"] <= 0.55, (config, result["average"])
+        assert result["average"]["best_accuracy"] <= 0.6 < bayes - 0.25, (config, result["average"])
 
 
-def test_context_router_with_batch_balance_recovers_groups_in_shared_regime(shared):
-    truth, train, test = shared
-    model = fit_mixture(train, MixtureConfig(k=3, epochs=6, router_input="context", balance="batch"))
+@pytest.mark.parametrize("regime", REGIMES)
+def test_context_router_with_batch_balance_recovers_groups(sims, regime):
+    """The default stage 1 (router on context + prompt, batch balance) finds the planted groups in both
+    regimes (matched cosine >= 0.9; measured 0.99) and each group's best head is near its Bayes rule."""
+    truth, train, test = sims[regime]
+    model = fit_mixture(train, MixtureConfig(k=3, router_input="context", balance="batch"))
     assert min(match_heads(truth, model.head_vectors())["cosine"]) >= 0.9
     result = evaluate(model, test, router_input="context")
     realised = {g: bayes_accuracy(truth, test.subset(torch.nonzero(test.attribute == g).flatten()), True, realised=True) for g in range(3)}
     for g in range(3):
         assert result["per_attribute"][f"group{g}"]["best_accuracy"] >= realised[g] - 0.03
+        assert result["per_attribute"][f"group{g}"]["routed_accuracy"] >= realised[g] - 0.03
