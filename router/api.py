@@ -6,8 +6,8 @@
 
 `context_prompt_emb` is the backbone's router-input embedding of (context + prompt), as in the cache's
 /context_prompts; response embeddings are the cache's /sequences rows (same backbone). With
-`attribute=...` (and a router saved by `micro adapt` with micro-refine heads) the attribute's refined
-head is added: margin = s * routed + delta . d.
+`attribute=...` (and a router saved by `micro adapt` with micro-refine heads) the model scores with that
+context's refined head instead: margin = head . d.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from ..heads.model import MixtureRewardModel, Router, load_model
 
 
 class PersonalizedRewardModel(nn.Module):
-    """Frozen stage-1 heads + an adapted router (+ optionally one refined head for a single context)."""
+    """Frozen stage-1 heads + an adapted router, or, for one context, its micro-refine head."""
 
-    def __init__(self, heads_model: MixtureRewardModel, router: Router, *, delta: torch.Tensor | None = None, scale: float = 1.0):
+    def __init__(self, heads_model: MixtureRewardModel, router: Router, *, head: torch.Tensor | None = None):
         super().__init__()
         self.heads_model = heads_model.eval()
         self.router = router.eval()
-        self.register_buffer("delta", None if delta is None else delta.detach().float().reshape(-1))
-        self.scale = float(scale)
+        self.register_buffer("head", None if head is None else head.detach().float().reshape(-1))
 
     @torch.no_grad()
     def weights(self, context_prompt_emb: torch.Tensor) -> torch.Tensor:
@@ -42,10 +41,9 @@ class PersonalizedRewardModel(nn.Module):
     def margins(self, diff: torch.Tensor, context_prompt_emb: torch.Tensor) -> torch.Tensor:
         """[n] personalised reward margins from difference vectors (chosen - rejected embeddings)."""
         diff = diff.float()
-        routed = (self.weights(context_prompt_emb) * self.heads_model.head_margins(diff)).sum(-1)
-        if self.delta is None:
-            return routed
-        return self.scale * routed + diff @ self.delta
+        if self.head is not None:
+            return diff @ self.head
+        return (self.weights(context_prompt_emb) * self.heads_model.head_margins(diff)).sum(-1)
 
     def score(self, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor, context_prompt_emb: torch.Tensor) -> torch.Tensor:
         """[n] r(chosen) - r(rejected) for the user context; > 0 means chosen is preferred."""
@@ -55,10 +53,9 @@ class PersonalizedRewardModel(nn.Module):
     def rewards(self, response_emb: torch.Tensor, context_prompt_emb: torch.Tensor) -> torch.Tensor:
         """[n] personalised reward of each response (only differences between responses are meaningful)."""
         emb = response_emb.float()
-        routed = (self.weights(context_prompt_emb) * self.heads_model.rewards(emb)).sum(-1)
-        if self.delta is None:
-            return routed
-        return self.scale * routed + emb @ self.delta
+        if self.head is not None:
+            return emb @ self.head
+        return (self.weights(context_prompt_emb) * self.heads_model.rewards(emb)).sum(-1)
 
 
 def router_paths(path: str | Path) -> tuple[Path, Path, Path]:
@@ -74,8 +71,8 @@ def router_paths(path: str | Path) -> tuple[Path, Path, Path]:
 
 
 def save_router(path: str | Path, router: Router, info: dict[str, Any], refine: dict[str, Any] | None = None) -> Path:
-    """Write router weights (safetensors) + a JSON config; `refine` = {"delta" [A, d], "scale" [A],
-    "attributes": [...]} adds the micro-refine heads beside them."""
+    """Write router weights (safetensors) + a JSON config; `refine` = {"head" [A, d], "attributes": [...]}
+    adds the micro-refine head of each attribute beside them."""
     weights, config, refine_path = router_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}, str(weights))
@@ -84,7 +81,7 @@ def save_router(path: str | Path, router: Router, info: dict[str, Any], refine: 
             "width": linears[0].out_features if len(linears) > 1 else None}
     meta = {**info, "architecture": arch}
     if refine is not None:
-        save_file({"delta": refine["delta"].detach().float().contiguous(), "scale": refine["scale"].detach().float().contiguous()}, str(refine_path))
+        save_file({"head": refine["head"].detach().float().contiguous()}, str(refine_path))
         meta["refine_attributes"] = list(refine["attributes"])
     config.write_text(json.dumps(meta, indent=2) + "\n")
     return weights
@@ -118,4 +115,4 @@ def load_adapted(run_dir: str | Path, router_path: str | Path, *, attribute: str
         raise ValueError(f"no micro-refine head for attribute {attribute!r} beside {router_path} (has: {names})")
     tensors = load_file(str(refine_path))
     i = names.index(attribute)
-    return PersonalizedRewardModel(heads_model, router, delta=tensors["delta"][i], scale=float(tensors["scale"][i]))
+    return PersonalizedRewardModel(heads_model, router, head=tensors["head"][i])

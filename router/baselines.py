@@ -78,6 +78,7 @@ def fit_map_heads(
     *,
     prior_margins: torch.Tensor | None = None,
     scale_precision: float = 1.0,
+    allow_drop_prior: bool = True,
     folds: int = 3,
     iterations: int = 15,
 ) -> MapHeads:
@@ -88,20 +89,32 @@ def fit_map_heads(
     w ~ N(0, I / lambda) (budget-bt). With prior_margins [P, n] (the routed stage-1 mixture's margins on
     the same pairs) the margin is s * prior_margin + delta . d with delta ~ N(0, I / lambda) and
     s ~ N(1, 1 / scale_precision) (micro-refine): the prior mean is the routed mixture, and a prior that
-    the pairs contradict can shrink. Ties in held-out loss go to the larger precision (stay near the prior).
+    the pairs contradict can shrink. With `allow_drop_prior` the cross-validation also weighs the same
+    grid with the prior switched off (s fixed at 0: the budget-bt head), so a prior that the pairs
+    contradict costs at most the cross-validation's noise against budget-bt. Ties in held-out loss go to
+    the larger precision with the prior on (stay near the prior).
     Computed in float64; returns float32 tensors on the CPU.
     """
     diff = diff.detach().to("cpu", torch.float64)
     n_problems, n, _ = diff.shape
     gram = diff @ diff.transpose(1, 2)  # [P, n, n]
     unit = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)  # mean ||d||^2
-    grid_t = torch.tensor(grid, dtype=torch.float64)
-    n_grid = len(grid)
     with_prior = prior_margins is not None
     prior = prior_margins.detach().to("cpu", torch.float64) if with_prior else None
 
-    def solve(rows: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fit on pairs `rows` for every lam [L', P]; returns (coef [L', P, |rows|], s [L', P], z)."""
+    # Candidates in order of preference (ties go to the first): the grid from the largest c down with
+    # the prior on (s ~ N(1, 1/scale_precision)), then, if allowed, with the prior off (s = 0).
+    desc = sorted(grid, reverse=True)
+    cand_c = desc + (desc if with_prior and allow_drop_prior else [])
+    cand_on = [True] * len(desc) + [False] * (len(cand_c) - len(desc))
+    grid_t = torch.tensor(cand_c, dtype=torch.float64)
+    n_grid = len(cand_c)
+    s_mean_all = torch.tensor([1.0 if on else 0.0 for on in cand_on], dtype=torch.float64)
+    s_prec_all = torch.tensor([scale_precision if on else 1e12 for on in cand_on], dtype=torch.float64)
+
+    def solve(rows: torch.Tensor, cands: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fit on pairs `rows` for candidate indices `cands` [L', P]; returns (coef [L', P, |rows|], s [L', P], z)."""
+        lam = grid_t[cands] * unit[None, :]
         z, to_coef = _span_features(gram[:, rows][:, :, rows])
         cols = [z] + ([prior[:, rows].unsqueeze(-1)] if with_prior else [])
         x = torch.cat(cols, -1)  # [P, r, m]
@@ -110,8 +123,8 @@ def fit_map_heads(
         prec = lam.unsqueeze(-1).expand(-1, -1, m).clone()
         mean = torch.zeros(n_l, n_problems, m, dtype=torch.float64)
         if with_prior:
-            prec[..., -1] = scale_precision
-            mean[..., -1] = 1.0
+            prec[..., -1] = s_prec_all[cands]
+            mean[..., -1] = s_mean_all[cands]
         xs = x.unsqueeze(0).expand(n_l, -1, -1, -1).reshape(n_l * n_problems, len(rows), m)
         theta = _newton(xs, prec.reshape(-1, m), mean.reshape(-1, m), iterations).reshape(n_l, n_problems, m)
         b = theta[..., : z.shape[-1]]
@@ -119,7 +132,7 @@ def fit_map_heads(
         s = theta[..., -1] if with_prior else torch.zeros(n_l, n_problems, dtype=torch.float64)
         return coef, s, z
 
-    lam = grid_t[:, None] * unit[None, :]  # [L, P]
+    every = torch.arange(n_grid)[:, None].expand(-1, n_problems)  # [L, P]: each candidate for each problem
     k = max(2, min(folds, n))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     heldout = torch.zeros(n_grid, n_problems, dtype=torch.float64)
@@ -127,15 +140,13 @@ def fit_map_heads(
         for f in range(k):
             ho = order[f::k]
             tr = torch.tensor(sorted(set(range(n)) - set(ho.tolist())))
-            coef, s, _ = solve(tr, lam)
+            coef, s, _ = solve(tr, every)
             margins = (gram[:, ho][:, :, tr].unsqueeze(0) @ coef.unsqueeze(-1)).squeeze(-1)  # [L, P, |ho|]
             if with_prior:
                 margins = margins + s.unsqueeze(-1) * prior[:, ho].unsqueeze(0)
             heldout += nn.functional.softplus(-margins).sum(-1)
-    # argmin with ties to the larger precision: scan the grid from the largest c down
-    desc = torch.argsort(grid_t, descending=True)
-    choice = desc[heldout[desc].argmin(0)]  # [P]
-    coef, s, _ = solve(torch.arange(n), lam[choice, torch.arange(n_problems)].unsqueeze(0))
+    choice = heldout.argmin(0)  # [P]; argmin returns the first minimum, i.e. the preferred candidate
+    coef, s, _ = solve(torch.arange(n), choice.unsqueeze(0))
     delta = (coef[0].unsqueeze(1) @ diff).squeeze(1)  # [P, d]
     return MapHeads(
         delta=delta.float(),

@@ -369,14 +369,20 @@ def run_adapt(cache: str | Path, run_dir: str | Path, out: str | Path, config: A
             bt_heads = bt.delta.reshape(len(seeds), len(e_attrs), -1)
             timings["budget_bt"] += time.perf_counter() - t
             t = time.perf_counter()
+            # The prior of each context's head is ONE vector: the stage-1 heads mixed by the adapted router's
+            # weights averaged over the context's budget pairs. (Per-pair routed margins on the very pairs the
+            # router was trained on fit them in-sample, and cross-validation then trusts a prior that fails on
+            # test pairs; an average of K weights carries the context's routing without that leak.)
             with torch.no_grad():
-                prior = torch.stack([
-                    prm.margins(eval_train.diff[e_idx[i].reshape(-1)], eval_train_inputs[e_idx[i].reshape(-1)]).reshape(len(e_attrs), budget)
+                prior_heads = torch.stack([
+                    prm.weights(eval_train_inputs[e_idx[i].reshape(-1)]).reshape(len(e_attrs), budget, -1).mean(1)
+                    @ model.head_vectors()
                     for i, prm in enumerate(prms)
-                ]).reshape(len(seeds) * len(e_attrs), budget)
+                ])  # [S, A', d]
+                prior = (diff @ prior_heads.reshape(len(seeds) * len(e_attrs), -1, 1)).squeeze(-1)  # [S*A', B]
             ref = fit_refinement(diff, prior, config.refine_grid, scale_precision=config.refine_scale_precision)
-            delta = ref.delta.reshape(len(seeds), len(e_attrs), -1)
-            scale = ref.scale.reshape(len(seeds), len(e_attrs))
+            heads_refined = (ref.scale.reshape(len(seeds), len(e_attrs), 1) * prior_heads
+                             + ref.delta.reshape(len(seeds), len(e_attrs), -1))  # [S, A', d]
             timings["refine"] += time.perf_counter() - t
             for i, s in enumerate(seeds):
                 bt_m = torch.zeros(len(test))
@@ -384,10 +390,11 @@ def run_adapt(cache: str | Path, run_dir: str | Path, out: str | Path, config: A
                 for j, a in enumerate(e_attrs):
                     rows = test_rows[a]
                     bt_m[rows] = test.diff[rows] @ bt_heads[i, j]
-                    ref_m[rows] = scale[i, j] * routed_test[i][rows] + test.diff[rows] @ delta[i, j]
+                    ref_m[rows] = test.diff[rows] @ heads_refined[i, j]
                 scores.add("budget-bt", budget, s, bt_m, e_attrs)
                 scores.add("micro-refine", budget, s, ref_m, e_attrs)
-                refine_heads[s] = {"delta": delta[i], "scale": scale[i], "attributes": [test.attributes[a] for a in e_attrs],
+                refine_heads[s] = {"head": heads_refined[i], "attributes": [test.attributes[a] for a in e_attrs],
+                                   "scale": ref.scale.reshape(len(seeds), len(e_attrs))[i].tolist(),
                                    "precision": ref.precision.reshape(len(seeds), len(e_attrs))[i].tolist()}
 
         for method, s, a, value in fixed:
@@ -403,8 +410,9 @@ def run_adapt(cache: str | Path, run_dir: str | Path, out: str | Path, config: A
             router_info.append(info)
             if config.save_routers:
                 rh = refine_heads.get(s)
-                save_router(out / "routers" / f"b{budget}_s{s}.safetensors", r, {**info, "refine_precision": rh["precision"] if rh else None},
-                            refine={k: rh[k] for k in ("delta", "scale", "attributes")} if rh else None)
+                save_router(out / "routers" / f"b{budget}_s{s}.safetensors", r,
+                            {**info, "refine_precision": rh["precision"] if rh else None, "refine_prior_scale": rh["scale"] if rh else None},
+                            refine={k: rh[k] for k in ("head", "attributes")} if rh else None)
 
     attributes = [test.attributes[a] for a in attr_ids]
     summary = summarise(scores.records, attributes)
