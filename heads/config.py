@@ -73,8 +73,8 @@ class MixtureConfig:
     weights on every cache measured (see benchmarks/README.md)."""
 
     prior_scale: float = 1.0
-    """Ensemble only: norm of each head's frozen random prior, in units of the typical head norm
-    that fits the data (the prior is rescaled by 1/rms(diff) so the setting is cache-independent)."""
+    """Ensemble only: size of each head's frozen random prior, in units of the margins of a single BT head
+    fitted first on the same data (so the priors neither drown a weak signal nor vanish beside a strong one)."""
 
     prior_l2: float = 0.05
     """Ensemble only: L2 penalty (lambda/2) * rms(diff)^2 * ||theta_k||^2 on each head's trainable part,

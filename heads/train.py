@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -30,7 +31,8 @@ def router_table(split: CacheSplit, source: str) -> tuple[torch.Tensor, torch.Te
 
 
 def build_model(config: MixtureConfig, hidden_size: int, diff_rms: float = 1.0) -> MixtureRewardModel:
-    """The untrained model for a config, initialised from config.seed alone (global RNG untouched)."""
+    """The untrained model for a config, initialised from config.seed alone (global RNG untouched).
+    For the ensemble, `diff_rms` sets the prior's unit: prior margins have std config.prior_scale * rms(diff) / diff_rms."""
     weights = {"micro": "router", "static": "static", "single": "uniform", "ensemble": "uniform"}[config.method]
     # The prior's margins p . d have std ~ prior_scale whatever the embedding scale of the cache.
     prior_scale = config.prior_scale / max(diff_rms, 1e-12) if config.method == "ensemble" else 0.0
@@ -85,7 +87,14 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
 
     diff = train.diff.to(device, torch.float32)
     diff_rms = float(train.diff[: min(n, 4096)].pow(2).mean().sqrt())
-    model = build_model(config, d, diff_rms).to(device)
+    prior_unit = diff_rms
+    if config.method == "ensemble":
+        # The priors' margins should be of the size of a fitted head's margins, whatever the data: on a
+        # weak-signal cache fitted margins are ~0.05 and priors of margin ~1 would drown every head.
+        reference = _fit(train, replace(config, method="single"), None).head_vectors()[0].detach().to(device)
+        margin_std = float((diff[: min(n, 4096)] @ reference).std())
+        prior_unit = diff_rms / max(margin_std, 1e-6)
+    model = build_model(config, d, prior_unit).to(device)
     model.train()
     uses_router = config.method == "micro"
     if uses_router:
