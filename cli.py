@@ -220,13 +220,14 @@ def simulate_cmd(
     dim: int = typer.Option(64, help="embedding dimension"),
     pairs: int = typer.Option(6000, help="labeled pairs in all"),
     seed: int = typer.Option(0, help="random seed"),
-    regime: str = typer.Option("prompt", help="prompt (group hinted by the prompt) | shared (same pairs, every group)"),
+    regime: str = typer.Option("prompt", help="prompt (the prompt hints at the group: the paper's setting) | shared (the same pairs labelled by every group, conflicting, independent of the prompt)"),
+    conflict: float = typer.Option(None, help="fraction of the groups' mean direction removed (0..1)  [default: 1 for shared, 0 for prompt]"),
 ) -> None:
     """Write a cache from a planted mixture of BT models (truth stored in the file) to test stage 1 on."""
     from .heads.simulate import bayes_accuracy, simulate
 
     try:
-        truth = simulate(out, groups=groups, dim=dim, pairs=pairs, seed=seed, regime=regime)
+        truth = simulate(out, groups=groups, dim=dim, pairs=pairs, seed=seed, regime=regime, conflict=conflict)
     except ValueError as exc:
         _stage1_fail(str(exc))
     typer.echo(
