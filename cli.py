@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import typer
 
 app = typer.Typer(
@@ -12,6 +14,27 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# Source options shared by every command that reads preference data (micro data preview, micro embed).
+SourceArg = Annotated[str, typer.Argument(help="Recipe name (see `micro data recipes`), a .jsonl/.json/.parquet/.csv file or folder, or a hub dataset id.")]
+PathOpt = Annotated[Optional[str], typer.Option("--path", help="Local files for a recipe or hub id (instead of downloading).")]
+SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Keep only this split.")]
+PromptKey = Annotated[str, typer.Option("--prompt-key", help="Column holding the prompt.")]
+ChosenKey = Annotated[str, typer.Option("--chosen-key", help="Column holding the preferred response.")]
+RejectedKey = Annotated[str, typer.Option("--rejected-key", help="Column holding the other response.")]
+AttributeKey = Annotated[str, typer.Option("--attribute-key", help="Column holding the attribute/group.")]
+ContextKey = Annotated[str, typer.Option("--context-key", help="Column holding the context text.")]
+SplitKey = Annotated[str, typer.Option("--split-key", help="Column holding the split name.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most this many pairs per split.")]
+
+
+def _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit):
+    from .data import load_preferences
+
+    return load_preferences(source, path=path, split=split, prompt_key=prompt_key, chosen_key=chosen_key,
+                            rejected_key=rejected_key, attribute_key=attribute_key, context_key=context_key,
+                            split_key=split_key, limit=limit)
+
+
 # ---- data commands (micro data ...) ----
 data_app = typer.Typer(help="Inspect preference data: built-in recipes, local files, hub ids.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -19,27 +42,25 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("preview")
 def data_preview(
-    source: str = typer.Argument(..., help="Recipe name (see `micro data recipes`), a .jsonl/.json/.parquet/.csv file or folder, or a hub dataset id."),
-    path: str = typer.Option(None, "--path", help="Local files for a recipe or hub id (instead of downloading)."),
-    split: str = typer.Option(None, "--split", help="Keep only this split."),
-    prompt_key: str = typer.Option("prompt", "--prompt-key", help="Column holding the prompt."),
-    chosen_key: str = typer.Option("chosen", "--chosen-key", help="Column holding the preferred response."),
-    rejected_key: str = typer.Option("rejected", "--rejected-key", help="Column holding the other response."),
-    attribute_key: str = typer.Option("attribute", "--attribute-key", help="Column holding the attribute/group."),
-    context_key: str = typer.Option("context", "--context-key", help="Column holding the context text."),
-    split_key: str = typer.Option("split", "--split-key", help="Column holding the split name."),
-    limit: int = typer.Option(None, "--limit", help="At most this many pairs per split."),
+    source: SourceArg,
+    path: PathOpt = None,
+    split: SplitOpt = None,
+    prompt_key: PromptKey = "prompt",
+    chosen_key: ChosenKey = "chosen",
+    rejected_key: RejectedKey = "rejected",
+    attribute_key: AttributeKey = "attribute",
+    context_key: ContextKey = "context",
+    split_key: SplitKey = "split",
+    limit: LimitOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Load SOURCE into the preference table and show counts, distinct texts, a sample row and warnings."""
     import json
 
-    from .data import PreferenceDataError, load_preferences, summarize
+    from .data import PreferenceDataError, summarize
 
     try:
-        df = load_preferences(source, path=path, split=split, prompt_key=prompt_key, chosen_key=chosen_key,
-                              rejected_key=rejected_key, attribute_key=attribute_key, context_key=context_key,
-                              split_key=split_key, limit=limit)
+        df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
     except PreferenceDataError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -95,7 +116,7 @@ def _print_data_summary(summary: dict) -> None:
 # ---- embed commands ----
 @app.command("embed")
 def embed(
-    source: str = typer.Argument(..., help="Recipe name (see `micro data recipes`), a .jsonl/.json/.parquet/.csv file or folder, or a hub dataset id."),
+    source: SourceArg,
     model: str = typer.Option("Ray2333/GRM-Llama3.2-3B-rewardmodel-ft", "--model", help="Backbone: hub id or local path of a decoder reward/causal model or a sentence-transformers encoder; `minilm` = the packaged all-MiniLM-L6-v2."),
     out: str = typer.Option(..., "--out", help="The HDF5 cache to write (e.g. cache.h5)."),
     max_length: int = typer.Option(None, "--max-length", help="Truncate sequences over this many tokens (prompt first, from its start). Default: the model's maximum (4096 for decoders)."),
@@ -104,15 +125,15 @@ def embed(
     device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu ... (default: cuda when available; under torchrun each rank takes its local GPU)."),
     context_in_sequence: bool = typer.Option(False, "--context-in-sequence", help="Also embed (context + prompt, response) for pairs with a context."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub repository."),
-    path: str = typer.Option(None, "--path", help="Local files for a recipe or hub id (instead of downloading)."),
-    split: str = typer.Option(None, "--split", help="Keep only this split."),
-    prompt_key: str = typer.Option("prompt", "--prompt-key", help="Column holding the prompt."),
-    chosen_key: str = typer.Option("chosen", "--chosen-key", help="Column holding the preferred response."),
-    rejected_key: str = typer.Option("rejected", "--rejected-key", help="Column holding the other response."),
-    attribute_key: str = typer.Option("attribute", "--attribute-key", help="Column holding the attribute/group."),
-    context_key: str = typer.Option("context", "--context-key", help="Column holding the context text."),
-    split_key: str = typer.Option("split", "--split-key", help="Column holding the split name."),
-    limit: int = typer.Option(None, "--limit", help="At most this many pairs per split."),
+    path: PathOpt = None,
+    split: SplitOpt = None,
+    prompt_key: PromptKey = "prompt",
+    chosen_key: ChosenKey = "chosen",
+    rejected_key: RejectedKey = "rejected",
+    attribute_key: AttributeKey = "attribute",
+    context_key: ContextKey = "context",
+    split_key: SplitKey = "split",
+    limit: LimitOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
     """Embed every distinct (prompt, response), prompt and (context + prompt) of SOURCE once into an HDF5 cache.
@@ -123,14 +144,12 @@ def embed(
     import json
     import os
 
-    from .data import PreferenceDataError, load_preferences, table_sha256
+    from .data import PreferenceDataError, table_sha256
     from .embedcache import CacheError, embed_table
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
-        df = load_preferences(source, path=path, split=split, prompt_key=prompt_key, chosen_key=chosen_key,
-                              rejected_key=rejected_key, attribute_key=attribute_key, context_key=context_key,
-                              split_key=split_key, limit=limit)
+        df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
         report = embed_table(df, model=model, out=out, max_length=max_length, batch_tokens=batch_tokens,
                              dtype=dtype, device=device, context_in_sequence=context_in_sequence,
                              trust_remote_code=trust_remote_code, source_sha256=table_sha256(df),
