@@ -120,7 +120,7 @@ def embed(
     model: str = typer.Option("Ray2333/GRM-Llama3.2-3B-rewardmodel-ft", "--model", help="Backbone: hub id or local path of a decoder reward/causal model or a sentence-transformers encoder; `minilm` = the packaged all-MiniLM-L6-v2."),
     out: str = typer.Option(..., "--out", help="The HDF5 cache to write (e.g. cache.h5)."),
     max_length: int = typer.Option(None, "--max-length", help="Truncate sequences over this many tokens (prompt first, from its start). Default: the model's maximum (4096 for decoders)."),
-    batch_tokens: int = typer.Option(None, "--batch-tokens", help="Padded tokens per batch (rows x longest). Default 32768 on GPU, 4096 on CPU."),
+    batch_tokens: int = typer.Option(None, "--batch-tokens", help="Padded tokens per batch (rows x longest). Default 32768 on GPU, 2048 on CPU."),
     dtype: str = typer.Option(None, "--dtype", help="Compute dtype: bf16, fp16 or fp32 (default bf16 on GPU, fp32 on CPU). The cache stores float16."),
     device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu ... (default: cuda when available; under torchrun each rank takes its local GPU)."),
     context_in_sequence: bool = typer.Option(False, "--context-in-sequence", help="Also embed (context + prompt, response) for pairs with a context."),
@@ -138,8 +138,8 @@ def embed(
 ) -> None:
     """Embed every distinct (prompt, response), prompt and (context + prompt) of SOURCE once into an HDF5 cache.
 
-    Crash-safe and resumable: rerun the same command after a crash to finish; a finished cache is left
-    alone. Several GPUs: `torchrun --nproc_per_node=N -m micro.cli embed ...` (same flags).
+    Crash-safe and resumable: rerun the same command after a crash to finish; a finished cache is
+    left alone. Several GPUs: `torchrun --nproc_per_node=N -m micro.cli embed ...` (same flags).
     """
     import json
     import os

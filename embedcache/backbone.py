@@ -162,13 +162,20 @@ class Backbone:
         if self._model is None:
             from transformers import AutoModel
 
-            kwargs = dict(dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+            # CPU bf16: float32 weights under bf16 autocast (matmuls on AMX / avx512_bf16; layer norms,
+            # softmax and pooling stay float32), closer to the float32 result than casting the whole model
+            load_dtype = torch.float32 if self._cpu_autocast else self.dtype
+            kwargs = dict(dtype=load_dtype, trust_remote_code=self.trust_remote_code)
             try:
                 model = AutoModel.from_pretrained(self.load_path, attn_implementation="sdpa", **kwargs)
             except (ValueError, ImportError):  # architectures without an SDPA path
                 model = AutoModel.from_pretrained(self.load_path, **kwargs)
             self._model = model.to(self.device).eval()
         return self._model
+
+    @property
+    def _cpu_autocast(self) -> bool:
+        return self.device.type == "cpu" and self.dtype == torch.bfloat16
 
     @torch.inference_mode()
     def forward(self, ids: list[np.ndarray], type_ids: list[np.ndarray] | None, positions: np.ndarray, owners: np.ndarray) -> np.ndarray:
@@ -194,7 +201,7 @@ class Backbone:
             tt = np.zeros((n, width), dtype=np.int64)
             tt[mask] = np.concatenate(type_ids)
             inputs["token_type_ids"] = torch.from_numpy(tt).to(self.device, non_blocking=True)
-        autocast = self.device.type == "cuda" and self.dtype != torch.float32
+        autocast = (self.device.type == "cuda" and self.dtype != torch.float32) or self._cpu_autocast
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
             hidden = self.model(**inputs).last_hidden_state
         owners_t = torch.from_numpy(np.asarray(owners, dtype=np.int64)).to(self.device)

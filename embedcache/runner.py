@@ -74,7 +74,9 @@ class EmbedReport:
 
 
 def default_batch_tokens(device: torch.device) -> int:
-    return 32768 if device.type == "cuda" else 4096  # CPU: small batches pad less, and gain nothing from size
+    # CPU: small batches pad less and keep the [tokens, 1536] FFN activations in cache; 2048 measured
+    # fastest for MiniLM on the 2-core box (1024 / 4096 / 8192 slower, benchmarks/README.md)
+    return 32768 if device.type == "cuda" else 2048
 
 
 def parts_dir(out: str | os.PathLike) -> Path:
