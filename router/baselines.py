@@ -35,6 +35,10 @@ class MapHeads:
     heldout_loss: torch.Tensor  # [P, L] cross-validated BT loss per pair for each grid value
 
 
+#: Prior precision of the "prior alone" candidate of micro-refine: delta is pinned at 0.
+PRIOR_ONLY = 1e12
+
+
 def _span_features(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(z, to_coef) with margins = z @ b and pair coefficients = to_coef @ b (w = D^T coef)."""
     # numpy's batched eigh: torch.linalg.eigh on CPU was ~80x slower here (2.7 s vs 35 ms for 9 x 100^2)
@@ -79,7 +83,7 @@ def fit_map_heads(
     prior_margins: torch.Tensor | None = None,
     scale_precision: float = 1.0,
     allow_drop_prior: bool = True,
-    folds: int = 3,
+    folds: int = 5,
     iterations: int = 15,
 ) -> MapHeads:
     """MAP BT heads for P independent problems of n pairs each, the prior precision chosen per problem
@@ -105,8 +109,8 @@ def fit_map_heads(
     # Candidates in order of preference (ties go to the first): the grid from the largest c down with
     # the prior on (s ~ N(1, 1/scale_precision)), then, if allowed, with the prior off (s = 0).
     desc = sorted(grid, reverse=True)
-    cand_c = desc + (desc if with_prior and allow_drop_prior else [])
-    cand_on = [True] * len(desc) + [False] * (len(cand_c) - len(desc))
+    cand_c = ([PRIOR_ONLY] if with_prior else []) + desc + (desc if with_prior and allow_drop_prior else [])
+    cand_on = [True] * (len(desc) + with_prior) + [False] * (len(cand_c) - len(desc) - with_prior)
     grid_t = torch.tensor(cand_c, dtype=torch.float64)
     n_grid = len(cand_c)
     s_mean_all = torch.tensor([1.0 if on else 0.0 for on in cand_on], dtype=torch.float64)
@@ -135,7 +139,7 @@ def fit_map_heads(
     every = torch.arange(n_grid)[:, None].expand(-1, n_problems)  # [L, P]: each candidate for each problem
     k = max(2, min(folds, n))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    heldout = torch.zeros(n_grid, n_problems, dtype=torch.float64)
+    pair_loss = torch.zeros(n_grid, n_problems, n, dtype=torch.float64)  # held-out BT loss of every pair
     if n >= 2 and n_grid > 1:
         for f in range(k):
             ho = order[f::k]
@@ -144,8 +148,19 @@ def fit_map_heads(
             margins = (gram[:, ho][:, :, tr].unsqueeze(0) @ coef.unsqueeze(-1)).squeeze(-1)  # [L, P, |ho|]
             if with_prior:
                 margins = margins + s.unsqueeze(-1) * prior[:, ho].unsqueeze(0)
-            heldout += nn.functional.softplus(-margins).sum(-1)
+            pair_loss[:, :, ho] = nn.functional.softplus(-margins)
+    heldout = pair_loss.sum(-1)  # [L, P]
     choice = heldout.argmin(0)  # [P]; argmin returns the first minimum, i.e. the preferred candidate
+    if with_prior:
+        # Keep the prior alone (candidate 0: delta = 0, only its scale fitted) unless the best candidate
+        # beats it by more than one standard error of the paired per-pair loss differences. Held-out losses
+        # of a few dozen pairs are noisy: on a weak signal the plain minimum moves a head away from a good
+        # prior by chance (HelpSteer2, benchmarks/README.md), while a prior that the pairs contradict loses
+        # on most pairs and is left.
+        rows = torch.arange(n_problems)
+        gap = pair_loss[0] - pair_loss[choice, rows]  # [P, n]
+        se = gap.std(-1) * (n**0.5) if n > 1 else torch.zeros(n_problems, dtype=torch.float64)
+        choice = torch.where(gap.sum(-1) <= se, torch.zeros_like(choice), choice)
     coef, s, _ = solve(torch.arange(n), choice.unsqueeze(0))
     delta = (coef[0].unsqueeze(1) @ diff).squeeze(1)  # [P, d]
     return MapHeads(
