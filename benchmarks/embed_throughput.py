@@ -78,7 +78,6 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from micro.embedcache import build_plan, embed_table, load_backbone
-    from micro.embedcache.plan import CTX_PROMPT, PROMPT, SEQ
 
     table = load_table(Path(args.data), args.pairs)
     bb = load_backbone("minilm", device="cpu", dtype=args.dtype)

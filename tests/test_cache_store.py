@@ -3,7 +3,6 @@
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from micro.embedcache import CacheError, check_compatible, load_split, load_texts, read_meta, write_cache
 

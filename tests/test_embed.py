@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from micro.embedcache import CacheError, build_plan, embed_table, load_backbone, load_split, read_meta
-from micro.embedcache.plan import PROMPT, SEQ
+from micro.embedcache.plan import SEQ
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -289,8 +289,11 @@ _RUN = """
 import sys, pandas as pd
 from micro.embedcache import embed_table
 table = pd.read_json(sys.argv[1], orient="records", lines=True)
-r = embed_table(table, model=sys.argv[2], out=sys.argv[3], batch_tokens=int(sys.argv[4]), progress=False)
-print("REPORT", r.resumed_batches, r.batches, r.rank_batches)
+r = embed_table(table, model=sys.argv[2], out=sys.argv[3], batch_tokens=int(sys.argv[4]), progress=False, log=lambda *a, **k: None)
+print("REPORT", r.resumed_batches, r.batches, r.rank_batches, flush=True)
+import os
+with open(sys.argv[3] + ".report" + os.environ.get("RANK", "0"), "w") as f:  # per rank: torchrun's pipes may drop a line
+    f.write(f"{r.resumed_batches} {r.batches} {r.rank_batches}")
 """
 
 
@@ -338,7 +341,7 @@ def test_torchrun_two_ranks_equal_one_process(tiny_llama, tmp_path):
            str(script), str(data), str(tiny_llama), str(tmp_path / "dist.h5"), "96"]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    shards = [list(map(int, line.split()[1:])) for line in done.stdout.splitlines() if line.startswith("REPORT")]
+    shards = [list(map(int, (tmp_path / f"dist.h5.report{rank}").read_text().split())) for rank in (0, 1)]
     assert len(shards) == 2 and all(rank_batches > 0 for _, _, rank_batches in shards)  # both ranks embedded a shard
     assert sum(rank_batches for _, _, rank_batches in shards) == shards[0][1]  # ... and together all batches
     one = embed_table(table, model=str(tiny_llama), out=tmp_path / "one.h5", batch_tokens=96, progress=False, log=lambda *a: None)
