@@ -14,7 +14,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _ROLES = {"Human": "user", "Assistant": "assistant"}

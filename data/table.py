@@ -99,10 +99,6 @@ def _row_key(row: dict[str, Any]) -> str:
     return json.dumps([row[c] for c in COLUMNS], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-def empty_table() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series([], dtype=object) for c in COLUMNS})
-
-
 def build_table(records: Iterable[dict[str, Any]], *, source: str, strict: bool = True,
                 column_names: dict[str, str] | None = None, warnings: list[str] | None = None) -> pd.DataFrame:
     """Validate records (dicts with the six columns, plus WHERE for messages) into the table.

@@ -51,10 +51,6 @@ class SimulationTruth:
     def groups(self) -> int:
         return int(self.directions.shape[0])
 
-    @property
-    def group_names(self) -> list[str]:
-        return [f"group{g}" for g in range(self.groups)]
-
 
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(-1, keepdims=True)

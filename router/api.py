@@ -38,24 +38,24 @@ class PersonalizedRewardModel(nn.Module):
         return torch.softmax(self.router(context_prompt_emb.float()), dim=-1)
 
     @torch.no_grad()
+    def _linear_score(self, x: torch.Tensor, context_prompt_emb: torch.Tensor) -> torch.Tensor:
+        """Rewards are linear in the embedding, so one scorer serves responses and difference vectors."""
+        x = x.float()
+        if self.head is not None:
+            return x @ self.head
+        return (self.weights(context_prompt_emb) * (x @ self.heads_model.head_vectors().T)).sum(-1)
+
     def margins(self, diff: torch.Tensor, context_prompt_emb: torch.Tensor) -> torch.Tensor:
         """[n] personalised reward margins from difference vectors (chosen - rejected embeddings)."""
-        diff = diff.float()
-        if self.head is not None:
-            return diff @ self.head
-        return (self.weights(context_prompt_emb) * self.heads_model.head_margins(diff)).sum(-1)
+        return self._linear_score(diff, context_prompt_emb)
 
     def score(self, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor, context_prompt_emb: torch.Tensor) -> torch.Tensor:
         """[n] r(chosen) - r(rejected) for the user context; > 0 means chosen is preferred."""
         return self.margins(chosen_emb.float() - rejected_emb.float(), context_prompt_emb)
 
-    @torch.no_grad()
     def rewards(self, response_emb: torch.Tensor, context_prompt_emb: torch.Tensor) -> torch.Tensor:
         """[n] personalised reward of each response (only differences between responses are meaningful)."""
-        emb = response_emb.float()
-        if self.head is not None:
-            return emb @ self.head
-        return (self.weights(context_prompt_emb) * self.heads_model.rewards(emb)).sum(-1)
+        return self._linear_score(response_emb, context_prompt_emb)
 
 
 def router_paths(path: str | Path) -> tuple[Path, Path, Path]:

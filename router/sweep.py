@@ -32,7 +32,6 @@ from .hyre import hyre_margins, hyre_weights
 from .refine import fit_refinement
 
 METHODS = ("micro", "micro-refine", "budget-bt", "single", "static", "ensemble-best", "stage1-best", "hyre", "micro-hyre", "oracle")
-BUDGET_METHODS = ("micro", "micro-refine", "budget-bt")
 BASELINE_RUNS = ("single", "static", "ensemble")
 
 
