@@ -1,0 +1,5 @@
+"""`python -m micro.cli ...` (what torchrun runs)."""
+
+from . import main
+
+main()

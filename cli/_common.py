@@ -1,0 +1,29 @@
+"""Options shared by every command that reads preference data (micro data preview, micro embed, ...)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+# Source options shared by every command that reads preference data (micro data preview, micro embed).
+SourceArg = Annotated[str, typer.Argument(help="Recipe name (see `micro data recipes`), a .jsonl/.json/.parquet/.csv file or folder, or a hub dataset id.")]
+PathOpt = Annotated[Optional[str], typer.Option("--path", help="Local files for a recipe or hub id (instead of downloading).")]
+SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Keep only this split.")]
+PromptKey = Annotated[str, typer.Option("--prompt-key", help="Column holding the prompt.")]
+ChosenKey = Annotated[str, typer.Option("--chosen-key", help="Column holding the preferred response.")]
+RejectedKey = Annotated[str, typer.Option("--rejected-key", help="Column holding the other response.")]
+AttributeKey = Annotated[str, typer.Option("--attribute-key", help="Column holding the attribute/group.")]
+ContextKey = Annotated[str, typer.Option("--context-key", help="Column holding the context text.")]
+SplitKey = Annotated[str, typer.Option("--split-key", help="Column holding the split name.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most this many pairs per split.")]
+
+
+def _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit):
+    from ..data import load_preferences
+
+    return load_preferences(source, path=path, split=split, prompt_key=prompt_key, chosen_key=chosen_key,
+                            rejected_key=rejected_key, attribute_key=attribute_key, context_key=context_key,
+                            split_key=split_key, limit=limit)
+
+

@@ -1,0 +1,84 @@
+"""`micro embed`."""
+
+from __future__ import annotations
+
+import typer
+
+from ._app import app, fail
+from ._common import AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SourceArg, SplitKey, SplitOpt, _load_source
+
+# ---- embed commands ----
+@app.command("embed")
+def embed(
+    source: SourceArg,
+    model: str = typer.Option("Ray2333/GRM-Llama3.2-3B-rewardmodel-ft", "--model", help="Backbone: hub id or local path of a decoder reward/causal model or a sentence-transformers encoder; `minilm` = the packaged all-MiniLM-L6-v2."),
+    out: str = typer.Option(..., "--out", help="The HDF5 cache to write (e.g. cache.h5)."),
+    max_length: int = typer.Option(None, "--max-length", help="Truncate sequences over this many tokens (prompt first, from its start). Default: the model's maximum (4096 for decoders)."),
+    batch_tokens: int = typer.Option(None, "--batch-tokens", help="Padded tokens per batch (rows x longest). Default 32768 on GPU, 2048 on CPU."),
+    dtype: str = typer.Option(None, "--dtype", help="Compute dtype: bf16, fp16 or fp32 (default bf16 on GPU, fp32 on CPU). The cache stores float16."),
+    device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu ... (default: cuda when available; under torchrun each rank takes its local GPU)."),
+    context_in_sequence: bool = typer.Option(False, "--context-in-sequence", help="Also embed (context + prompt, response) for pairs with a context."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub repository."),
+    path: PathOpt = None,
+    split: SplitOpt = None,
+    prompt_key: PromptKey = "prompt",
+    chosen_key: ChosenKey = "chosen",
+    rejected_key: RejectedKey = "rejected",
+    attribute_key: AttributeKey = "attribute",
+    context_key: ContextKey = "context",
+    split_key: SplitKey = "split",
+    limit: LimitOpt = None,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Embed every distinct (prompt, response), prompt and (context + prompt) of SOURCE once into an HDF5 cache.
+
+    Crash-safe and resumable: rerun the same command after a crash to finish; a finished cache is
+    left alone. Several GPUs: `torchrun --nproc_per_node=N -m micro.cli embed ...` (same flags).
+    """
+    import json
+    import os
+
+    from ..data import PreferenceDataError, table_sha256
+    from ..embedcache import CacheError, embed_table
+
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    try:
+        df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
+        report = embed_table(df, model=model, out=out, max_length=max_length, batch_tokens=batch_tokens,
+                             dtype=dtype, device=device, context_in_sequence=context_in_sequence,
+                             trust_remote_code=trust_remote_code, source_sha256=table_sha256(df),
+                             log=lambda msg: typer.echo(msg, err=True))
+    except (PreferenceDataError, CacheError, ValueError, OSError) as exc:
+        fail(exc)
+    if not rank0:
+        return
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    elif not report.noop:
+        _print_embed_report(report)
+
+
+def _print_embed_report(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report.out}: {report.n_pairs} pairs embedded with {report.model_id}", show_header=False)
+    rows = [
+        ("distinct sequences", f"{report.sequences:,} (from {report.pair_references:,} pair references, dedup x{report.dedup_factor})"),
+        ("distinct prompts", f"{report.prompts:,}"),
+        ("context prompts / context sequences", f"{report.context_prompts:,} / {report.context_sequences:,}"),
+        ("forward passes", f"{report.forward_sequences:,} in {report.batches:,} batches"
+         + (f" ({report.resumed_batches} resumed)" if report.resumed_batches else "")
+         + (f", {report.reused_from_cache:,} rows reused from the old cache" if report.reused_from_cache else "")),
+        ("tokens", f"{report.tokens:,} real, padding {100 * report.padding_fraction:.1f} %"),
+        ("truncated (max length %d)" % report.max_length,
+         f"{report.truncated_prompts} prompts, {report.truncated_responses} responses, {report.truncated_router_inputs} router inputs"),
+        ("speed", f"{report.sequences_per_s:,.1f} seq/s, {report.tokens_per_s:,.0f} tok/s"
+         + (f" over {report.world_size} ranks" if report.world_size > 1 else "")),
+        ("wall time", f"{report.seconds:.1f} s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(stderr=False).print(table)
+# ---- end embed commands ----
+
