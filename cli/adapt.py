@@ -4,46 +4,37 @@ from __future__ import annotations
 
 import typer
 
+from ..router.config import AdaptConfig
 from ._app import app, fail
+from ._options import config_options
 
 # ---- stage-2 commands (adapt) ----
 @app.command("adapt")
+@config_options(AdaptConfig, exclude=("save_routers", "plot"))
 def adapt_cmd(
     cache: str = typer.Argument(..., help="embedding cache (.h5) with contexts: budget pairs are drawn from its train split"),
     run_dir: str = typer.Argument(..., help="stage-1 `micro fit-mixture --method micro` run directory"),
     out: str = typer.Option(..., "--out", help="output directory (results.json/csv, table.md, budget_curve.png, routers/)"),
-    budget: int = typer.Option(None, "--budget", help="labelled context pairs per attribute (default 50)"),
-    budgets: str = typer.Option(None, "--budgets", help="comma-separated budgets for a sweep, e.g. 10,25,50,100,150"),
-    seeds: int = typer.Option(None, "--seeds", help="independent repetitions (mean ± std)  [default: 5]"),
-    seed: int = typer.Option(None, "--seed", help="first seed  [default: 0]"),
-    tau: float = typer.Option(None, "--tau", help="Hedge temperature of eq. 6  [default: 1.0; --paper: 1e-3]"),
-    epochs: int = typer.Option(None, "--epochs", help="router epochs (soft labels recomputed each epoch)  [default: 10]"),
-    batch_size: int = typer.Option(None, "--batch-size", help="pairs per router step  [default: 32]"),
-    lr: float = typer.Option(None, "--lr", help="router AdamW learning rate  [default: 2e-3]"),
-    hyre_shots: int = typer.Option(None, "--hyre-shots", help="labelled test pairs per attribute for HyRe / MiCRo-HyRe  [default: 16]"),
-    hyre_variant: str = typer.Option(None, "--hyre-variant", help="posterior | best  [default: posterior]"),
-    eval_cache: str = typer.Option(None, "--eval-cache", help="evaluate on this cache's test split (same backbone)"),
-    no_baselines: bool = typer.Option(False, "--no-baselines", help="skip the stage-1 baseline fits (single, static, ensemble, hyre)"),
-    device: str = typer.Option(None, help="cpu | cuda  [default: cpu]"),
-    paper: bool = typer.Option(False, "--paper", help="the paper's stage 2: --tau 1e-3"),
+    budget: int = typer.Option(None, "--budget", help="one budget: the same as --budgets B"),
+    paper: bool = typer.Option(False, "--paper", help="the paper's stage 2 (docs/defaults-vs-paper.md): --tau 1e-3"),
     as_json: bool = typer.Option(False, "--json", help="print results.json's summary as JSON instead of the table"),
+    overrides: dict = None,
 ) -> None:
     """Stage 2: adapt the stage-1 router to user contexts (Hedge soft labels, paper eq. 6 / Algorithm 1)
-    over budgets x seeds, and score it beside the baselines on the same test pairs."""
+    over budgets x seeds, and score it beside the baselines on the same test pairs.
+
+    Every option after --config is a field of micro.router.AdaptConfig (its one default is shown)."""
     import json
 
     from ..embedcache.store import CacheError
-    from ..router import AdaptConfig, run_adapt
+    from ..router import run_adapt
     from ..router.report import table_rows
 
     try:
-        if budget is not None and budgets is not None:
-            raise ValueError("give --budget or --budgets, not both")
-        values = [int(b) for b in budgets.split(",") if b.strip()] if budgets else ([budget] if budget is not None else None)
-        given = dict(budgets=values, seeds=seeds, seed=seed, tau=tau, epochs=epochs, batch_size=batch_size, lr=lr,
-                     hyre_shots=hyre_shots, hyre_variant=hyre_variant, eval_cache=eval_cache, device=device)
-        overrides = {name: value for name, value in given.items() if value is not None}
-        overrides["baselines"] = not no_baselines
+        if budget is not None:
+            if "budgets" in overrides:
+                raise ValueError("give --budget or --budgets, not both")
+            overrides["budgets"] = [budget]
         config = AdaptConfig.paper(**overrides) if paper else AdaptConfig(**overrides)
         results = run_adapt(cache, run_dir, out, config, log=lambda msg: typer.echo(msg, err=True))
     except (CacheError, ValueError, FileNotFoundError) as exc:

@@ -4,38 +4,28 @@ from __future__ import annotations
 
 import typer
 
+from ..heads.config import MixtureConfig
 from ._app import app, fail
+from ._options import config_options
 
 # ---- stage-1 commands (fit-mixture, simulate) ----
 @app.command("fit-mixture")
+@config_options(MixtureConfig)
 def fit_mixture_cmd(
     cache: str = typer.Argument(..., help="embedding cache (.h5) from `micro embed` or `micro simulate`"),
     out: str = typer.Option(..., "--out", help="run directory to write (model.safetensors, config.json, metrics.json)"),
-    method: str = typer.Option(None, help="micro | single | static | ensemble  [default: micro]"),
-    k: int = typer.Option(None, help="number of heads  [default: 10]"),
-    alpha: float = typer.Option(None, help="weight of the router regulariser (eq. 5)  [default: 0.5]"),
-    router: str = typer.Option(None, help="mlp | linear  [default: mlp]"),
-    hidden: int = typer.Option(None, help="MLP router width  [default: 128]"),
-    epochs: int = typer.Option(None, help="passes over the train pairs  [default: 4]"),
-    lr: float = typer.Option(None, help="peak AdamW learning rate  [default: 2e-3]"),
-    batch_size: int = typer.Option(None, "--batch-size", help="pairs per step  [default: 32]"),
-    seed: int = typer.Option(None, help="random seed  [default: 0]"),
-    device: str = typer.Option(None, help="cpu | cuda  [default: cpu]"),
-    router_input: str = typer.Option(None, "--router-input", help="auto | prompt | context  [default: auto = context when every pair has one]"),
-    balance: str = typer.Option(None, help="batch (batch-mean balance) | example (eq. 4)  [default: batch]"),
-    paper: bool = typer.Option(False, "--paper", help="the paper's exact stage 1: --router-input prompt --balance example"),
+    paper: bool = typer.Option(False, "--paper", help="the paper's exact stage 1 (docs/defaults-vs-paper.md): --router-input prompt --balance example"),
     eval_split: str = typer.Option("test", "--eval-split", help="split to evaluate on"),
+    overrides: dict = None,
 ) -> None:
     """Stage 1: fit K BT heads + router on a cache and print per-head accuracy per attribute.
 
-    Defaults live in micro.heads.MixtureConfig; flags given here override them."""
+    Every option below is a field of micro.heads.MixtureConfig (its one default is shown); --config FILE
+    sets fields from JSON/YAML and flags override the file."""
     from ..embedcache.store import CacheError
-    from ..heads import MixtureConfig, run_fit_mixture
+    from ..heads import run_fit_mixture
     from ..heads.report import print_report
 
-    given = dict(method=method, k=k, alpha=alpha, router=router, hidden=hidden, epochs=epochs, lr=lr,
-                 batch_size=batch_size, seed=seed, device=device, router_input=router_input, balance=balance)
-    overrides = {name: value for name, value in given.items() if value is not None}
     try:
         config = MixtureConfig.paper(**overrides) if paper else MixtureConfig(**overrides)
         metrics = run_fit_mixture(cache, out, config, eval_split=eval_split)
@@ -55,7 +45,7 @@ def simulate_cmd(
     conflict: float = typer.Option(None, help="fraction of the groups' mean direction removed (0..1)  [default: 1 for shared, 0 for prompt]"),
 ) -> None:
     """Write a cache from a planted mixture of BT models (truth stored in the file) to test stage 1 on."""
-    from ..heads.simulate import bayes_accuracy, simulate
+    from ..heads.planted import bayes_accuracy, simulate
 
     try:
         truth = simulate(out, groups=groups, dim=dim, pairs=pairs, seed=seed, regime=regime, conflict=conflict)

@@ -3,39 +3,38 @@
     from micro.heads import MixtureConfig, run_fit_mixture, fit_mixture, evaluate, load_run
 """
 
-from .config import METHODS, MixtureConfig
-from .metrics import evaluate
-from .model import MixtureRewardModel, Router, load_model, save_model
-from .run import check_cache_matches, holdout_by_prompt, load_run, run_fit_mixture
-from .simulate import (
-    SimulationTruth,
-    bayes_accuracy,
-    bayes_loss,
-    load_truth,
-    match_heads,
-    simulate,
-    theorem_bound,
-)
-from .train import fit_mixture
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "METHODS",
-    "MixtureConfig",
-    "MixtureRewardModel",
-    "Router",
-    "SimulationTruth",
-    "bayes_accuracy",
-    "bayes_loss",
-    "check_cache_matches",
-    "evaluate",
-    "fit_mixture",
-    "holdout_by_prompt",
-    "load_model",
-    "load_run",
-    "load_truth",
-    "match_heads",
-    "run_fit_mixture",
-    "save_model",
-    "simulate",
-    "theorem_bound",
-]
+# Names load on first use, so `import micro.heads.config` (what the CLI reads its options from)
+# does not import torch.
+_EXPORTS = {
+    "METHODS": ".config",
+    "MixtureConfig": ".config",
+    "evaluate": ".metrics",
+    "MixtureRewardModel": ".model",
+    "Router": ".model",
+    "load_model": ".model",
+    "save_model": ".model",
+    "check_cache_matches": ".run",
+    "holdout_by_prompt": ".run",
+    "load_run": ".run",
+    "run_fit_mixture": ".run",
+    "SimulationTruth": ".planted",
+    "bayes_accuracy": ".planted",
+    "bayes_loss": ".planted",
+    "load_truth": ".planted",
+    "match_heads": ".planted",
+    "simulate": ".planted",
+    "theorem_bound": ".planted",
+    "fit_mixture": ".train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

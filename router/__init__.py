@@ -2,35 +2,40 @@
 (eq. 6, Algorithm 1), score it beside HyRe and per-attribute baselines over budgets x seeds, and score
 new pairs for a user context from embeddings."""
 
-from .api import PersonalizedRewardModel, load_adapted, load_router, save_router
-from .baselines import MapHeads, fit_budget_bt, fit_map_heads, fit_oracle_head
-from .config import AdaptConfig
-from .hedge import StackedRouter, adapt_routers, head_losses, soft_labels
-from .hyre import hyre_margins, hyre_weights
-from .refine import Refinement, fit_refinement
-from .report import markdown_table
-from .sweep import METHODS, BudgetError, run_adapt
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "AdaptConfig",
-    "BudgetError",
-    "MapHeads",
-    "METHODS",
-    "PersonalizedRewardModel",
-    "Refinement",
-    "StackedRouter",
-    "adapt_routers",
-    "fit_budget_bt",
-    "fit_map_heads",
-    "fit_oracle_head",
-    "fit_refinement",
-    "head_losses",
-    "hyre_margins",
-    "hyre_weights",
-    "load_adapted",
-    "load_router",
-    "markdown_table",
-    "run_adapt",
-    "save_router",
-    "soft_labels",
-]
+# Names load on first use, so `import micro.router.config` (what the CLI reads its options from)
+# does not import torch.
+_EXPORTS = {
+    "PersonalizedRewardModel": ".api",
+    "load_adapted": ".api",
+    "load_router": ".api",
+    "save_router": ".api",
+    "MapHeads": ".baselines",
+    "fit_budget_bt": ".baselines",
+    "fit_map_heads": ".baselines",
+    "fit_oracle_head": ".baselines",
+    "AdaptConfig": ".config",
+    "StackedRouter": ".hedge",
+    "adapt_routers": ".hedge",
+    "head_losses": ".hedge",
+    "soft_labels": ".hedge",
+    "hyre_margins": ".hyre",
+    "hyre_weights": ".hyre",
+    "Refinement": ".refine",
+    "fit_refinement": ".refine",
+    "markdown_table": ".report",
+    "METHODS": ".sweep",
+    "BudgetError": ".sweep",
+    "run_adapt": ".sweep",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,80 @@
+"""Command options come from the config dataclasses: defaults shown once, --config files, flags override."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import pytest
+from typer.testing import CliRunner
+
+from micro.cli import app
+from micro.heads import MixtureConfig
+from micro.router import AdaptConfig
+
+runner = CliRunner()
+
+
+def _help(command: str) -> str:
+    result = runner.invoke(app, [command, "--help"], terminal_width=400, env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("command", "cls", "skipped"), [("fit-mixture", MixtureConfig, ()), ("adapt", AdaptConfig, ("save_routers", "plot"))])
+def test_every_config_field_is_an_option_showing_its_one_default(command, cls, skipped):
+    text = _help(command)
+    for f in fields(cls):
+        if f.name in skipped:
+            continue
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    defaults = cls()
+    assert f"[default: {defaults.k if cls is MixtureConfig else defaults.seeds}]" in text
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("micro ")
+
+
+@pytest.fixture
+def planted(tmp_path):
+    cache = tmp_path / "sim.h5"
+    assert runner.invoke(app, ["simulate", "--out", str(cache), "--pairs", "600", "--dim", "8"]).exit_code == 0
+    return cache
+
+
+def test_config_file_sets_fields_and_flags_override_it(planted, tmp_path):
+    cfg = tmp_path / "stage1.yaml"
+    cfg.write_text("k: 2\nepochs: 1\nseed: 7\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["fit-mixture", str(planted), "--out", str(out), "--config", str(cfg), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert (saved["k"], saved["epochs"], saved["seed"]) == (2, 1, 3)
+
+    # a run's own config.json is a valid --config: the resolved config is reused as is
+    again = tmp_path / "run2"
+    result = runner.invoke(app, ["fit-mixture", str(planted), "--out", str(again), "--config", str(out / "config.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((again / "config.json").read_text())["config"] == saved
+
+
+@pytest.mark.parametrize(("text", "suffix", "expected"), [
+    ("kk: 3\n", ".yaml", "unknown field(s) kk"),
+    ("{not json", ".json", "not valid JSON"),
+    ("- 1\n- 2\n", ".yml", "expected a mapping"),
+])
+def test_bad_config_file_is_one_line_naming_the_file(planted, tmp_path, text, suffix, expected):
+    cfg = tmp_path / ("bad" + suffix)
+    cfg.write_text(text)
+    result = runner.invoke(app, ["fit-mixture", str(planted), "--out", str(tmp_path / "r"), "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert expected in result.output and str(cfg) in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_list_flag_names_the_flag_on_a_bad_value(planted, tmp_path):
+    result = runner.invoke(app, ["adapt", str(planted), str(tmp_path), "--out", str(tmp_path / "a"), "--budgets", "5,abc"])
+    assert result.exit_code == 2
+    assert "--budgets" in result.output and "'abc'" in result.output
