@@ -78,3 +78,25 @@ def test_list_flag_names_the_flag_on_a_bad_value(planted, tmp_path):
     result = runner.invoke(app, ["adapt", str(planted), str(tmp_path), "--out", str(tmp_path / "a"), "--budgets", "5,abc"])
     assert result.exit_code == 2
     assert "--budgets" in result.output and "'abc'" in result.output
+
+
+def test_compare_puts_results_side_by_side_naming_what_differs(planted, tmp_path):
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["fit-mixture", str(planted), "--out", str(run), "--k", "2", "--epochs", "1"]).exit_code == 0
+    outs = []
+    for tau in ("1.0", "0.001"):
+        out = tmp_path / f"adapt-{tau}"
+        res = runner.invoke(app, ["adapt", str(planted), str(run), "--out", str(out), "--budgets", "5,10", "--seeds", "2",
+                                  "--tau", tau, "--no-baselines", "--epochs", "2"])
+        assert res.exit_code == 0, res.output
+        outs.append(out)
+    res = runner.invoke(app, ["compare", *map(str, outs), "--out", str(tmp_path / "cmp")], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert data["budget"] == 10
+    assert [r["differs"] for r in data["results"]] == [{"adapt.tau": 1.0}, {"adapt.tau": 0.001}]
+    assert "adapt.tau" in (tmp_path / "cmp" / "compare.csv").read_text().splitlines()[0]
+    again = runner.invoke(app, ["compare", *map(str, outs), "--out", str(tmp_path / "cmp")])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    missing = runner.invoke(app, ["compare", str(outs[0]), str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "no results.json" in missing.output
