@@ -9,6 +9,7 @@ dependency must be imported somewhere in the package.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata as metadata
 import re
 import sys
@@ -53,10 +54,15 @@ def _third_party_imports() -> dict[str, set[str]]:
     return found
 
 
+@functools.cache
+def _installed() -> dict[str, list[str]]:
+    return metadata.packages_distributions()
+
+
 def _distribution(module: str) -> str:
     if module in KNOWN:
         return _norm(KNOWN[module])
-    dists = metadata.packages_distributions().get(module)
+    dists = _installed().get(module)
     return _norm(dists[0]) if dists else _norm(module)
 
 
