@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import PreferenceDataError
-from .implicit import as_messages
+from .pairs import as_messages
 
 COLUMNS = ("prompt", "chosen", "rejected", "attribute", "context", "split")
 DEFAULT_ATTRIBUTE = "default"
@@ -182,7 +182,8 @@ def _truncate(text: str | None, limit: int) -> str | None:
 
 
 def summarize(df: pd.DataFrame, *, sample_chars: int = 200) -> dict[str, Any]:
-    """Counts per split and attribute, distinct prompts/responses/contexts, dropped rows, warnings,
+    """Counts per split and attribute, distinct prompts/responses/contexts, dropped rows, the format
+    found for each split of the source, warnings,
     the table hash and a truncated first row, as a JSON-ready dict."""
     splits: dict[str, dict[str, Any]] = {}
     for split, attribute in zip(df["split"], df["attribute"]):
@@ -210,6 +211,7 @@ def summarize(df: pd.DataFrame, *, sample_chars: int = 200) -> dict[str, Any]:
         "distinct_contexts": len(contexts),
         "duplicates_dropped": int(df.attrs.get("duplicates_dropped", 0)),
         "rows_dropped": int(df.attrs.get("rows_dropped", 0)),
+        "formats": dict(df.attrs.get("formats", {})),
         "warnings": list(df.attrs.get("warnings", [])),
         "sha256": table_sha256(df),
         "sample": sample,
