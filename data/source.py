@@ -164,6 +164,10 @@ def _open_folder(root: Path, config: str | None, data_dir: str | None, split: st
     except PreferenceDataError:
         raise
     except Exception as exc:
+        if "cast" in str(exc).lower() or "same columns" in str(exc).lower():
+            raise PreferenceDataError(f"the data files in folder {root} do not all have the same columns ({_reason(exc)}); "
+                                      "datasets reads a folder as one dataset with one set of columns: give the files "
+                                      "the same columns or load each file on its own") from None
         raise PreferenceDataError(f"could not read the data files in folder {root} ({_reason(exc)}); put .jsonl, "
                                   ".json, .parquet, .csv or .arrow files there (one type per folder), a README.md with "
                                   "`configs`, or a folder written by `datasets.save_to_disk`") from None
