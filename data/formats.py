@@ -59,15 +59,13 @@ def _optional_key(part: Part, column: str, key: str, default_key: str, warnings:
     return None
 
 
-def _helpsteer3(record: dict) -> dict | None:
-    """HelpSteer3's overall_preference runs from -3 (response1 much better) to 3 (response2 much
-    better); 0 is a tie, which states no preference (None)."""
-    score = record["overall_preference"]
+def _helpsteer3(record: dict) -> tuple | None:
+    """(prompt, chosen, rejected): HelpSteer3's overall_preference runs from -3 (response1 much better) to 3
+    (response2 much better); 0 is a tie, which states no preference (None)."""
+    score, first, second = record["overall_preference"], record["response1"], record["response2"]
     if is_missing(score) or score == 0:
         return None
-    first, second = record["response1"], record["response2"]
-    chosen, rejected = (first, second) if score < 0 else (second, first)
-    return {"prompt": record["context"], "chosen": chosen, "rejected": rejected}
+    return (record["context"], first, second) if score < 0 else (record["context"], second, first)
 
 
 def detect_format(part: Part, keys: ColumnKeys) -> str:
@@ -94,65 +92,46 @@ def detect_format(part: Part, keys: ColumnKeys) -> str:
     return STANDARD_EXPLICIT
 
 
-def part_records(part: Part, keys: ColumnKeys, warnings: list[str], *, strict: bool,
-                 default_split: str | None = None, attribute_of: Callable[[Part], str | None] | None = None
-                 ) -> tuple[str, list[dict]]:
-    """(format, records of one split renamed to the table's columns); validation happens in build_table."""
-    fmt = detect_format(part, keys)
-    defaults = ColumnKeys()
-    attribute_key = _optional_key(part, "attribute", keys.attribute, defaults.attribute, warnings)
-    # HelpSteer3's 'context' column is the conversation (the prompt), not the table's context
-    context_key = (None if fmt == TWO_RESPONSES and keys.context == defaults.context
-                   else _optional_key(part, "context", keys.context, defaults.context, warnings))
-    split_key = _optional_key(part, "split", keys.split, defaults.split, warnings)
-    part_attribute = attribute_of(part) if attribute_of else None
-    part_split = default_split or part.split
-
-    records, failed, first_failure, ties = [], 0, None, 0
-    for row, record in enumerate(part.records, start=1):
-        where = part.where(row)
-        pair = _helpsteer3(record) if fmt == TWO_RESPONSES else \
-            {"prompt": record.get(keys.prompt), "chosen": record.get(keys.chosen), "rejected": record.get(keys.rejected)}
-        if pair is None:
-            ties += 1
-            continue
-        try:
-            prompt, chosen, rejected = split_pair(pair["prompt"], pair["chosen"], pair["rejected"])
-        except ValueError as exc:
-            if strict:
-                raise PreferenceDataError(f"{where}: {exc}") from None
-            failed += 1
-            first_failure = first_failure or f"{where}: {exc}"
-            continue
-        records.append({
-            "prompt": prompt, "chosen": chosen, "rejected": rejected,
-            "attribute": record.get(attribute_key) if attribute_key else part_attribute,
-            "context": record.get(context_key) if context_key else None,
-            "split": record.get(split_key) if split_key else part_split,
-            WHERE: where,
-        })
-    if ties:
-        warnings.append(f"dropped {ties} tie{'s' if ties != 1 else ''} (overall_preference 0) in {part.label}")
-    if failed:
-        warnings.append(f"dropped {failed} pair{'s' if failed != 1 else ''} whose prompt could not be split off "
-                        f"(first: {first_failure})")
-    return fmt, records
-
-
 def table_from_parts(parts: list[Part], keys: ColumnKeys | None = None, *, source: str, strict: bool = True,
                      default_split: str | None = None, attribute_of: Callable[[Part], str | None] | None = None,
                      warnings: list[str] | None = None) -> pd.DataFrame:
-    """Read every split with the same column mapping and validate them together into one table; the
-    format found for each split goes into df.attrs["formats"] ({split label: format})."""
-    keys = keys or ColumnKeys()
-    warnings = list(warnings or [])
+    """Map every split with the same column mapping and validate them together into one table; the format
+    found for each split goes into df.attrs["formats"] ({split label: format})."""
+    keys, defaults, warnings = keys or ColumnKeys(), ColumnKeys(), list(warnings or [])
     formats: dict[str, str] = {}
     records: list[dict[str, Any]] = []
+    failed, first_failure = 0, None
     for part in parts:
-        fmt, part_rows = part_records(part, keys, warnings, strict=strict, default_split=default_split,
-                                      attribute_of=attribute_of)
-        formats[part.label] = fmt
-        records += part_rows
+        fmt = formats[part.label] = detect_format(part, keys)
+        attribute_key = _optional_key(part, "attribute", keys.attribute, defaults.attribute, warnings)
+        # HelpSteer3's 'context' column is the conversation (the prompt), not the table's context
+        context_key = (None if fmt == TWO_RESPONSES and keys.context == defaults.context
+                       else _optional_key(part, "context", keys.context, defaults.context, warnings))
+        split_key = _optional_key(part, "split", keys.split, defaults.split, warnings)
+        attribute, ties = attribute_of(part) if attribute_of else None, 0
+        for row, record in enumerate(part.records, start=1):
+            pair = _helpsteer3(record) if fmt == TWO_RESPONSES else (
+                record.get(keys.prompt), record.get(keys.chosen), record.get(keys.rejected))
+            if pair is None:
+                ties += 1
+                continue
+            try:
+                prompt, chosen, rejected = split_pair(*pair)
+            except ValueError as exc:
+                if strict:
+                    raise PreferenceDataError(f"{part.where(row)}: {exc}") from None
+                failed, first_failure = failed + 1, first_failure or f"{part.where(row)}: {exc}"
+                continue
+            records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                            "attribute": record.get(attribute_key) if attribute_key else attribute,
+                            "context": record.get(context_key) if context_key else None,
+                            "split": record.get(split_key) if split_key else default_split or part.split,
+                            WHERE: part.where(row)})
+        if ties:
+            warnings.append(f"dropped {ties} tie{'s' if ties != 1 else ''} (overall_preference 0) in {part.label}")
+    if failed:
+        warnings.append(f"dropped {failed} pair{'s' if failed != 1 else ''} whose prompt could not be split off "
+                        f"(first: {first_failure})")
     table = build_table(records, source=source, strict=strict, column_names=keys.as_dict(), warnings=warnings)
     table.attrs["formats"] = formats
     return table
