@@ -1,11 +1,7 @@
-"""Split one preference row, in any of the shapes preference datasets use, into (prompt, chosen reply,
-rejected reply).
-
-The shapes are TRL's four preference formats (standard or conversational, explicit or implicit prompt),
-UltraFeedback's prompt string next to conversations that repeat it, and HH-RLHF's transcripts
-("\\n\\nHuman: ...\\n\\nAssistant: ..."). Conversations are lists of {"role", "content"} messages; in
-every conversational shape the prompt keeps every turn before the last, and the last turn, an
-assistant's, is the response. A row that does not fit raises ValueError saying why.
+"""Split one preference row into (prompt, chosen reply, rejected reply), whatever its shape: TRL's four
+preference formats, UltraFeedback's prompt next to conversations that repeat it, HH-RLHF's transcripts.
+Conversations are lists of {"role", "content"} messages; the prompt keeps every turn before the last, and
+the last turn, an assistant's, is the response. A row that does not fit raises ValueError saying why.
 """
 
 from __future__ import annotations
@@ -16,14 +12,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-ASSISTANT = "\n\nAssistant:"
+import pandas as pd
+
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
 Messages = list[dict[str, Any]]
 
 
 def is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def is_transcript(value: Any) -> bool:
@@ -54,26 +51,10 @@ def parse_transcript(text: str) -> Messages:
     return messages
 
 
-def split_transcripts(chosen: str, rejected: str) -> tuple[Messages, str, str]:
-    """HH-RLHF: prompt = the shared history up to the last '\\n\\nAssistant:' both sides share."""
-    shared = len(os.path.commonprefix([chosen, rejected]))
-    cut = chosen.rfind(ASSISTANT, 0, shared)
-    if cut < 0:
-        raise ValueError("chosen and rejected share no '\\n\\nAssistant:' turn, so the prompt cannot be split off "
-                         "(implicit transcripts must both start with the same '\\n\\nHuman: ...\\n\\nAssistant:' history)")
-    prompt = parse_transcript(chosen[:cut])
-    if not prompt:
-        raise ValueError("the shared history before the last '\\n\\nAssistant:' is empty")
-    start = cut + len(ASSISTANT)
-    return prompt, chosen[start:].strip(), rejected[start:].strip()
-
-
 def split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
-    """TRL's standard implicit-prompt format: the prompt is the longest common prefix of the two texts, and
-    when the first differing character follows a space, that space starts the responses instead (as
-    `trl.data_utils.extract_prompt` does: {"chosen": "The sky is blue.", "rejected": "The sky is green."}
-    -> ("The sky is", " blue.", " green.")). Unlike TRL, a pair where one text is a prefix of the other
-    is refused: one side would have no response."""
+    """TRL's standard implicit prompt, as `trl.data_utils.extract_prompt` takes it: the longest common prefix,
+    less a space right before the first difference ("The sky is blue." / "The sky is green." -> "The sky is",
+    " blue.", " green."). Unlike TRL, a text that is the start of the other is refused (no response)."""
     n = len(os.path.commonprefix([chosen, rejected]))
     if n == min(len(chosen), len(rejected)):
         raise ValueError("one of chosen and rejected is the start of the other, so no prompt can be split off")
@@ -101,6 +82,8 @@ def split_last_turn(chosen: Messages, rejected: Messages) -> tuple[Messages, str
 def split_pair(prompt: Any, chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     """(prompt, chosen, rejected) of one row in any supported shape; prompt is None when the row has no
     prompt column. Values that are neither text nor conversations pass through for validation to name."""
+    if is_missing(prompt) and is_transcript(chosen) and is_transcript(rejected):  # HH-RLHF: conversations as text
+        chosen, rejected = parse_transcript(chosen), parse_transcript(rejected)
     c_msgs, r_msgs = as_messages(chosen), as_messages(rejected)
     if (c_msgs is None) != (r_msgs is None):
         conv, other = ("chosen", "rejected") if c_msgs is not None else ("rejected", "chosen")
@@ -110,8 +93,6 @@ def split_pair(prompt: Any, chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
             return prompt, chosen, rejected  # TRL standard explicit
         if not (isinstance(chosen, str) and isinstance(rejected, str)):
             return prompt, chosen, rejected
-        if is_transcript(chosen) and is_transcript(rejected):
-            return split_transcripts(chosen, rejected)
         return split_common_prefix(chosen, rejected)  # TRL standard implicit
     p_msgs = as_messages(prompt)
     if p_msgs is not None:  # TRL conversational explicit; some datasets repeat the prompt in each reply

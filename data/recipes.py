@@ -176,13 +176,11 @@ def _hh_attribute(folder: str) -> str:
 
 def hh_rlhf(path: str | None = None) -> pd.DataFrame:
     """HH-RLHF (Anthropic/hh-rlhf): implicit transcripts; attribute helpful/harmless from the folder."""
-    local = Path(path) if path is not None else None
-    if local is not None and (local.is_file() or not any((local / s).is_dir() for s in HH_SUBSETS)):
-        subsets = {None: _hh_attribute(local.resolve().parent.name if local.is_file() else local.resolve().name)}
-    else:  # the hub layout: one folder per subset (red-team-attempts is another format, left out)
-        subsets = {s: _hh_attribute(s) for s in HH_SUBSETS if local is None or (local / s).is_dir()}
-    attributes = {part.label: (part, attribute) for subset, attribute in subsets.items()
-                  for part in _frames(path, "Anthropic/hh-rlhf", name="hh-rlhf", data_dir=subset)}
+    local = Path(path).resolve() if path is not None else None
+    # the hub layout has one folder per subset (red-team-attempts is another format, left out)
+    subsets = [s for s in HH_SUBSETS if local is None or (local / s).is_dir()] or [None]
+    attributes = {part.label: (part, _hh_attribute(s or (local.parent.name if local.is_file() else local.name)))
+                  for s in subsets for part in _frames(path, "Anthropic/hh-rlhf", name="hh-rlhf", data_dir=s)}
     return table_from_parts([part for part, _ in attributes.values()], source="hh-rlhf", strict=False,
                             attribute_of=lambda part: attributes[part.label][1])
 

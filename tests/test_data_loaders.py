@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from micro.data import COLUMNS, PreferenceDataError, load_preferences, summarize, table_sha256
-from micro.data.pairs import parse_transcript, split_last_turn, split_transcripts
+from micro.data.pairs import parse_transcript, split_last_turn, split_pair
 
 
 def write_jsonl(path, rows, gz=False):
@@ -89,8 +89,8 @@ def test_implicit_transcripts_split_off_the_shared_multi_turn_prompt(tmp_path):
     assert (row["chosen"], row["rejected"]) == ("Why did the chicken cross the road?", "No.")
 
 
-def test_split_transcripts_cuts_at_the_last_shared_assistant_turn_even_if_replies_share_a_start():
-    prompt, chosen, rejected = split_transcripts("\n\nHuman: q\n\nAssistant: Sure, yes", "\n\nHuman: q\n\nAssistant: Sure, no")
+def test_transcripts_split_at_the_last_assistant_turn_even_if_replies_share_a_start():
+    prompt, chosen, rejected = split_pair(None, "\n\nHuman: q\n\nAssistant: Sure, yes", "\n\nHuman: q\n\nAssistant: Sure, no")
     assert prompt == [{"role": "user", "content": "q"}] and (chosen, rejected) == ("Sure, yes", "Sure, no")
     assert parse_transcript("Human: a\n\nAssistant: b") == [{"role": "user", "content": "a"},
                                                             {"role": "assistant", "content": "b"}]
@@ -110,7 +110,7 @@ def test_implicit_conversations_take_every_earlier_turn_as_prompt():
 
 def test_implicit_rows_that_cannot_be_split_name_the_row(tmp_path):
     bad = HH + [{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: other\n\nAssistant: c"}]
-    with pytest.raises(PreferenceDataError, match=r"bad\.jsonl row 2: chosen and rejected share no"):
+    with pytest.raises(PreferenceDataError, match=r"bad\.jsonl row 2: the chosen and rejected conversations differ at turn 1"):
         load_preferences(str(write_jsonl(tmp_path / "bad.jsonl", bad)))
 
 

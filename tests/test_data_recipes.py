@@ -204,8 +204,10 @@ def test_hh_rlhf_from_a_local_copy_of_the_hub_layout(tmp_path):
 def test_hh_rlhf_shared_harmless_test_file(real_data):
     df = load_preferences("hh-rlhf", path=str(real_data / "hh_rlhf_harmless" / "test.jsonl.gz"))
     s = summarize(df)
-    assert s["splits"] == {"test": {"pairs": 2308, "attributes": {"harmless": 2308}}}
+    assert s["splits"] == {"test": {"pairs": 2303, "attributes": {"harmless": 2303}}}
     assert s["rows_dropped"] == 4  # 4 pairs whose final chosen reply is empty
+    # 5 pairs whose two transcripts differ before the last assistant turn (no shared prompt)
+    assert any(w.startswith("dropped 5 pairs whose prompt could not be split off") for w in s["warnings"])
     assert all(p[-1]["role"] == "user" for p in df["prompt"])
     assert not any("\n\nHuman:" in c for c in df["chosen"])
 
