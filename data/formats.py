@@ -5,7 +5,7 @@ responses (micro.data.pairs). Validation happens once, in micro.data.table.build
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
@@ -38,10 +38,7 @@ class ColumnKeys:
 
     def changed(self) -> dict[str, str]:
         """The keys set to something other than their default."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
-
-    def as_dict(self) -> dict[str, str]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in asdict(self).items() if v != getattr(ColumnKeys, k)}
 
 
 def _optional_key(part: Part, column: str, key: str, default_key: str, warnings: list[str]) -> str | None:
@@ -132,6 +129,6 @@ def table_from_parts(parts: list[Part], keys: ColumnKeys | None = None, *, sourc
     if failed:
         warnings.append(f"dropped {failed} pair{'s' if failed != 1 else ''} whose prompt could not be split off "
                         f"(first: {first_failure})")
-    table = build_table(records, source=source, strict=strict, column_names=keys.as_dict(), warnings=warnings)
+    table = build_table(records, source=source, strict=strict, column_names=asdict(keys), warnings=warnings)
     table.attrs["formats"] = formats
     return table

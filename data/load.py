@@ -49,14 +49,11 @@ def load_preferences(source: str, *, path: str | None = None, split: str | None 
     """Load preference pairs into one validated table.
 
     source: a recipe name (see RECIPES; `path` then points it at local files instead of the hub), a data
-        file (.jsonl/.json/.parquet/.csv/.arrow, optionally compressed), a folder of them or written by
-        `datasets.save_to_disk`, or a Hugging Face dataset id (owner/name), all read with `datasets`.
-        The format is found from the columns: TRL's four preference formats, UltraFeedback's prompt plus
-        conversations, HH-RLHF transcripts, HelpSteer3's two responses with a preference score.
+        file (.jsonl/.json/.parquet/.csv/.arrow, maybe compressed), a folder of them or from `save_to_disk`,
+        or a hub dataset id (owner/name), read with `datasets`; the format is found (micro.data.formats).
     split: keep only this split (the dataset's own split names, or a split column's values).
     dataset_config, revision: the dataset's configuration (subset) and, for hub ids, its git revision.
-    limit: keep at most this many pairs per split; only the first `limit` rows of each split are read
-        (a hub id is then streamed, not downloaded whole).
+    limit: at most this many pairs per split, from its first `limit` rows (a hub id is then streamed).
     *_key: source column holding each table column, for files and hub ids (recipes know their columns).
 
     Returns a DataFrame with columns prompt, chosen, rejected, attribute, context, split (see

@@ -48,7 +48,6 @@ REWARDBENCH_SECTIONS = {
 
 def _frames(path: str | None, repo_id: str | None, *, name: str, data_dir: str | None = None,
             split: str | None = None) -> list[Part]:
-    """The splits of the local copy at `path`, else of the hub dataset `repo_id` (see source.open_source)."""
     if path is None and repo_id is None:
         raise PreferenceDataError(f"recipe '{name}' has no hub copy; pass --path (path= in Python) pointing at its files")
     return open_source(path if path is not None else repo_id, data_dir=data_dir, split=split)

@@ -126,9 +126,8 @@ def _load(path: Path, source: str, config, revision, data_dir, split, limit, war
 def _failure(source: str, path: Path, exc: Exception) -> str:
     reason = _reason(exc)
     if path.is_file():
-        builder = file_type(path)
-        return (f"could not read {path} as {builder} ({reason}); check that the file is complete and really {builder} "
-                f"(one JSON object per line for .jsonl), or {_HOW_TO_FIX}")
+        return (f"could not read {path} as {file_type(path)} ({reason}); check that the file is complete and of its "
+                f"type (one JSON object per line for .jsonl), or {_HOW_TO_FIX}")
     if path.is_dir() and ("cast" in reason.lower() or "same columns" in reason.lower()):
         return (f"the data files in folder {path} do not all have the same columns ({reason}); datasets reads a folder "
                 "as one dataset with one set of columns: give the files the same columns or load each on its own")
