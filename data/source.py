@@ -114,6 +114,11 @@ def _load(path: Path, source: str, config, revision, data_dir, split, limit, war
         return builder.as_streaming_dataset(), f"{path / (data_dir or '')} split '{{split}}'"
     label = f"{source}{'/' + data_dir if data_dir else ''} split '{{split}}'"
     options = dict(revision=revision, data_dir=data_dir, streaming=limit is not None)  # --limit: stream, not download
+    files = {}
+    if split is not None and limit is None:  # download only that split's files ('hf://datasets/ID@REV/PATH' -> PATH)
+        files = datasets.load_dataset_builder(source, config, revision=revision, data_dir=data_dir).config.data_files or {}
+    if split in files:
+        options.update(data_dir=None, data_files={split: [f.split("@", 1)[-1].split("/", 1)[-1] for f in files[split]]})
     try:
         return ({split: datasets.load_dataset(source, config, split=split, **options)} if split is not None
                 else datasets.load_dataset(source, config, **options)), label

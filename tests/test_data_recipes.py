@@ -281,3 +281,26 @@ def test_demo_recipe_is_registered_and_loads():
     pytest.importorskip("micro.data.demo")
     df = load_preferences("demo")
     assert list(df.columns) == ["prompt", "chosen", "rejected", "attribute", "context", "split"] and len(df) > 0
+
+
+def test_a_hub_split_downloads_only_that_splits_files(monkeypatch):
+    """--split asks datasets for that split's data files only (load_dataset would download every split)."""
+    import datasets
+
+    calls = []
+    files = {"train_prefs": ["hf://datasets/someone/prefs@abc123/data/train_prefs-00000-of-00001.parquet"],
+             "test_prefs": ["hf://datasets/someone/prefs@abc123/data/test_prefs-00000-of-00001.parquet"]}
+    builder = type("Builder", (), {"config": type("Config", (), {"data_files": files})()})()
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda *args, **kwargs: builder)
+
+    def load_dataset(path, name=None, **kwargs):
+        calls.append(kwargs)
+        return datasets.Dataset.from_list([{"prompt": "p", "chosen": "a", "rejected": "b"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    df = load_preferences("someone/prefs", split="test_prefs")
+    assert calls[0]["data_files"] == {"test_prefs": ["data/test_prefs-00000-of-00001.parquet"]}
+    assert calls[0]["split"] == "test_prefs" and not calls[0]["streaming"]
+    assert df["split"].tolist() == ["test_prefs"]
+    load_preferences("someone/prefs", split="test_prefs", limit=5)  # streamed: no file list needed
+    assert "data_files" not in calls[1] and calls[1]["streaming"]
