@@ -73,6 +73,9 @@ def detect_format(part: Part, keys: ColumnKeys) -> str:
         raise PreferenceDataError(f"{part.label} holds no records; remove the empty file or fill it")
     if keys.chosen not in columns and all(c in columns for c in _HELPSTEER3):
         return TWO_RESPONSES
+    if keys.chosen not in columns and "helpfulness" in columns and ("response" in columns or "responses" in columns):
+        raise PreferenceDataError(f"{part.label} holds rated responses (HelpSteer2's layout), not pairs; the helpsteer2 "
+                                  "recipe pairs them per attribute: micro data preview helpsteer2 --path FILE_OR_FOLDER")
     for column in ("chosen", "rejected"):
         if getattr(keys, column) not in columns:
             raise missing_column(getattr(keys, column), columns, part.label, f"{column}-key")

@@ -76,11 +76,12 @@ def _folder_builder(root: Path, config: str | None, data_dir: str | None):
     import datasets
 
     builder = datasets.load_dataset_builder(str(root), config, data_dir=data_dir)
-    files = [f for fs in (builder.config.data_files or {}).values() for f in fs]
+    splits = builder.config.data_files or {}
+    files = [f for fs in splits.values() for f in fs]
     by_name: dict[str, list[str]] = {}
     for f in files:
         by_name.setdefault(_NAME.sub("", Path(f).name), []).append(f)
-    merged = any(len({_NAME.sub("", Path(f).name) for f in fs}) > 1 for fs in builder.config.data_files.values())
+    merged = any(len({_NAME.sub("", Path(f).name) for f in fs}) > 1 for fs in splits.values())
     if merged and not _has_configs(root) and all(re.fullmatch(r"\w+(\.\w+)*", name) for name in by_name):
         builder = datasets.load_dataset_builder(str(root), data_files=by_name)
     return builder, {Path(f).resolve() for f in files}

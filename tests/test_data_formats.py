@@ -205,3 +205,12 @@ def test_unknown_files_in_a_data_folder_are_listed_in_a_warning(tmp_path):
 def test_a_single_file_is_named_by_datasets_file_name_rules(tmp_path):
     path = write(tmp_path / "test-00000-of-00001.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
     assert load_preferences(str(path))["split"].tolist() == ["test"]
+
+
+def test_helpsteer2_rated_responses_point_to_the_recipe_that_pairs_them(tmp_path):
+    rows = [dict(prompt="A?", response=r, helpfulness=h, correctness=2, coherence=3, complexity=1, verbosity=1)
+            for r, h in (("a1", 4), ("a2", 1))]
+    path = write(tmp_path / "train.jsonl", rows)
+    with pytest.raises(PreferenceDataError, match=r"train\.jsonl holds rated responses \(HelpSteer2's layout\).*helpsteer2 --path"):
+        load_preferences(str(path))
+    assert load_preferences("helpsteer2", path=str(path))[["chosen", "attribute"]].values.tolist() == [["a1", "helpfulness"]]
