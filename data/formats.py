@@ -119,7 +119,7 @@ def table_from_parts(parts: list[Part], keys: ColumnKeys | None = None, *, sourc
                 prompt, chosen, rejected = split_pair(*pair)
             except ValueError as exc:
                 if strict:
-                    raise PreferenceDataError(f"{part.where(row)}: {exc}") from None
+                    raise PreferenceDataError(f"{part.where(row)}: {exc}; fix or remove the row") from None
                 failed, first_failure = failed + 1, first_failure or f"{part.where(row)}: {exc}"
                 continue
             records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,

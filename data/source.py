@@ -145,8 +145,8 @@ def _failure(source: str, path: Path, exc: Exception) -> str:
 
     offline = " and it is not in the local datasets cache (offline mode, HF_HUB_OFFLINE=1)" if datasets.config.HF_HUB_OFFLINE else ""
     return (f"could not load '{source}' from the Hugging Face hub ({reason}){offline}; where the hub is reachable, "
-            "download it (`datasets.load_dataset(ID).save_to_disk(DIR)`, or `hf download --repo-type dataset ID "
-            "--local-dir DIR`), then pass DIR as the source or with --path (path= in Python)")
+            f"download it (`datasets.load_dataset('{source}').save_to_disk(DIR)`, or `hf download --repo-type dataset "
+            f"{source} --local-dir DIR`), then pass DIR as the source or with --path (path= in Python)")
 
 
 def open_source(source: str | Path, *, config: str | None = None, revision: str | None = None,
