@@ -15,10 +15,6 @@ from .source import file_type, open_source
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def _looks_like_file(source: str) -> bool:
-    return file_type(Path(source)) is not None or source.startswith((".", "/", "~")) or "\\" in source
-
-
 def _unknown_source(source: str) -> PreferenceDataError:
     guess = closest(source.lower(), RECIPES)
     msg = f"unknown source '{source}': it is neither a built-in recipe, an existing file or folder, nor a hub id (owner/name)"
@@ -78,7 +74,7 @@ def load_preferences(source: str, *, path: str | None = None, split: str | None 
         if revision is not None:
             raise PreferenceDataError(f"--revision only applies to hub ids; '{name}' is a local path")
         target = str(local)
-    elif _looks_like_file(name):
+    elif file_type(local) is not None or name.startswith((".", "/", "~")) or "\\" in name:  # a path, not an id
         raise PreferenceDataError(f"file not found: {name}; check the path")
     elif _HUB_ID.match(name):
         target = path if path is not None else name

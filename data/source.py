@@ -64,15 +64,10 @@ def _file_split(path: Path) -> str:
     return next((str(s) for s, fs in files.items() if any(Path(f).resolve() == path.resolve() for f in fs)), "train")
 
 
-def _has_configs(root: Path) -> bool:
-    """Whether the folder's README.md names its configs and their data files (then its splits are final)."""
-    text = (root / "README.md").read_text(encoding="utf-8", errors="replace") if (root / "README.md").is_file() else ""
-    return text.startswith("---") and re.search(r"^configs:", text.split("---", 2)[1], re.MULTILINE) is not None
-
-
 def _folder_builder(root: Path, config: str | None, data_dir: str | None):
     """datasets' builder for a folder. Where its file-name rules would merge files of different names into
-    one split (train_prefs-*.parquet and train_sft-*.parquet both 'train'), each name is its own split."""
+    one split (train_prefs-*.parquet and train_sft-*.parquet both 'train'), each name is its own split, unless
+    the README.md names its configs and their files."""
     import datasets
 
     builder = datasets.load_dataset_builder(str(root), config, data_dir=data_dir)
@@ -82,7 +77,9 @@ def _folder_builder(root: Path, config: str | None, data_dir: str | None):
     for f in files:
         by_name.setdefault(_NAME.sub("", Path(f).name), []).append(f)
     merged = any(len({_NAME.sub("", Path(f).name) for f in fs}) > 1 for fs in splits.values())
-    if merged and not _has_configs(root) and all(re.fullmatch(r"\w+(\.\w+)*", name) for name in by_name):
+    readme = (root / "README.md").read_text(encoding="utf-8", errors="replace") if (root / "README.md").is_file() else ""
+    configs = readme.startswith("---") and re.search(r"^configs:", readme.split("---", 2)[1], re.MULTILINE)
+    if merged and not configs and all(re.fullmatch(r"\w+(\.\w+)*", name) for name in by_name):
         builder = datasets.load_dataset_builder(str(root), data_files=by_name)
     return builder, {Path(f).resolve() for f in files}
 
