@@ -7,23 +7,26 @@ from typing import Annotated, Optional
 import typer
 
 # Source options shared by every command that reads preference data (micro data preview, micro embed).
-SourceArg = Annotated[str, typer.Argument(help="Recipe name (see `micro data recipes`), a .jsonl/.json/.parquet/.csv file or folder, or a hub dataset id.")]
+SourceArg = Annotated[str, typer.Argument(help="Recipe name (see `micro data recipes`), a hub dataset id, a .jsonl/.json/.parquet/.csv/.arrow file, a folder of them, or a `save_to_disk` folder.")]
 PathOpt = Annotated[Optional[str], typer.Option("--path", help="Local files for a recipe or hub id (instead of downloading).")]
-SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Keep only this split.")]
+SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Keep only this split (the dataset's own split name); hub ids download only it.")]
+DatasetConfigOpt = Annotated[Optional[str], typer.Option("--dataset-config", help="The dataset's configuration (subset) name, for hub ids and folders whose README.md defines configs.")]
+RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Git revision (branch, tag or commit) of a hub dataset.")]
 PromptKey = Annotated[str, typer.Option("--prompt-key", help="Column holding the prompt.")]
 ChosenKey = Annotated[str, typer.Option("--chosen-key", help="Column holding the preferred response.")]
 RejectedKey = Annotated[str, typer.Option("--rejected-key", help="Column holding the other response.")]
 AttributeKey = Annotated[str, typer.Option("--attribute-key", help="Column holding the attribute/group.")]
 ContextKey = Annotated[str, typer.Option("--context-key", help="Column holding the context text.")]
 SplitKey = Annotated[str, typer.Option("--split-key", help="Column holding the split name.")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most this many pairs per split.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most this many pairs per split; reads only the first rows of each split (hub ids are streamed).")]
 
 
-def _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit):
+def _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit,
+                 dataset_config=None, revision=None):
     from ..data import load_preferences
 
-    return load_preferences(source, path=path, split=split, prompt_key=prompt_key, chosen_key=chosen_key,
-                            rejected_key=rejected_key, attribute_key=attribute_key, context_key=context_key,
-                            split_key=split_key, limit=limit)
+    return load_preferences(source, path=path, split=split, dataset_config=dataset_config, revision=revision,
+                            prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key,
+                            attribute_key=attribute_key, context_key=context_key, split_key=split_key, limit=limit)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from ._app import app, fail
-from ._common import AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SourceArg, SplitKey, SplitOpt, _load_source
+from ._common import (AttributeKey, ChosenKey, ContextKey, DatasetConfigOpt, LimitOpt, PathOpt, PromptKey, RejectedKey,
+                      RevisionOpt, SourceArg, SplitKey, SplitOpt, _load_source)
 
 # ---- data commands (micro data ...) ----
 data_app = typer.Typer(help="Inspect preference data: built-in recipes, local files, hub ids.", no_args_is_help=True)
@@ -17,6 +18,8 @@ def data_preview(
     source: SourceArg,
     path: PathOpt = None,
     split: SplitOpt = None,
+    dataset_config: DatasetConfigOpt = None,
+    revision: RevisionOpt = None,
     prompt_key: PromptKey = "prompt",
     chosen_key: ChosenKey = "chosen",
     rejected_key: RejectedKey = "rejected",
@@ -26,13 +29,14 @@ def data_preview(
     limit: LimitOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
-    """Load SOURCE into the preference table and show counts, distinct texts, a sample row and warnings."""
+    """Load SOURCE into the preference table and show its format, counts, distinct texts, a sample row and warnings."""
     import json
 
     from ..data import PreferenceDataError, summarize
 
     try:
-        df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
+        df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit,
+                          dataset_config=dataset_config, revision=revision)
     except PreferenceDataError as exc:
         fail(exc)
     summary = summarize(df)
@@ -71,6 +75,8 @@ def _print_data_summary(summary: dict) -> None:
             table.add_row(split, attribute, str(n))
         table.add_row(f"[bold]{split}[/bold]", "[bold]all[/bold]", f"[bold]{entry['pairs']}[/bold]", end_section=True)
     console.print(table)
+    for where, fmt in summary["formats"].items():
+        console.print(f"format of {where}: {fmt}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"distinct prompts: {summary['distinct_prompts']}   distinct responses: {summary['distinct_responses']}"
                   f"   distinct contexts: {summary['distinct_contexts']}")
     console.print(f"duplicates dropped: {summary['duplicates_dropped']}   invalid rows dropped: {summary['rows_dropped']}"

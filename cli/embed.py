@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._app import app, fail
-from ._common import AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SourceArg, SplitKey, SplitOpt, _load_source
+from ._common import AttributeKey, ChosenKey, ContextKey, DatasetConfigOpt, LimitOpt, PathOpt, PromptKey, RejectedKey, RevisionOpt, SourceArg, SplitKey, SplitOpt, _load_source
 
 # ---- embed commands ----
 @app.command("embed")
@@ -21,6 +21,8 @@ def embed(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub repository."),
     path: PathOpt = None,
     split: SplitOpt = None,
+    dataset_config: DatasetConfigOpt = None,
+    revision: RevisionOpt = None,
     prompt_key: PromptKey = "prompt",
     chosen_key: ChosenKey = "chosen",
     rejected_key: RejectedKey = "rejected",
@@ -43,7 +45,8 @@ def embed(
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
-        df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
+        df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit,
+                          dataset_config=dataset_config, revision=revision)
         report = embed_table(df, model=model, out=out, max_length=max_length, batch_tokens=batch_tokens,
                              dtype=dtype, device=device, context_in_sequence=context_in_sequence,
                              trust_remote_code=trust_remote_code, source_sha256=table_sha256(df),

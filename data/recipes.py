@@ -1,7 +1,8 @@
 """Built-in recipes: known datasets turned into the preference table.
 
 RECIPES maps a name to `loader(path=None) -> DataFrame`. With `path` a recipe reads local files
-(a file or a folder laid out like the hub repo); without it, it downloads from the hub.
+(a file, a folder laid out like the hub repo, or a `save_to_disk` folder); without it, it loads the hub
+dataset through `datasets` (micro.data.source).
 Recipes read public data we do not control, so bad rows are dropped with a warning instead of
 stopping the load (see table.build_table, strict=False).
 """
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 
-from . import hub
 from .errors import PreferenceDataError, missing_column
-from .explicit import ColumnKeys, table_from_frames
-from .files import FileFrame, read_path
+from .formats import ColumnKeys, table_from_parts
+from .source import Part, file_type, open_source
 from .table import WHERE, build_table, from_frame
 
 HELPSTEER2_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
@@ -45,16 +46,14 @@ REWARDBENCH_SECTIONS = {
 }
 
 
-def _frames(path: str | None, repo_id: str | None, patterns: list[str], local_patterns: list[str] | None = None,
-            *, name: str) -> list[FileFrame]:
-    if path is not None:
-        return read_path(path, local_patterns)
-    if repo_id is None:
+def _frames(path: str | None, repo_id: str | None, *, name: str, data_dir: str | None = None,
+            split: str | None = None) -> list[Part]:
+    if path is None and repo_id is None:
         raise PreferenceDataError(f"recipe '{name}' has no hub copy; pass --path (path= in Python) pointing at its files")
-    return hub.hub_frames(repo_id, patterns)
+    return open_source(path if path is not None else repo_id, data_dir=data_dir, split=split)
 
 
-def _require(frame: FileFrame, columns: list[str], recipe: str) -> None:
+def _require(frame: Part, columns: list[str], recipe: str) -> None:
     present = frame.columns
     for column in columns:
         if column not in present:
@@ -64,7 +63,7 @@ def _require(frame: FileFrame, columns: list[str], recipe: str) -> None:
 
 # ---- HelpSteer2 -------------------------------------------------------------------------------
 
-def _helpsteer2_split(frame: FileFrame) -> str:
+def _helpsteer2_split(frame: Part) -> str:
     """HelpSteer2's validation split (the subset's eval.json) is the paper's test set."""
     name = (frame.split or "").lower()
     return "train" if name == "train" else "test" if name in ("validation", "eval", "test") else name or "train"
@@ -81,7 +80,7 @@ def _rating(value, where: str, attribute: str, scale: float) -> int:
     return round(rating)
 
 
-def _helpsteer2_groups(frame: FileFrame):
+def _helpsteer2_groups(frame: Part):
     """(prompt, responses, ratings, where) per prompt, from either layout."""
     columns = frame.columns
     if "responses" in columns and "labels" in columns:  # subset layout: one row per prompt, ratings / 4
@@ -124,8 +123,7 @@ def binarize_helpsteer2(prompt, responses, ratings, split: str, where: str) -> l
 
 def helpsteer2(path: str | None = None) -> pd.DataFrame:
     """HelpSteer2 (nvidia/HelpSteer2, or a folder like the shared subset): per-attribute pairs, Table 6 contexts."""
-    frames = _frames(path, "nvidia/HelpSteer2", ["train.jsonl.gz", "validation.jsonl.gz"],
-                     ["train*", "valid*", "eval*", "test*"], name="helpsteer2")
+    frames = _frames(path, "nvidia/HelpSteer2", name="helpsteer2")
     rows = []
     for frame in frames:
         split = _helpsteer2_split(frame)
@@ -144,7 +142,7 @@ def rpr(path: str | None = None) -> pd.DataFrame:
     # The dataset has no preference column: by construction (Pitis et al. 2024) response_a is the
     # preferred completion under criteria_x and response_b under criteria_y.
     rows = []
-    for frame in _frames(path, "microsoft/rpr", ["data/*.parquet"], name="rpr"):
+    for frame in _frames(path, "microsoft/rpr", name="rpr"):
         _require(frame, RPR_COLUMNS, "rpr")
         split = frame.split or "train"
         for n, r in enumerate(frame.records, start=1):
@@ -162,29 +160,40 @@ def rpr(path: str | None = None) -> pd.DataFrame:
 
 def preference_700k(path: str | None = None) -> pd.DataFrame:
     """preference-700K (hendrydong/preference_700K): chosen/rejected conversations, prompt = shared messages."""
-    frames = _frames(path, "hendrydong/preference_700K", hub.DATA_PATTERNS, name="preference-700k")
-    return table_from_frames(frames, source="preference-700k", strict=False)
+    frames = _frames(path, "hendrydong/preference_700K", name="preference-700k")
+    return table_from_parts(frames, source="preference-700k", strict=False)
 
 
-def _hh_attribute(frame: FileFrame) -> str:
+HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
+
+
+def _hh_attribute(folder: str) -> str:
     """HH-RLHF's subsets are helpfulness or harmlessness data; the folder name says which."""
-    name = (frame.subset or frame.path.parent.name).lower()
+    name = folder.lower()
     return "harmless" if "harmless" in name else "helpful" if "helpful" in name else "default"
 
 
 def hh_rlhf(path: str | None = None) -> pd.DataFrame:
     """HH-RLHF (Anthropic/hh-rlhf): implicit transcripts; attribute helpful/harmless from the folder."""
-    patterns = [f"{s}/*.jsonl.gz" for s in ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")]
-    frames = _frames(path, "Anthropic/hh-rlhf", patterns, name="hh-rlhf")
-    return table_from_frames(frames, source="hh-rlhf", strict=False, attribute_of=_hh_attribute)
+    local = Path(path).resolve() if path is not None else None
+    # the hub layout has one folder per subset (red-team-attempts is another format, left out)
+    subsets = [s for s in HH_SUBSETS if local is None or (local / s).is_dir()] or [None]
+    attributes = {part.label: (part, _hh_attribute(s or (local.parent.name if local.is_file() else local.name)))
+                  for s in subsets for part in _frames(path, "Anthropic/hh-rlhf", name="hh-rlhf", data_dir=s)}
+    return table_from_parts([part for part, _ in attributes.values()], source="hh-rlhf", strict=False,
+                            attribute_of=lambda part: attributes[part.label][1])
 
 
 def llmbar(path: str | None = None) -> pd.DataFrame:
     """LLMBar (princeton-nlp/LLMBar json files; local only): attribute = subset from the file name."""
+    if path is None:
+        _frames(path, None, name="llmbar")  # says that LLMBar needs --path
+    local = Path(path)
+    files = [local] if local.is_file() else sorted(p for p in local.glob("*") if file_type(p) == "json")
     rows = []
-    for frame in _frames(path, None, [], ["*.json"], name="llmbar"):
+    for file, frame in ((f, part) for f in files for part in open_source(f)):
         _require(frame, ["input", "output_1", "output_2", "label"], "llmbar")
-        subset = frame.path.name.split(".")[0].removeprefix("llmbar_")
+        subset = file.name.split(".")[0].removeprefix("llmbar_")
         for n, r in enumerate(frame.records, start=1):
             label = str(r["label"]).strip()
             if label not in ("1", "2"):
@@ -196,15 +205,15 @@ def llmbar(path: str | None = None) -> pd.DataFrame:
 
 
 def _rewardbench(path: str | None, sections: bool) -> pd.DataFrame:
-    frames = _frames(path, "allenai/reward-bench", ["data/filtered-*.parquet"], name="rewardbench")
+    frames = _frames(path, "allenai/reward-bench", name="rewardbench", split="filtered")
     for frame in frames:
         _require(frame, ["prompt", "chosen", "rejected", "subset"], "rewardbench")
-        frame.split = None  # every RewardBench pair is test data, whatever the file is called
         if sections:
             for r in frame.records:
                 r["subset"] = REWARDBENCH_SECTIONS.get(r["subset"], r["subset"])
-    return table_from_frames(frames, ColumnKeys(attribute="subset"), source="rewardbench", strict=False,
-                             default_split="test")
+    # every RewardBench pair is test data, whatever its split is called
+    return table_from_parts(frames, ColumnKeys(attribute="subset"), source="rewardbench", strict=False,
+                            default_split="test")
 
 
 def rewardbench(path: str | None = None) -> pd.DataFrame:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -22,18 +21,12 @@ from typing import Any
 import pandas as pd
 
 from .errors import PreferenceDataError
-from .implicit import as_messages
+from .pairs import as_messages, is_missing
 
 COLUMNS = ("prompt", "chosen", "rejected", "attribute", "context", "split")
 DEFAULT_ATTRIBUTE = "default"
 DEFAULT_SPLIT = "train"
 WHERE = "_where"  # key of a record's location ("FILE row N"), used only for messages
-
-
-def _missing(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, float) and math.isnan(value)
 
 
 def _describe(value: Any) -> str:
@@ -48,7 +41,7 @@ class _Problem(Exception):
 
 
 def _text(value: Any, column: str, name: str, where: str) -> str:
-    if _missing(value) or (isinstance(value, str) and not value.strip()):
+    if is_missing(value) or (isinstance(value, str) and not value.strip()):
         raise _Problem(f"empty {column}", f"{where}: column '{name}' is empty; every pair needs a non-empty "
                        f"{column} text: fill it in or remove the row")
     if not isinstance(value, str):
@@ -71,7 +64,7 @@ def _prompt(value: Any, name: str, where: str) -> str | list[dict[str, str]]:
 
 
 def _label(value: Any, column: str, name: str, where: str, default: str | None) -> str | None:
-    if _missing(value) or (isinstance(value, str) and not value.strip()):
+    if is_missing(value) or (isinstance(value, str) and not value.strip()):
         return default
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         return str(value)
@@ -162,7 +155,7 @@ def table_sha256(df: pd.DataFrame) -> str:
     know which table they were built from."""
     digest = hashlib.sha256()
     for row in df[list(COLUMNS)].itertuples(index=False, name=None):
-        value = [None if _missing(v) else v for v in row]
+        value = [None if is_missing(v) else v for v in row]
         digest.update(json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode())
         digest.update(b"\n")
     return digest.hexdigest()
@@ -182,7 +175,8 @@ def _truncate(text: str | None, limit: int) -> str | None:
 
 
 def summarize(df: pd.DataFrame, *, sample_chars: int = 200) -> dict[str, Any]:
-    """Counts per split and attribute, distinct prompts/responses/contexts, dropped rows, warnings,
+    """Counts per split and attribute, distinct prompts/responses/contexts, dropped rows, the format
+    found for each split of the source, warnings,
     the table hash and a truncated first row, as a JSON-ready dict."""
     splits: dict[str, dict[str, Any]] = {}
     for split, attribute in zip(df["split"], df["attribute"]):
@@ -191,7 +185,7 @@ def summarize(df: pd.DataFrame, *, sample_chars: int = 200) -> dict[str, Any]:
         entry["attributes"][attribute] = entry["attributes"].get(attribute, 0) + 1
     prompts = {json.dumps(p, ensure_ascii=False, sort_keys=True) for p in df["prompt"]}
     responses = set(df["chosen"]) | set(df["rejected"])
-    contexts = {c for c in df["context"] if not _missing(c)}
+    contexts = {c for c in df["context"] if not is_missing(c)}
     sample = None
     if len(df):
         first = df.iloc[0]
@@ -199,7 +193,7 @@ def summarize(df: pd.DataFrame, *, sample_chars: int = 200) -> dict[str, Any]:
                   "chosen": _truncate(first["chosen"], sample_chars),
                   "rejected": _truncate(first["rejected"], sample_chars),
                   "attribute": first["attribute"],
-                  "context": _truncate(None if _missing(first["context"]) else first["context"], sample_chars),
+                  "context": _truncate(None if is_missing(first["context"]) else first["context"], sample_chars),
                   "split": first["split"]}
     return {
         "source": df.attrs.get("source"),
@@ -210,6 +204,7 @@ def summarize(df: pd.DataFrame, *, sample_chars: int = 200) -> dict[str, Any]:
         "distinct_contexts": len(contexts),
         "duplicates_dropped": int(df.attrs.get("duplicates_dropped", 0)),
         "rows_dropped": int(df.attrs.get("rows_dropped", 0)),
+        "formats": dict(df.attrs.get("formats", {})),
         "warnings": list(df.attrs.get("warnings", [])),
         "sha256": table_sha256(df),
         "sample": sample,

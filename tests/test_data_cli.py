@@ -65,3 +65,33 @@ def test_recipes_lists_every_recipe():
     result = runner.invoke(app, ["data", "recipes"])
     assert result.exit_code == 0
     assert "helpsteer2" in result.output and "rewardbench" in result.output
+
+
+def test_preview_shows_the_format_of_each_split(tmp_path):
+    for split, text in (("train", "sky"), ("test", "sea")):
+        row = {"chosen": f"The {text} is blue.", "rejected": f"The {text} is green."}
+        (tmp_path / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
+    result = runner.invoke(app, ["data", "preview", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for split in ("train", "test"):
+        assert f"split '{split}': standard, implicit prompt (TRL): prompt = common prefix" in result.output
+    summary = json.loads(runner.invoke(app, ["data", "preview", str(tmp_path), "--json"]).stdout)
+    assert summary["sample"]["prompt"] == "The sky is" and len(summary["formats"]) == 2
+    (tmp_path / "validation.jsonl").write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    result = runner.invoke(app, ["data", "preview", str(tmp_path)])  # datasets < 5 fills the missing column
+    assert result.exit_code == 0 or (result.exit_code == 2 and "do not all have the same columns" in result.output)
+
+
+def test_dataset_config_picks_a_readme_config_and_revision_is_for_hub_ids(tmp_path):
+    for name, prompt in (("prefs", "p"), ("sft", "q")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.jsonl").write_text(json.dumps({"prompt": prompt, "chosen": "a", "rejected": "b"}) + "\n")
+    (tmp_path / "README.md").write_text("---\nconfigs:\n- config_name: prefs\n  data_files: prefs/*.jsonl\n"
+                                        "- config_name: sft\n  data_files: sft/*.jsonl\n---\n")
+    result = runner.invoke(app, ["data", "preview", str(tmp_path), "--dataset-config", "sft", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["sample"]["prompt"] == "q"
+    result = runner.invoke(app, ["data", "preview", str(tmp_path), "--revision", "main"])
+    assert result.exit_code == 2 and "--revision only applies to hub ids" in result.output
+    result = runner.invoke(app, ["data", "preview", "helpsteer2", "--dataset-config", "x"])
+    assert result.exit_code == 2 and "--dataset-config only apply to files and hub ids" in result.output

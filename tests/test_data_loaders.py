@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from micro.data import COLUMNS, PreferenceDataError, load_preferences, summarize, table_sha256
-from micro.data.implicit import parse_transcript, split_conversations, split_transcripts
+from micro.data.pairs import parse_transcript, split_last_turn, split_pair
 
 
 def write_jsonl(path, rows, gz=False):
@@ -46,13 +46,6 @@ def test_every_file_format_loads_the_same_table(tmp_path):
     hashes = {ext: table_sha256(load_preferences(str(tmp_path / f"a.{ext}")))
               for ext in ("jsonl", "jsonl.gz", "json", "parquet", "csv")}
     assert len(set(hashes.values())) == 1, hashes
-
-
-def test_json_split_dict_sets_the_split(tmp_path):
-    (tmp_path / "d.json").write_text(json.dumps({"train": PAIRS[:1], "test": PAIRS[1:]}))
-    df = load_preferences(str(tmp_path / "d.json"))
-    assert df["split"].tolist() == ["train", "test"]
-    assert load_preferences(str(tmp_path / "d.json"), split="test")["chosen"].tolist() == ["Blue."]
 
 
 def test_folder_reads_every_file_and_takes_split_from_the_file_name(tmp_path):
@@ -96,25 +89,28 @@ def test_implicit_transcripts_split_off_the_shared_multi_turn_prompt(tmp_path):
     assert (row["chosen"], row["rejected"]) == ("Why did the chicken cross the road?", "No.")
 
 
-def test_split_transcripts_cuts_at_the_last_shared_assistant_turn_even_if_replies_share_a_start():
-    prompt, chosen, rejected = split_transcripts("\n\nHuman: q\n\nAssistant: Sure, yes", "\n\nHuman: q\n\nAssistant: Sure, no")
+def test_transcripts_split_at_the_last_assistant_turn_even_if_replies_share_a_start():
+    prompt, chosen, rejected = split_pair(None, "\n\nHuman: q\n\nAssistant: Sure, yes", "\n\nHuman: q\n\nAssistant: Sure, no")
     assert prompt == [{"role": "user", "content": "q"}] and (chosen, rejected) == ("Sure, yes", "Sure, no")
     assert parse_transcript("Human: a\n\nAssistant: b") == [{"role": "user", "content": "a"},
                                                             {"role": "assistant", "content": "b"}]
 
 
-def test_implicit_conversations_take_the_shared_messages_as_prompt():
+def test_implicit_conversations_take_every_earlier_turn_as_prompt():
     user = {"role": "user", "content": "q"}
-    prompt, chosen, rejected = split_conversations([user, {"role": "assistant", "content": "good"}],
-                                                   [user, {"role": "assistant", "content": "bad"}])
+    prompt, chosen, rejected = split_last_turn([user, {"role": "assistant", "content": "good"}],
+                                               [user, {"role": "assistant", "content": "bad"}])
     assert prompt == [user] and (chosen, rejected) == ("good", "bad")
-    with pytest.raises(ValueError, match="exactly one assistant reply"):
-        split_conversations([user, {"role": "assistant", "content": "a"}, user], [user, {"role": "assistant", "content": "b"}])
+    with pytest.raises(ValueError, match="ends with a 'user' turn"):
+        split_last_turn([user, {"role": "assistant", "content": "a"}, user], [user, {"role": "assistant", "content": "b"}])
+    with pytest.raises(ValueError, match="differ at turn 2, before their last turn"):
+        split_last_turn([user, {"role": "assistant", "content": "a"}, user, {"role": "assistant", "content": "c"}],
+                        [user, {"role": "assistant", "content": "b"}, user, {"role": "assistant", "content": "d"}])
 
 
 def test_implicit_rows_that_cannot_be_split_name_the_row(tmp_path):
     bad = HH + [{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: other\n\nAssistant: c"}]
-    with pytest.raises(PreferenceDataError, match=r"bad\.jsonl row 2: chosen and rejected share no"):
+    with pytest.raises(PreferenceDataError, match=r"bad\.jsonl row 2: the chosen and rejected conversations differ at turn 1"):
         load_preferences(str(write_jsonl(tmp_path / "bad.jsonl", bad)))
 
 
@@ -149,10 +145,13 @@ def test_a_near_miss_optional_column_earns_a_warning(tmp_path):
 
 @pytest.mark.parametrize("value, kind", [("", "is empty"), ("   ", "is empty"), (None, "is empty"), (3, "holds a int")])
 def test_empty_or_non_text_values_name_file_row_and_column(tmp_path, value, kind):
-    path = write_jsonl(tmp_path / "e.jsonl", [PAIRS[0], {"prompt": "p", "chosen": "a", "rejected": value}])
+    first = {"prompt": "q", "chosen": "c", "rejected": "d"}  # letters: pandas, which datasets falls back to, keeps them text
+    path = write_jsonl(tmp_path / "e.jsonl", [first, {"prompt": "p", "chosen": "a", "rejected": value}])
     with pytest.raises(PreferenceDataError) as err:
         load_preferences(str(path))
-    assert f"{path} row 2: column 'rejected' {kind}" in str(err.value)
+    # datasets < 5 refuses a JSON column that changes type, naming the file
+    assert f"{path} row 2: column 'rejected' {kind}" in str(err.value) or (
+        value == 3 and f"could not read {path} as json" in str(err.value) and "changed from string to number" in str(err.value))
 
 
 def test_error_names_the_source_column_when_mapped(tmp_path):
@@ -191,14 +190,13 @@ def test_missing_file_unknown_extension_and_corrupt_files(tmp_path):
     with pytest.raises(PreferenceDataError, match=r"data\.txt has an unsupported extension '\.txt'; use \.jsonl"):
         load_preferences(str(tmp_path / "data.txt"))
     (tmp_path / "bad.jsonl").write_text(json.dumps(PAIRS[0]) + "\n{not json\n")
-    with pytest.raises(PreferenceDataError, match=r"bad\.jsonl line 2 is not valid JSON"):
+    with pytest.raises(PreferenceDataError, match=r"could not read .*bad\.jsonl as json \(.*JSON parse error.*one JSON object per line"):
         load_preferences(str(tmp_path / "bad.jsonl"))
     (tmp_path / "bad.json").write_text("[{\"prompt\": 1,")
-    with pytest.raises(PreferenceDataError, match=r"bad\.json is not valid JSON"):
+    with pytest.raises(PreferenceDataError, match=r"could not read .*bad\.json as json"):
         load_preferences(str(tmp_path / "bad.json"))
     (tmp_path / "lines.json").write_text(json.dumps(PAIRS[0]) + "\n" + json.dumps(PAIRS[1]) + "\n")
-    with pytest.raises(PreferenceDataError, match="rename it to .jsonl"):
-        load_preferences(str(tmp_path / "lines.json"))
+    assert len(load_preferences(str(tmp_path / "lines.json"))) == 2  # datasets reads JSON Lines named .json
     (tmp_path / "bad.parquet").write_bytes(b"definitely not parquet")
     with pytest.raises(PreferenceDataError, match=r"could not read .*bad\.parquet as parquet"):
         load_preferences(str(tmp_path / "bad.parquet"))
@@ -211,13 +209,22 @@ def test_missing_file_unknown_extension_and_corrupt_files(tmp_path):
 
 
 def test_split_filter_limit_and_unknown_split(tmp_path):
-    rows = [dict(prompt=f"p{i}", chosen="a", rejected="b", split=s) for i in range(5) for s in ("train", "test")]
-    path = write_jsonl(tmp_path / "s.jsonl", rows)
-    assert summarize(load_preferences(str(path), limit=2))["splits"] == {
+    for split in ("train", "test"):
+        write_jsonl(tmp_path / f"{split}.jsonl", [dict(prompt=f"p{i}", chosen="a", rejected="b") for i in range(5)])
+    assert summarize(load_preferences(str(tmp_path), limit=2))["splits"] == {
         "train": {"pairs": 2, "attributes": {"default": 2}}, "test": {"pairs": 2, "attributes": {"default": 2}}}
-    assert set(load_preferences(str(path), split="test")["split"]) == {"test"}
+    assert set(load_preferences(str(tmp_path), split="test")["split"]) == {"test"}
     with pytest.raises(PreferenceDataError, match="split 'validation' not found.*available splits: train, test"):
-        load_preferences(str(path), split="validation")
+        load_preferences(str(tmp_path), split="validation")
+    with pytest.raises(PreferenceDataError, match="limit must be a positive number"):
+        load_preferences(str(tmp_path), limit=0)
+
+
+def test_a_split_column_still_sets_and_selects_the_split(tmp_path):
+    rows = [dict(prompt=f"p{i}", chosen="a", rejected="b", split=s) for i in range(3) for s in ("train", "test")]
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    assert summarize(load_preferences(str(path)))["splits"]["test"]["pairs"] == 3
+    assert load_preferences(str(path), split="test")["prompt"].tolist() == ["p0", "p1", "p2"]
 
 
 def test_table_hash_is_stable_and_content_sensitive(tmp_path):

@@ -1,16 +1,16 @@
-"""Built-in recipes on the shared real data and on small files shaped like the hub datasets
-(the hub download is monkeypatched to return them)."""
+"""Built-in recipes on the shared real data and on small files shaped like the hub datasets (served
+offline from a `datasets` cache made in the test, the way `datasets` finds a dataset downloaded before)."""
 
 import gzip
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from micro.data import RECIPES, PreferenceDataError, load_preferences, summarize
-from micro.data import hub
 from micro.data.recipes import HELPSTEER2_ATTRIBUTES, HELPSTEER2_CONTEXTS
 
 SHARED = Path(os.environ.get("MICRO_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -25,14 +25,14 @@ def real_data() -> Path:
 
 @pytest.fixture
 def fake_hub(monkeypatch, tmp_path):
-    """Serve hub dataset repos from tmp folders; records which repos and patterns were asked for."""
-    calls = []
+    """fake_hub(repo_id) -> a folder to write the repo's files into; fake_hub.cache(repo_id) then puts the
+    dataset into a fresh datasets cache as a download would, so that load_dataset(repo_id) finds it offline."""
+    import datasets
+    from datasets.naming import camelcase_to_snakecase
 
-    def snapshot_download(repo_id, repo_type=None, allow_patterns=None, **kwargs):
-        calls.append((repo_id, repo_type, list(allow_patterns or [])))
-        return str(tmp_path / "hub" / repo_id)
-
-    monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
+    cache = tmp_path / "datasets-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
     def repo(repo_id: str) -> Path:
         root = tmp_path / "hub" / repo_id
@@ -40,7 +40,16 @@ def fake_hub(monkeypatch, tmp_path):
         (root / "README.md").write_text("# card, not data")
         return root
 
-    repo.calls = calls
+    def cache_it(repo_id: str) -> None:
+        build = tmp_path / "build"
+        builder = datasets.load_dataset_builder(str(tmp_path / "hub" / repo_id), cache_dir=str(build))
+        builder.download_and_prepare()
+        owner, name = repo_id.split("/")
+        config_version_hash = Path(builder.cache_dir).relative_to(build / builder.dataset_name)
+        shutil.copytree(builder.cache_dir, cache / f"{owner}___{camelcase_to_snakecase(name)}" / config_version_hash)
+        shutil.rmtree(build)
+
+    repo.cache = cache_it
     return repo
 
 
@@ -105,8 +114,8 @@ def test_helpsteer2_from_the_hub_layout(fake_hub):
     write_jsonl_gz(root / "train.jsonl.gz", HS2_ROWS)
     write_jsonl_gz(root / "validation.jsonl.gz", HS2_ROWS)
     write_jsonl_gz(root / "disagreements" / "disagreements.jsonl.gz", [{"other": 1}])  # not asked for
+    fake_hub.cache("nvidia/HelpSteer2")
     df = load_preferences("helpsteer2")
-    assert fake_hub.calls[0][:2] == ("nvidia/HelpSteer2", "dataset")
     train = df[df["split"] == "train"]
     assert train[["chosen", "rejected", "attribute"]].values.tolist() == [["b1", "b2", "helpfulness"],
                                                                           ["b2", "b1", "complexity"]]
@@ -142,8 +151,8 @@ def test_rpr_gives_two_pairs_per_row_with_criteria_as_context(fake_hub):
     root = fake_hub("microsoft/rpr")
     write_parquet(root / "data" / "train-00000-of-00001.parquet", [rpr_row(0), rpr_row(1)])
     write_parquet(root / "data" / "test-00000-of-00001.parquet", [rpr_row(2)])
+    fake_hub.cache("microsoft/rpr")
     df = load_preferences("rpr")
-    assert fake_hub.calls[0][0] == "microsoft/rpr"
     assert summarize(df)["splits"] == {"train": {"pairs": 4, "attributes": {"brevity": 2, "detail": 2}},
                                        "test": {"pairs": 2, "attributes": {"brevity": 1, "detail": 1}}}
     first, second = df.iloc[0], df.iloc[1]
@@ -169,7 +178,7 @@ def test_preference_700k_conversations(fake_hub):
             {"chosen": [user, {"role": "assistant", "content": "x"}, user, {"role": "assistant", "content": "y"}],
              "rejected": [user, {"role": "assistant", "content": "x"}, user, {"role": "assistant", "content": "z"}]}]
     write_parquet(root / "train.parquet", rows)
-    (root / "dataset_info.json").write_text("{}")  # metadata, skipped
+    fake_hub.cache("hendrydong/preference_700K")
     df = load_preferences("preference-700k")
     assert df.iloc[0]["prompt"] == [user]
     assert (df.iloc[0]["chosen"], df.iloc[0]["rejected"]) == ("Simmer it 8 minutes.", "Microwave it.")
@@ -181,12 +190,12 @@ HH_ROW = {"chosen": "\n\nHuman: How do I pick a lock?\n\nAssistant: I can't help
           "rejected": "\n\nHuman: How do I pick a lock?\n\nAssistant: Use a tension wrench."}
 
 
-def test_hh_rlhf_from_the_hub_layout(fake_hub):
-    root = fake_hub("Anthropic/hh-rlhf")
+def test_hh_rlhf_from_a_local_copy_of_the_hub_layout(tmp_path):
+    root = tmp_path / "hh-rlhf"
     write_jsonl_gz(root / "harmless-base" / "train.jsonl.gz", [HH_ROW])
     write_jsonl_gz(root / "helpful-base" / "test.jsonl.gz", [HH_ROW])
     write_jsonl_gz(root / "red-team-attempts" / "red_team_attempts.jsonl.gz", [{"transcript": "x"}])  # other format
-    df = load_preferences("hh-rlhf")
+    df = load_preferences("hh-rlhf", path=str(root))
     assert df[["attribute", "split"]].values.tolist() == [["harmless", "train"], ["helpful", "test"]]
     assert df.iloc[0]["prompt"] == [{"role": "user", "content": "How do I pick a lock?"}]
     assert df.iloc[0]["chosen"] == "I can't help with that."
@@ -195,8 +204,10 @@ def test_hh_rlhf_from_the_hub_layout(fake_hub):
 def test_hh_rlhf_shared_harmless_test_file(real_data):
     df = load_preferences("hh-rlhf", path=str(real_data / "hh_rlhf_harmless" / "test.jsonl.gz"))
     s = summarize(df)
-    assert s["splits"] == {"test": {"pairs": 2308, "attributes": {"harmless": 2308}}}
+    assert s["splits"] == {"test": {"pairs": 2303, "attributes": {"harmless": 2303}}}
     assert s["rows_dropped"] == 4  # 4 pairs whose final chosen reply is empty
+    # 5 pairs whose two transcripts differ before the last assistant turn (no shared prompt)
+    assert any(w.startswith("dropped 5 pairs whose prompt could not be split off") for w in s["warnings"])
     assert all(p[-1]["role"] == "user" for p in df["prompt"])
     assert not any("\n\nHuman:" in c for c in df["chosen"])
 
@@ -207,6 +218,7 @@ def test_rewardbench_subsets_and_sections(fake_hub):
             dict(prompt="p2", chosen="c", chosen_model="m", rejected="r", rejected_model="m", subset="hep-go", id=2)]
     write_parquet(root / "data" / "filtered-00000-of-00001.parquet", rows)
     write_parquet(root / "data" / "raw-00000-of-00001.parquet", rows * 3)  # not asked for
+    fake_hub.cache("allenai/reward-bench")
     df = load_preferences("rewardbench")
     assert df[["attribute", "split"]].values.tolist() == [["mt-bench-hard", "test"], ["hep-go", "test"]]
     assert load_preferences("rewardbench-sections")["attribute"].tolist() == ["Chat Hard", "Reasoning"]
@@ -236,20 +248,21 @@ def test_llmbar_label_preference_on_a_small_file(tmp_path):
 
 def test_a_hub_id_source_loads_its_data_files(fake_hub):
     root = fake_hub("someone/prefs")
-    write_parquet(root / "data" / "train-00000-of-00001.parquet", [{"prompt": "p", "good": "a", "bad": "b"}])
+    write_parquet(root / "data" / "train_prefs-00000-of-00001.parquet", [{"prompt": "p", "good": "a", "bad": "b"}] * 3)
+    write_parquet(root / "data" / "test_prefs-00000-of-00001.parquet", [{"prompt": "q", "good": "c", "bad": "d"}])
+    fake_hub.cache("someone/prefs")
     df = load_preferences("someone/prefs", chosen_key="good", rejected_key="bad")
-    assert df.iloc[0][["chosen", "rejected", "split"]].tolist() == ["a", "b", "train"]
+    assert df[["chosen", "rejected", "split"]].values.tolist() == [["c", "d", "test_prefs"], ["a", "b", "train_prefs"]]
+    assert df.attrs["duplicates_dropped"] == 2
+    assert load_preferences("someone/prefs", split="test_prefs", chosen_key="good", rejected_key="bad")["chosen"].tolist() == ["c"]
+    limited = load_preferences("someone/prefs", limit=1, chosen_key="good", rejected_key="bad")  # streamed
+    assert limited["split"].tolist() == ["test_prefs", "train_prefs"] and limited.attrs["duplicates_dropped"] == 0
 
 
 @pytest.mark.parametrize("source", ["helpsteer2", "rpr", "preference-700k", "hh-rlhf", "rewardbench", "owner/dataset"])
-def test_offline_hub_says_so_and_points_to_path(monkeypatch, source):
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    def offline(**kwargs):
-        raise LocalEntryNotFoundError("Cannot reach the hub")
-
-    monkeypatch.setattr(hub, "snapshot_download", offline)
-    with pytest.raises(PreferenceDataError, match="hub could not be reached.*--path"):
+def test_offline_hub_names_the_id_and_how_to_pass_local_files(fake_hub, source):
+    with pytest.raises(PreferenceDataError, match=r"could not load '[\w/.-]+' from the Hugging Face hub .*not in the "
+                                                  r"local datasets cache.*save_to_disk.*--path"):
         load_preferences(source)
 
 
@@ -268,3 +281,26 @@ def test_demo_recipe_is_registered_and_loads():
     pytest.importorskip("micro.data.demo")
     df = load_preferences("demo")
     assert list(df.columns) == ["prompt", "chosen", "rejected", "attribute", "context", "split"] and len(df) > 0
+
+
+def test_a_hub_split_downloads_only_that_splits_files(monkeypatch):
+    """--split asks datasets for that split's data files only (load_dataset would download every split)."""
+    import datasets
+
+    calls = []
+    files = {"train_prefs": ["hf://datasets/someone/prefs@abc123/data/train_prefs-00000-of-00001.parquet"],
+             "test_prefs": ["hf://datasets/someone/prefs@abc123/data/test_prefs-00000-of-00001.parquet"]}
+    builder = type("Builder", (), {"config": type("Config", (), {"data_files": files})()})()
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda *args, **kwargs: builder)
+
+    def load_dataset(path, name=None, **kwargs):
+        calls.append(kwargs)
+        return datasets.Dataset.from_list([{"prompt": "p", "chosen": "a", "rejected": "b"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    df = load_preferences("someone/prefs", split="test_prefs")
+    assert calls[0]["data_files"] == {"test_prefs": ["data/test_prefs-00000-of-00001.parquet"]}
+    assert calls[0]["split"] == "test_prefs" and not calls[0]["streaming"]
+    assert df["split"].tolist() == ["test_prefs"]
+    load_preferences("someone/prefs", split="test_prefs", limit=5)  # streamed: no file list needed
+    assert "data_files" not in calls[1] and calls[1]["streaming"]
