@@ -25,6 +25,8 @@ def adapt_cmd(
     eval_cache: str = typer.Option(None, "--eval-cache", help="evaluate on this cache's test split (same backbone)"),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="skip the stage-1 baseline fits (single, static, ensemble, hyre)"),
     device: str = typer.Option(None, help="cpu | cuda  [default: cpu]"),
+    mask_heads: str = typer.Option(None, "--mask-heads", help="stage-1 heads to give zero weight, e.g. 3,7 (the rest renormalise)"),
+    mask_from: str = typer.Option(None, "--mask-from", help="mask the heads flagged in this audit.json (`micro audit`)"),
     paper: bool = typer.Option(False, "--paper", help="the paper's stage 2: --tau 1e-3"),
     as_json: bool = typer.Option(False, "--json", help="print results.json's summary as JSON instead of the table"),
 ) -> None:
@@ -33,6 +35,7 @@ def adapt_cmd(
     import json
 
     from ..embedcache.store import CacheError
+    from ..evaluate import resolve_mask
     from ..router import AdaptConfig, run_adapt
     from ..router.report import table_rows
 
@@ -44,6 +47,7 @@ def adapt_cmd(
                      hyre_shots=hyre_shots, hyre_variant=hyre_variant, eval_cache=eval_cache, device=device)
         overrides = {name: value for name, value in given.items() if value is not None}
         overrides["baselines"] = not no_baselines
+        overrides["mask_heads"] = resolve_mask(mask_heads, mask_from)
         config = AdaptConfig.paper(**overrides) if paper else AdaptConfig(**overrides)
         results = run_adapt(cache, run_dir, out, config, log=lambda msg: typer.echo(msg, err=True))
     except (CacheError, ValueError, FileNotFoundError) as exc:
