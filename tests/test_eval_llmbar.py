@@ -3,12 +3,16 @@ shared LLMBar files (RewardBench's Chat Hard subsets), with and without contexts
 and a mask, reusing the embedding cache."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from micro.cli import app
 from micro.evaluate.rewardbench import EXAMPLE_COUNTS
+
+SHARED_DATA = Path(os.environ.get("MICRO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 pytestmark = pytest.mark.slow
 ROWS = 6  # pairs kept from each LLMBar subset file
@@ -29,10 +33,12 @@ def minilm_runs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def llmbar_small(shared_data, tmp_path_factory):
+def llmbar_small(tmp_path_factory):
     """The first rows of each shared LLMBar subset file (the `llmbar` recipe reads the folder)."""
+    if not (SHARED_DATA / "llmbar").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set MICRO_SHARED_DATA)")
     folder = tmp_path_factory.mktemp("llmbar")
-    for path in sorted((shared_data / "llmbar").glob("llmbar_*.json")):
+    for path in sorted((SHARED_DATA / "llmbar").glob("llmbar_*.json")):
         (folder / path.name).write_text(json.dumps(json.loads(path.read_text())[:ROWS]))
     return folder
 
