@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import List
+
 import typer
 
 from ._app import app, fail
@@ -26,7 +28,7 @@ def adapt_cmd(
     no_baselines: bool = typer.Option(False, "--no-baselines", help="skip the stage-1 baseline fits (single, static, ensemble, hyre)"),
     device: str = typer.Option(None, help="cpu | cuda  [default: cpu]"),
     mask_heads: str = typer.Option(None, "--mask-heads", help="stage-1 heads to give zero weight, e.g. 3,7 (the rest renormalise)"),
-    mask_from: str = typer.Option(None, "--mask-from", help="mask the heads flagged in this audit.json (`micro audit`)"),
+    mask_from: List[str] = typer.Option(None, "--mask-from", help="mask the heads flagged in this audit.json (`micro audit`); repeatable"),
     paper: bool = typer.Option(False, "--paper", help="the paper's stage 2: --tau 1e-3"),
     as_json: bool = typer.Option(False, "--json", help="print results.json's summary as JSON instead of the table"),
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -12,7 +12,7 @@ from ._common import AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, Pro
 EvalSource = typer.Argument(..., help="Recipe, data file/folder or hub id (as for `micro embed`), or a finished cache .h5 made with the run's backbone.")
 CacheOpt = typer.Option(None, "--cache", help="Embedding cache of SOURCE, reused across runs (default OUT/cache.h5); only what it lacks is embedded.")
 MaskHeads = typer.Option(None, "--mask-heads", help="Heads to give zero weight, e.g. 3,7 (the rest renormalise).")
-MaskFrom = typer.Option(None, "--mask-from", help="Mask the heads flagged in this audit.json (`micro audit`).")
+MaskFrom = typer.Option(None, "--mask-from", help="Mask the heads flagged in this audit.json (`micro audit`); repeat for several audits.")
 
 
 def _source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit):
@@ -46,7 +46,7 @@ def eval_cmd(
     context: Optional[str] = typer.Option(None, "--context", help="context text for every pair (the user's instruction or profile)"),
     cache: Optional[str] = CacheOpt,
     mask_heads: Optional[str] = MaskHeads,
-    mask_from: Optional[str] = MaskFrom,
+    mask_from: Optional[List[str]] = MaskFrom,
     device: Optional[str] = typer.Option(None, "--device", help="backbone device for embedding (default: cuda when available)"),
     path: PathOpt = None,
     split: SplitOpt = None,

@@ -35,9 +35,10 @@ def read_audit(path: str | Path) -> list[int]:
         raise ValueError(f"--mask-from {path}: not an audit.json written by `micro audit` (no list 'flagged')") from None
 
 
-def resolve_mask(mask_heads: str | None = None, mask_from: str | Path | None = None) -> list[int]:
-    """The union of --mask-heads and --mask-from (either may be None); [] masks nothing."""
+def resolve_mask(mask_heads: str | None = None, mask_from=None) -> list[int]:
+    """The union of --mask-heads and the flagged heads of --mask-from (one audit.json or a list of them,
+    e.g. one per safety benchmark); None for either means none. [] masks nothing."""
     heads = set(parse_heads(mask_heads)) if mask_heads else set()
-    if mask_from:
-        heads |= set(read_audit(mask_from))
+    for path in [mask_from] if isinstance(mask_from, (str, Path)) else (mask_from or []):
+        heads |= set(read_audit(path))
     return sorted(heads)
