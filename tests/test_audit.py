@@ -132,3 +132,28 @@ def test_paired_bound_matches_a_paired_bootstrap():
     assert upper == pytest.approx(np.quantile(boot, 0.95), abs=0.004)
     same, lo, hi = paired_difference_bounds(first, first, 1.96)
     assert same == 0 and lo < 0 < hi
+
+
+def test_stage2_adapts_with_the_mask_in_place(tmp_path):
+    from micro.heads import run_fit_mixture
+    from micro.router import AdaptConfig, run_adapt, soft_labels
+
+    # infinite loss on a masked head gives exactly the Hedge labels of the masked (renormalised) prior
+    logits, losses = torch.randn(6, 4), torch.rand(6, 4) * 3
+    mask = torch.tensor([False, True, False, False])
+    masked_prior = torch.log_softmax(logits.masked_fill(mask, float("-inf")), -1)
+    for tau in (1e-3, 1.0):
+        torch.testing.assert_close(soft_labels(torch.log_softmax(logits, -1), losses.masked_fill(mask, float("inf")), tau).exp(),
+                                   soft_labels(masked_prior, losses, tau).exp())
+
+    cache = tmp_path / "sim.h5"
+    simulate(cache, groups=2, dim=8, pairs=600, seed=2)
+    run_fit_mixture(cache, tmp_path / "run", MixtureConfig(k=3, epochs=1))
+    results = run_adapt(cache, tmp_path / "run", tmp_path / "adapt",
+                        AdaptConfig(budgets=[5], seeds=1, baselines=False, plot=False, mask_heads=[1]))
+    assert results["config"]["mask_heads"] == [1]
+    router, meta = load_router(tmp_path / "adapt" / "routers" / "b5_s0.safetensors")
+    assert meta["masked_heads"] == [1]
+    x = load_split(cache, "test").context_inputs()
+    w = torch.softmax(router(x), -1)
+    assert torch.all(w[:, 1] == 0) and torch.allclose(w.sum(-1), torch.ones(len(x)))
