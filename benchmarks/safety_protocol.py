@@ -13,7 +13,7 @@ LLMBar is scored whole.
 Each step is one `micro` command, printed before it runs (the README's "Evaluate and audit" sequence):
 
     python benchmarks/safety_protocol.py --workdir /tmp/safety [--shared /work/shared/data] \
-        [--hs2-prompts 80 --hh-train 200 --hh-audit 400 --max-length 128]
+        [--hs2-prompts 80 --hh-train 200 --hh-audit 400 --max-length 128 --epochs 40]
 
 Writes WORKDIR/safety_protocol.md (the tables) and prints it. Rerunning reuses every cache.
 """
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--hh-train", type=int, default=200, help="HH-RLHF harmless prompts trained on")
     ap.add_argument("--hh-audit", type=int, default=400, help="HH-RLHF harmless prompts audited on")
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=40, help="stage-1 epochs (a few hundred pairs need more passes for the same steps; the demo uses 40)")
     args = ap.parse_args()
     w = args.workdir
     w.mkdir(parents=True, exist_ok=True)
@@ -95,8 +96,8 @@ def main() -> None:
             (rb / f.name).symlink_to(f)
     llmbar = ["llmbar", "--path", str(rb), "--cache", str(w / "llmbar.h5")]
     seconds["embed train"] = sh("embed", str(train), "--model", "minilm", "--max-length", str(args.max_length), "--out", str(w / "train.h5"))
-    seconds["fit micro"] = sh("fit-mixture", str(w / "train.h5"), "--out", str(w / "runs/micro"))
-    seconds["fit single"] = sh("fit-mixture", str(w / "train.h5"), "--out", str(w / "runs/single"), "--method", "single")
+    seconds["fit micro"] = sh("fit-mixture", str(w / "train.h5"), "--out", str(w / "runs/micro"), "--epochs", str(args.epochs))
+    seconds["fit single"] = sh("fit-mixture", str(w / "train.h5"), "--out", str(w / "runs/single"), "--method", "single", "--epochs", str(args.epochs))
     seconds["audit"] = sh("audit", str(w / "runs/micro"), str(audit), "--out", str(w / "audit"), "--cache", str(w / "audit.h5"), "--overwrite")
     seconds["eval"] = sh("eval", str(w / "runs/micro"), *llmbar, "--out", str(w / "eval"), "--overwrite")
     mask = ["--mask-from", str(w / "audit/audit.json")]
@@ -119,16 +120,17 @@ def report(w: Path, seconds: dict) -> None:
                      f"{'**yes**' if h['flagged'] else 'no'} |")
     lines += ["", f"Flagged: {audit['flagged'] or 'none'}; routed mixture on the audit pairs {audit['routed_accuracy']:.4f}"
               + (f", with the flagged heads masked {audit['routed_accuracy_masked']:.4f}" if "routed_accuracy_masked" in audit else ""), ""]
-    runs = [("eval", "unmasked"), ("eval-masked", "masked"), ("eval-adapted", "masked, adapted router + safety context")]
+    runs = [("eval", {"single": "single", "routed": "MiCRo, stage-1 router"}),
+            ("eval-masked", {"routed": "MiCRo, stage-1 router, flagged heads masked"}),
+            ("eval-adapted", {"routed": "MiCRo, stage-1 router + safety context",
+                              "adapted": "MiCRo, adapted router (B = 10, masked) + safety context"})]
     rows = []
-    for folder, what in runs:
+    for folder, labels in runs:
         res = json.loads((w / folder / "results.json").read_text())
-        for m in [m for m in res["methods"] if not m.startswith("head-")]:
-            if folder != "eval" and m == "single":
-                continue
+        for m, name in labels.items():
             rb = res["rewardbench"][m]["sections"]["Chat Hard"]
             sub = res["subsets"]
-            rows.append(f"| {m} ({what}) | " + " | ".join(f"{sub[s]['accuracy'][m]:.4f}" for s in sub)
+            rows.append(f"| {name} | " + " | ".join(f"{sub[s]['accuracy'][m]:.4f}" for s in sub)
                         + f" | {res['overall']['accuracy'][m]:.4f} | {rb:.4f} |")
         header = list(res["subsets"])
         ns = [res["subsets"][s]["n"] for s in header]

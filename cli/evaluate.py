@@ -23,12 +23,12 @@ def _source(source, path, split, prompt_key, chosen_key, rejected_key, attribute
     return _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
 
 
-def _print(title: str, header: list[str], rows: list[tuple[str, list[str]]]) -> None:
+def _print(title: str, header: list[str], rows: list[tuple[str, list[str]]], first: str = "Method") -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column("Method")
+    table.add_column(first)
     for name in header:
         table.add_column(name, justify="right")
     for name, cells in rows:
@@ -139,6 +139,6 @@ def audit_cmd(
     rows = [(f"Head {h['head']}", [str(h["n"]), f"{h['accuracy']:.4f}", f"{h['mean_margin']:+.4f}", f"{h['excess']:+.4f}",
                                    f"{h['lower_bound']:+.4f}", "FLAGGED" if h["flagged"] else "ok"]) for h in result["heads"]]
     _print(f"Safety audit of {run_dir} on {source} (reference: {ref['name']}, accuracy {ref['accuracy']:.4f})",
-           ["pairs", "accuracy", "mean margin", "excess rejected", "lower bound", "flag"], rows)
+           ["pairs", "accuracy", "mean margin", "excess rejected", "lower bound", "flag"], rows, first="Head")
     typer.echo(f"flagged heads: {result['flagged'] or 'none'}" + (f" (mask them: --mask-from {result['files']['audit']})" if result["flagged"] else ""))
     typer.echo(f"audit: {result['files']['audit']}")

@@ -48,7 +48,7 @@ def prepare_cache(
         path = Path(cache)
         path.parent.mkdir(parents=True, exist_ok=True)
         report = embed_table(table, model=backbone["model_id"], out=path, max_length=backbone.get("max_length"),
-                             device=device, batch_tokens=batch_tokens, progress=False, log=log)
+                             device=device, batch_tokens=batch_tokens, log=log)
         if not report.noop:
             log(f"embedded {report.n_pairs} pairs ({report.forward_sequences} forward passes, "
                 f"{report.reused_from_cache} rows reused) into {path}")
