@@ -23,7 +23,7 @@ from ..heads.model import MixtureRewardModel, load_model
 from ..router import load_adapted, load_router
 from . import rewardbench
 from .config import EvalConfig
-from .source import load_pairs, prepare_cache, router_inputs
+from .source import is_cache, load_pairs, prepare_cache, router_inputs
 
 SINGLE, ROUTED, ADAPTED = "single", "routed", "adapted"
 
@@ -118,6 +118,10 @@ def run_eval(run_dir: str | os.PathLike, source: Any, out: str | os.PathLike, co
     context = config.context
     if config.attribute is not None:
         context = attribute_context(router_meta, config.attribute)
+    no_context = CacheError("an adapted router routes on (context + prompt): give --context TEXT or --attribute A "
+                            "(or a source whose every pair has a context)")
+    if config.router and context is None and not is_cache(source) and source["context"].isna().any():
+        raise no_context  # before any embedding
     cache = prepare_cache(run_config, source, config.cache or out / "cache.h5", context=context,
                           device=config.device, batch_tokens=config.batch_tokens, log=log)
     split = load_pairs(cache)
@@ -129,8 +133,7 @@ def run_eval(run_dir: str | os.PathLike, source: Any, out: str | os.PathLike, co
         adapted = load_adapted(run_dir, config.router)
         adapted.router.mask_heads(mask)
         if not split.has_context or bool((split.context_index < 0).any()):
-            raise CacheError("an adapted router routes on (context + prompt): give --context TEXT or --attribute A "
-                             "(or a source whose every pair has a context)")
+            raise no_context
     router_input = run_config["config"].get("router_input", "prompt")
     margins, notes = score_pairs(model, split, router_input, single=single, adapted=adapted)
     subsets = np.asarray(split.attributes, dtype=object)[split.attribute.numpy()]
