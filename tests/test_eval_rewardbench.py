@@ -60,3 +60,31 @@ def test_leaderboard_record_is_flat_like_reward_bench_eval_set_files(tmp_path):
     assert record["llmbar-natural"] == 0.5 and record["model"] == "micro/r/routed"
     assert "section,Chat Hard,routed" in (tmp_path / "results.csv").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["files"] == files
+
+
+def test_micro_eval_on_rewardbench_subsets_reports_reward_bench_sections(tmp_path):
+    """A simulated cache whose four groups carry RewardBench subset names, one per section: the section
+    scores in results.json are the per-subset accuracies (one subset each) and Score is their mean."""
+    import h5py
+    from typer.testing import CliRunner
+
+    from micro.cli import app
+    from micro.heads import simulate
+
+    cache = tmp_path / "rb.h5"
+    simulate(cache, groups=4, dim=8, pairs=800, seed=4)
+    names = ["alpacaeval-easy", "llmbar-natural", "donotanswer", "math-prm"]
+    with h5py.File(cache, "a") as f:
+        f.attrs["attributes"] = json.dumps(names)
+    run = CliRunner()
+    assert run.invoke(app, ["fit-mixture", str(cache), "--out", str(tmp_path / "runs" / "micro"), "--k", "2", "--epochs", "1"]).exit_code == 0
+    res = run.invoke(app, ["eval", str(tmp_path / "runs" / "micro"), str(cache), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    for method in results["methods"]:
+        rb = results["rewardbench"][method]
+        acc = {s: results["subsets"][s]["accuracy"][method] for s in names}
+        assert rb["sections"] == pytest.approx({"Chat": acc["alpacaeval-easy"], "Chat Hard": acc["llmbar-natural"],
+                                                "Safety": acc["donotanswer"], "Reasoning": acc["math-prm"]})
+        assert rb["score"] == pytest.approx(sum(acc.values()) / 4)
+    assert "RewardBench sections" in res.output and "Score" in (tmp_path / "ev" / "table.md").read_text()
