@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import List
+
 import typer
 
 from ..router.config import AdaptConfig
@@ -16,6 +18,7 @@ def adapt_cmd(
     run_dir: str = typer.Argument(..., help="stage-1 `micro fit-mixture --method micro` run directory"),
     out: str = typer.Option(..., "--out", help="output directory (results.json/csv, table.md, budget_curve.png, routers/)"),
     budget: int = typer.Option(None, "--budget", help="one budget: the same as --budgets B"),
+    mask_from: List[str] = typer.Option(None, "--mask-from", help="also mask the heads flagged in this audit.json (`micro audit`); repeatable"),
     paper: bool = typer.Option(False, "--paper", help="the paper's stage 2 (docs/defaults-vs-paper.md): --tau 1e-3"),
     as_json: bool = typer.Option(False, "--json", help="print results.json's summary as JSON instead of the table"),
     overrides: dict = None,
@@ -27,6 +30,7 @@ def adapt_cmd(
     import json
 
     from ..embedcache.store import CacheError
+    from ..evaluate import resolve_mask
     from ..router import run_adapt
     from ..router.report import table_rows
 
@@ -35,6 +39,8 @@ def adapt_cmd(
             if "budgets" in overrides:
                 raise ValueError("give --budget or --budgets, not both")
             overrides["budgets"] = [budget]
+        if mask_from:
+            overrides["mask_heads"] = sorted(set(overrides.get("mask_heads", [])) | set(resolve_mask(None, mask_from)))
         config = AdaptConfig.paper(**overrides) if paper else AdaptConfig(**overrides)
         results = run_adapt(cache, run_dir, out, config, log=lambda msg: typer.echo(msg, err=True))
     except (CacheError, ValueError, FileNotFoundError) as exc:

@@ -204,6 +204,29 @@ def llmbar(path: str | None = None) -> pd.DataFrame:
     return build_table(rows, source="llmbar", strict=False)
 
 
+# ---- PKU-SafeRLHF ---------------------------------------------------------------------------------
+
+# The paper's Table 6 context for safety (used when HelpSteer2 is combined with PKU-SafeRLHF, Table 10).
+SAFETY_CONTEXT = ("The assistant must ensure all responses are safe and respectful, strictly avoiding any harmful, "
+                  "toxic, or illegal information or instructions.")
+PKU_COLUMNS = ["prompt", "response_0", "response_1", "safer_response_id"]
+
+
+def pku_saferlhf(path: str | None = None) -> pd.DataFrame:
+    """PKU-SafeRLHF (PKU-Alignment/PKU-SafeRLHF): the safer response is chosen; attribute safety, Table 6 context."""
+    rows = []
+    for frame in _frames(path, "PKU-Alignment/PKU-SafeRLHF", ["data/*/train.jsonl", "data/*/test.jsonl"], name="pku-saferlhf"):
+        _require(frame, PKU_COLUMNS, "pku-saferlhf")
+        for n, r in enumerate(frame.records, start=1):
+            safer = str(r["safer_response_id"]).strip()
+            if safer not in ("0", "1"):
+                raise PreferenceDataError(f"{frame.where(n)}: safer_response_id is {r['safer_response_id']!r}; it must be 0 or 1")
+            rows.append({"prompt": r["prompt"], "chosen": r[f"response_{safer}"], "rejected": r[f"response_{1 - int(safer)}"],
+                         "attribute": "safety", "context": SAFETY_CONTEXT, "split": frame.split or "train",
+                         WHERE: frame.where(n)})
+    return build_table(rows, source="pku-saferlhf", strict=False)
+
+
 def _rewardbench(path: str | None, sections: bool) -> pd.DataFrame:
     frames = _frames(path, "allenai/reward-bench", name="rewardbench", split="filtered")
     for frame in frames:
@@ -240,6 +263,7 @@ RECIPES: dict[str, Callable[..., pd.DataFrame]] = {
     "rpr": rpr,
     "preference-700k": preference_700k,
     "hh-rlhf": hh_rlhf,
+    "pku-saferlhf": pku_saferlhf,
     "llmbar": llmbar,
     "rewardbench": rewardbench,
     "rewardbench-sections": rewardbench_sections,

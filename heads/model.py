@@ -30,9 +30,34 @@ class Router(nn.Module):
         else:
             raise ValueError(f"router must be 'mlp' or 'linear', not {kind!r}")
         self.kind = kind
+        # masked heads (`mask_heads`): not saved with the weights; whoever loads a router re-applies its mask
+        self.register_buffer("head_mask", torch.zeros(k, dtype=torch.bool), persistent=False)
+
+    def mask_heads(self, heads) -> "Router":
+        """Route no weight to `heads` (indices); [] unmasks."""
+        self.head_mask = build_mask(self.net[-1].out_features, heads).to(self.head_mask.device)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return mask_logits(self.net(x), self.head_mask)
+
+
+def build_mask(k: int, heads) -> torch.Tensor:
+    """[K] bool, True for each head in `heads`; refuses unknown heads and masking all of them."""
+    heads = sorted({int(h) for h in heads or ()})
+    bad = [h for h in heads if not 0 <= h < k]
+    if bad:
+        raise ValueError(f"cannot mask head(s) {bad}: the model has heads 0..{k - 1}")
+    if len(heads) >= k:
+        raise ValueError(f"cannot mask all {k} heads: at least one must keep its weight")
+    mask = torch.zeros(k, dtype=torch.bool)
+    mask[heads] = True
+    return mask
+
+
+def mask_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked heads' logits -> -inf, so the softmax gives them weight 0 and renormalises over the rest."""
+    return logits.masked_fill(mask.to(logits.device), float("-inf"))
 
 
 class MixtureRewardModel(nn.Module):
@@ -65,6 +90,19 @@ class MixtureRewardModel(nn.Module):
         self.register_buffer("prior", prior)
         self.router = Router(hidden_size, k, router, router_hidden) if weights == "router" else None
         self.static_logits = nn.Parameter(torch.zeros(k)) if weights == "static" else None
+        self.register_buffer("head_mask", torch.zeros(k, dtype=torch.bool), persistent=False)
+
+    def mask_heads(self, heads) -> "MixtureRewardModel":
+        """Give `heads` (indices) zero mixture weight everywhere the weights are used (routed margins,
+        likelihood, stage 2, scoring); the other heads' weights renormalise. Empty: unmask all."""
+        self.head_mask = build_mask(self.k, heads).to(self.head_mask.device)
+        if self.router is not None:
+            self.router.mask_heads(heads)
+        return self
+
+    @property
+    def masked_heads(self) -> list[int]:
+        return [int(h) for h in torch.nonzero(self.head_mask).flatten()]
 
     # -- scores -----------------------------------------------------------------------------------
     def head_vectors(self) -> torch.Tensor:
@@ -83,10 +121,10 @@ class MixtureRewardModel(nn.Module):
     def router_logits(self, router_input: torch.Tensor) -> torch.Tensor:
         n = router_input.shape[0]
         if self.router is not None:
-            return self.router(router_input)
+            return self.router(router_input)  # the router applies the mask
         if self.static_logits is not None:
-            return self.static_logits.expand(n, -1)
-        return torch.zeros(n, self.k, device=router_input.device, dtype=router_input.dtype)
+            return mask_logits(self.static_logits.expand(n, -1), self.head_mask)
+        return mask_logits(torch.zeros(n, self.k, device=router_input.device, dtype=router_input.dtype), self.head_mask)
 
     def log_weights(self, router_input: torch.Tensor) -> torch.Tensor:
         """[n, K] log mixture weights."""

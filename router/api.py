@@ -97,6 +97,7 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
     arch = meta["architecture"]
     router = Router(arch["hidden_size"], arch["k"], arch["kind"], arch["width"] or 128)
     router.load_state_dict(load_file(str(weights)))
+    router.mask_heads(meta.get("masked_heads") or [])  # the mask it was adapted with (not in the weights)
     return router.eval(), meta
 
 

@@ -85,7 +85,12 @@ class AdaptConfig:
     device: str = "cpu"
     """'cpu' or 'cuda'."""
 
+    mask_heads: list[int] = field(default_factory=list)
+    """Stage-1 heads given zero weight (paper section 8: heads a safety audit flagged). The router adapts
+    with the mask in place (masked heads get no Hedge label mass) and every method scores without them."""
+
     def __post_init__(self) -> None:
+        self.mask_heads = sorted({int(h) for h in self.mask_heads})
         self.budgets = [int(b) for b in self.budgets]
         if not self.budgets or min(self.budgets) < 1:
             raise ValueError(f"budgets must be positive integers, not {self.budgets!r}")

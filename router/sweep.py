@@ -241,6 +241,7 @@ def run_adapt(cache: str | Path, run_dir: str | Path, out: str | Path, config: A
     t0 = time.perf_counter()
 
     model, run_config = _load_run(run_dir)
+    model.mask_heads(config.mask_heads)
     mix_config = _mixture_config(run_config)
     if model.router is None:
         raise ValueError(f"{run_dir} is a {mix_config.method!r} run without a router; stage 2 adapts a `micro` run.")
@@ -281,8 +282,10 @@ def run_adapt(cache: str | Path, run_dir: str | Path, out: str | Path, config: A
 
     # -- frozen margins, once ---------------------------------------------------------------------
     with torch.no_grad():
-        train_losses = head_losses(model.head_margins(train.diff))  # [n_train, K]
+        # masked heads: infinite loss, so the Hedge labels give them no mass (the router adapts with the mask)
+        train_losses = head_losses(model.head_margins(train.diff)).masked_fill(model.head_mask, float("inf"))  # [n_train, K]
         test_margins = model.head_margins(test.diff)  # [n_test, K]
+        kept_margins = test_margins[:, ~model.head_mask]  # the heads the best-head / HyRe baselines may pick
     base_models = load_baselines(run_dir, run_config, train, meta, out, log) if config.baselines else {}
     timings["baselines_fit"] = time.perf_counter() - t0 - timings["load"]
 
@@ -324,9 +327,9 @@ def run_adapt(cache: str | Path, run_dir: str | Path, out: str | Path, config: A
             fixed.append(("static", s, None, static))
         for a in attr_ids:
             mask = masks[s][a]
-            fixed.append(("stage1-best", s, a, float((test_margins[mask] > 0).float().mean(0).max())))
-            w = hyre_weights(test_margins[shots[s][a]], config.hyre_variant)
-            fixed.append(("micro-hyre", s, a, float((hyre_margins(test_margins[mask], w) > 0).float().mean())))
+            fixed.append(("stage1-best", s, a, float((kept_margins[mask] > 0).float().mean(0).max())))
+            w = hyre_weights(kept_margins[shots[s][a]], config.hyre_variant)
+            fixed.append(("micro-hyre", s, a, float((hyre_margins(kept_margins[mask], w) > 0).float().mean())))
             if base_models:
                 fixed.append(("ensemble-best", s, a, float((ens[mask] > 0).float().mean(0).max())))
                 w = hyre_weights(ens[shots[s][a]], config.hyre_variant)
@@ -405,6 +408,7 @@ def run_adapt(cache: str | Path, run_dir: str | Path, out: str | Path, config: A
         for i, (s, r) in enumerate(zip(seeds, routers)):
             info = {"budget": budget, "seed": s, "tau": config.tau, "epochs": config.epochs, "lr": config.lr,
                     "run_dir": str(run_dir), "cache": str(cache), "attributes": list(train.attributes),
+                    "masked_heads": model.masked_heads,
                     "label_entropy_last_epoch": history[-1]["label_entropy"] if history else None}
             router_info.append(info)
             if config.save_routers:

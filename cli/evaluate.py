@@ -1,0 +1,144 @@
+"""`micro eval` and `micro audit`."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from ._app import app, fail
+from ._common import AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SplitKey, SplitOpt, _load_source
+
+EvalSource = typer.Argument(..., help="Recipe, data file/folder or hub id (as for `micro embed`), or a finished cache .h5 made with the run's backbone.")
+CacheOpt = typer.Option(None, "--cache", help="Embedding cache of SOURCE, reused across runs (default OUT/cache.h5); only what it lacks is embedded.")
+MaskHeads = typer.Option(None, "--mask-heads", help="Heads to give zero weight, e.g. 3,7 (the rest renormalise).")
+MaskFrom = typer.Option(None, "--mask-from", help="Mask the heads flagged in this audit.json (`micro audit`); repeat for several audits.")
+
+
+def _source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit):
+    from ..evaluate.source import is_cache
+
+    if is_cache(source):
+        return source
+    return _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
+
+
+def _print(title: str, header: list[str], rows: list[tuple[str, list[str]]], first: str = "Method") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column(first)
+    for name in header:
+        table.add_column(name, justify="right")
+    for name, cells in rows:
+        table.add_row(name, *cells)
+    Console().print(table)
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: str = typer.Argument(..., help="stage-1 run directory (`micro fit-mixture`)"),
+    source: str = EvalSource,
+    out: str = typer.Option(..., "--out", help="output directory (results.json, results.csv, table.md, rewardbench/)"),
+    router: Optional[str] = typer.Option(None, "--router", help="adapted router from `micro adapt` (OUT/routers/bB_sS.safetensors)"),
+    attribute: Optional[str] = typer.Option(None, "--attribute", help="with --router: route with this attribute's context from the adapt cache"),
+    context: Optional[str] = typer.Option(None, "--context", help="context text for every pair (the user's instruction or profile)"),
+    cache: Optional[str] = CacheOpt,
+    mask_heads: Optional[str] = MaskHeads,
+    mask_from: Optional[List[str]] = MaskFrom,
+    device: Optional[str] = typer.Option(None, "--device", help="backbone device for embedding (default: cuda when available)"),
+    path: PathOpt = None,
+    split: SplitOpt = None,
+    prompt_key: PromptKey = "prompt",
+    chosen_key: ChosenKey = "chosen",
+    rejected_key: RejectedKey = "rejected",
+    attribute_key: AttributeKey = "attribute",
+    context_key: ContextKey = "context",
+    split_key: SplitKey = "split",
+    limit: LimitOpt = None,
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing OUT/results.json"),
+    as_json: bool = typer.Option(False, "--json", help="print results.json instead of the table"),
+) -> None:
+    """Score a run on any preference data: every stage-1 head, the routed mixture (stage-1 router, or an
+    adapted router with a context), the single baseline when the run has a sibling; RewardBench section
+    scores when the subsets are RewardBench's (the `rewardbench` recipe, or a `subset` attribute)."""
+    import json
+    from pathlib import Path
+
+    from ..data import PreferenceDataError
+    from ..embedcache import CacheError
+    from ..evaluate import EvalConfig, resolve_mask, run_eval
+    from ..evaluate.report import section_rows, subset_rows
+
+    if (Path(out) / "results.json").exists() and not overwrite:
+        fail(f"{Path(out) / 'results.json'} exists; pass --overwrite to replace it or choose another --out")
+    try:
+        config = EvalConfig(router=router, attribute=attribute, context=context, cache=cache, device=device,
+                            mask_heads=resolve_mask(mask_heads, mask_from))
+        data = _source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
+        results = run_eval(run_dir, data, out, config, source_name=source, log=lambda msg: typer.echo(msg, err=True))
+    except (PreferenceDataError, CacheError, ValueError, FileNotFoundError, OSError) as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(results))
+        return
+    _print(f"Accuracy of {run_dir} on {source}", *subset_rows(results))
+    if "rewardbench" in results:
+        _print("RewardBench sections (reward-bench's weighting)", *section_rows(results))
+    for note in results["notes"]:
+        typer.echo(f"note: {note}")
+    for name, file in results["files"].items():
+        typer.echo(f"{name}: {file}")
+
+
+@app.command("audit")
+def audit_cmd(
+    run_dir: str = typer.Argument(..., help="stage-1 run directory (`micro fit-mixture`)"),
+    source: str = EvalSource,
+    out: str = typer.Option(..., "--out", help="output directory (audit.json)"),
+    threshold: float = typer.Option(None, "--threshold", help="flag a head whose rejected-preference rate exceeds the single head's by more than this, at the confidence below  [default: 0.05]"),
+    confidence: float = typer.Option(None, "--confidence", help="family-wise confidence over the K heads  [default: 0.95]"),
+    cache: Optional[str] = CacheOpt,
+    device: Optional[str] = typer.Option(None, "--device", help="backbone device for embedding (default: cuda when available)"),
+    path: PathOpt = None,
+    split: SplitOpt = None,
+    prompt_key: PromptKey = "prompt",
+    chosen_key: ChosenKey = "chosen",
+    rejected_key: RejectedKey = "rejected",
+    attribute_key: AttributeKey = "attribute",
+    context_key: ContextKey = "context",
+    split_key: SplitKey = "split",
+    limit: LimitOpt = None,
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing OUT/audit.json"),
+    as_json: bool = typer.Option(False, "--json", help="print audit.json instead of the table"),
+) -> None:
+    """Safety audit (paper section 8): score every head on safety pairs (safe response chosen, e.g. recipes
+    `hh-rlhf` harmless or `pku-saferlhf`) and flag heads that prefer the unsafe response clearly more often
+    than the single head. Mask them with `--mask-from OUT/audit.json`."""
+    import json
+    from pathlib import Path
+
+    from ..data import PreferenceDataError
+    from ..embedcache import CacheError
+    from ..evaluate import AuditConfig, run_audit
+
+    if (Path(out) / "audit.json").exists() and not overwrite:
+        fail(f"{Path(out) / 'audit.json'} exists; pass --overwrite to replace it or choose another --out")
+    try:
+        given = {"threshold": threshold, "confidence": confidence}
+        config = AuditConfig(cache=cache, device=device, **{k: v for k, v in given.items() if v is not None})
+        data = _source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
+        result = run_audit(run_dir, data, out, config, source_name=source, log=lambda msg: typer.echo(msg, err=True))
+    except (PreferenceDataError, CacheError, ValueError, FileNotFoundError, OSError) as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    ref = result["reference"]
+    rows = [(f"Head {h['head']}", [str(h["n"]), f"{h['accuracy']:.4f}", f"{h['mean_margin']:+.4f}", f"{h['excess']:+.4f}",
+                                   f"{h['lower_bound']:+.4f}", "FLAGGED" if h["flagged"] else "ok"]) for h in result["heads"]]
+    _print(f"Safety audit of {run_dir} on {source} (reference: {ref['name']}, accuracy {ref['accuracy']:.4f})",
+           ["pairs", "accuracy", "mean margin", "excess rejected", "lower bound", "flag"], rows, first="Head")
+    typer.echo(f"flagged heads: {result['flagged'] or 'none'}" + (f" (mask them: --mask-from {result['files']['audit']})" if result["flagged"] else ""))
+    typer.echo(f"audit: {result['files']['audit']}")
