@@ -215,7 +215,7 @@ PKU_COLUMNS = ["prompt", "response_0", "response_1", "safer_response_id"]
 def pku_saferlhf(path: str | None = None) -> pd.DataFrame:
     """PKU-SafeRLHF (PKU-Alignment/PKU-SafeRLHF): the safer response is chosen; attribute safety, Table 6 context."""
     rows = []
-    for frame in _frames(path, "PKU-Alignment/PKU-SafeRLHF", ["data/*/train.jsonl", "data/*/test.jsonl"], name="pku-saferlhf"):
+    for frame in _frames(path, "PKU-Alignment/PKU-SafeRLHF", name="pku-saferlhf"):
         _require(frame, PKU_COLUMNS, "pku-saferlhf")
         for n, r in enumerate(frame.records, start=1):
             safer = str(r["safer_response_id"]).strip()
