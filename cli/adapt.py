@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._app import app, fail
+from ._common import OverwriteOpt, option_error, parse_int_list
 
 # ---- stage-2 commands (adapt) ----
 @app.command("adapt")
@@ -27,6 +28,7 @@ def adapt_cmd(
     device: str = typer.Option(None, help="cpu | cuda  [default: cpu]"),
     paper: bool = typer.Option(False, "--paper", help="the paper's stage 2: --tau 1e-3"),
     as_json: bool = typer.Option(False, "--json", help="print results.json's summary as JSON instead of the table"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Stage 2: adapt the stage-1 router to user contexts (Hedge soft labels, paper eq. 6 / Algorithm 1)
     over budgets x seeds, and score it beside the baselines on the same test pairs."""
@@ -39,14 +41,17 @@ def adapt_cmd(
     try:
         if budget is not None and budgets is not None:
             raise ValueError("give --budget or --budgets, not both")
-        values = [int(b) for b in budgets.split(",") if b.strip()] if budgets else ([budget] if budget is not None else None)
+        values = parse_int_list(budgets, "--budgets") if budgets else ([budget] if budget is not None else None)
         given = dict(budgets=values, seeds=seeds, seed=seed, tau=tau, epochs=epochs, batch_size=batch_size, lr=lr,
                      hyre_shots=hyre_shots, hyre_variant=hyre_variant, eval_cache=eval_cache, device=device)
         overrides = {name: value for name, value in given.items() if value is not None}
         overrides["baselines"] = not no_baselines
         config = AdaptConfig.paper(**overrides) if paper else AdaptConfig(**overrides)
-        results = run_adapt(cache, run_dir, out, config, log=lambda msg: typer.echo(msg, err=True))
-    except (CacheError, ValueError, FileNotFoundError) as exc:
+    except ValueError as exc:
+        fail(option_error(exc, AdaptConfig))
+    try:
+        results = run_adapt(cache, run_dir, out, config, log=lambda msg: typer.echo(msg, err=True), overwrite=overwrite)
+    except (CacheError, ValueError, OSError) as exc:
         fail(exc)
     if as_json:
         typer.echo(json.dumps({"summary": results["summary"], "files": results["files"]}))

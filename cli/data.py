@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from ._app import app, fail
-from ._common import AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SourceArg, SplitKey, SplitOpt, _load_source
+from ._common import (AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SkipInvalidOpt, SourceArg,
+                      SplitKey, SplitOpt, _load_source)
 
 # ---- data commands (micro data ...) ----
 data_app = typer.Typer(help="Inspect preference data: built-in recipes, local files, hub ids.", no_args_is_help=True)
@@ -24,6 +25,7 @@ def data_preview(
     context_key: ContextKey = "context",
     split_key: SplitKey = "split",
     limit: LimitOpt = None,
+    skip_invalid: SkipInvalidOpt = False,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Load SOURCE into the preference table and show counts, distinct texts, a sample row and warnings."""
@@ -32,7 +34,8 @@ def data_preview(
     from ..data import PreferenceDataError, summarize
 
     try:
-        df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
+        df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit,
+                          skip_invalid)
     except PreferenceDataError as exc:
         fail(exc)
     summary = summarize(df)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._app import app, fail
+from ._common import OverwriteOpt, option_error
 
 # ---- stage-1 commands (fit-mixture, simulate) ----
 @app.command("fit-mixture")
@@ -25,6 +26,7 @@ def fit_mixture_cmd(
     balance: str = typer.Option(None, help="batch (batch-mean balance) | example (eq. 4)  [default: batch]"),
     paper: bool = typer.Option(False, "--paper", help="the paper's exact stage 1: --router-input prompt --balance example"),
     eval_split: str = typer.Option("test", "--eval-split", help="split to evaluate on"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Stage 1: fit K BT heads + router on a cache and print per-head accuracy per attribute.
 
@@ -38,8 +40,11 @@ def fit_mixture_cmd(
     overrides = {name: value for name, value in given.items() if value is not None}
     try:
         config = MixtureConfig.paper(**overrides) if paper else MixtureConfig(**overrides)
-        metrics = run_fit_mixture(cache, out, config, eval_split=eval_split)
-    except (CacheError, ValueError, FileNotFoundError) as exc:
+    except ValueError as exc:
+        fail(option_error(exc, MixtureConfig))
+    try:
+        metrics = run_fit_mixture(cache, out, config, eval_split=eval_split, overwrite=overwrite)
+    except (CacheError, ValueError, OSError) as exc:
         fail(str(exc))
     print_report(metrics)
 
@@ -53,13 +58,14 @@ def simulate_cmd(
     seed: int = typer.Option(0, help="random seed"),
     regime: str = typer.Option("prompt", help="prompt (the prompt hints at the group: the paper's setting) | shared (the same pairs labelled by every group, conflicting, independent of the prompt)"),
     conflict: float = typer.Option(None, help="fraction of the groups' mean direction removed (0..1)  [default: 1 for shared, 0 for prompt]"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a cache from a planted mixture of BT models (truth stored in the file) to test stage 1 on."""
     from ..heads.simulate import bayes_accuracy, simulate
 
     try:
-        truth = simulate(out, groups=groups, dim=dim, pairs=pairs, seed=seed, regime=regime, conflict=conflict)
-    except ValueError as exc:
+        truth = simulate(out, groups=groups, dim=dim, pairs=pairs, seed=seed, regime=regime, conflict=conflict, overwrite=overwrite)
+    except (ValueError, OSError) as exc:
         fail(str(exc))
     typer.echo(
         f"wrote {out}: {len(truth.pair_group)} pairs, {groups} groups, dim {dim}, regime {regime}; "

@@ -12,7 +12,7 @@ import pandas as pd
 from .errors import PreferenceDataError, closest, missing_column
 from .files import FileFrame
 from .implicit import as_messages, is_transcript, response_text, split_conversations, split_transcripts
-from .table import WHERE, build_table
+from .table import PROBLEM, WHERE, build_table
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,9 @@ def frame_records(frame: FileFrame, keys: ColumnKeys, warnings: list[str], *, st
             try:
                 prompt, chosen, rejected = _implicit(record, keys)
             except ValueError as exc:
-                if strict:
-                    raise PreferenceDataError(f"{where}: {exc}") from None
+                if strict:  # build_table reports it with every other bad row
+                    records.append({WHERE: where, PROBLEM: ("a transcript that cannot be split", f"{where}: {exc}")})
+                    continue
                 failed += 1
                 first_failure = first_failure or f"{where}: {exc}"
                 continue

@@ -47,12 +47,14 @@ def _select(df: pd.DataFrame, split: str | None, limit: int | None, source: str)
 def load_preferences(source: str, *, path: str | None = None, split: str | None = None,
                      prompt_key: str = "prompt", chosen_key: str = "chosen", rejected_key: str = "rejected",
                      attribute_key: str = "attribute", context_key: str = "context", split_key: str = "split",
-                     limit: int | None = None) -> pd.DataFrame:
+                     limit: int | None = None, skip_invalid: bool = False) -> pd.DataFrame:
     """Load preference pairs into one validated table.
 
     source: a recipe name (see RECIPES; `path` then points it at local files instead of the hub), a
         .jsonl/.json/.parquet/.csv file or a folder of them, or a Hugging Face dataset id (owner/name).
     split: keep only this split. limit: keep at most this many pairs per split (after validation).
+    skip_invalid: drop invalid rows of files and hub ids (counted in df.attrs["invalid_rows"]) instead of
+        refusing them all in one PreferenceDataError; recipes always drop them.
     *_key: source column holding each table column, for files and hub ids (recipes know their columns).
 
     Returns a DataFrame with columns prompt, chosen, rejected, attribute, context, split (see
@@ -69,12 +71,12 @@ def load_preferences(source: str, *, path: str | None = None, split: str | None 
     elif Path(name).expanduser().exists():
         if path is not None:
             raise PreferenceDataError(f"--path only applies to recipes and hub ids; '{name}' is already a path")
-        df = table_from_frames(read_path(Path(name).expanduser()), keys, source=name)
+        df = table_from_frames(read_path(Path(name).expanduser()), keys, source=name, strict=not skip_invalid)
     elif _looks_like_file(name):
         raise PreferenceDataError(f"file not found: {name}; check the path")
     elif _HUB_ID.match(name):
         frames = read_path(path) if path is not None else hub.hub_frames(name)
-        df = table_from_frames(frames, keys, source=name)
+        df = table_from_frames(frames, keys, source=name, strict=not skip_invalid)
     else:
         raise _unknown_source(name)
     return _select(df, split, limit, name)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from ..heads.config import check_numbers
 
 HYRE_VARIANTS = ("posterior", "best")
 
@@ -86,6 +89,13 @@ class AdaptConfig:
     """'cpu' or 'cuda'."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.budgets, (str, bytes)) or not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in self.budgets):
+            raise ValueError(f"budgets must be a list of positive integers, not {self.budgets!r}")
+        check_numbers(self, integers=("seeds", "seed", "epochs", "batch_size", "hyre_shots"),
+                      reals=("tau", "lr", "weight_decay", "refine_scale_precision"))
+        for name in ("seed", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         self.budgets = [int(b) for b in self.budgets]
         if not self.budgets or min(self.budgets) < 1:
             raise ValueError(f"budgets must be positive integers, not {self.budgets!r}")
