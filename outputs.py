@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,7 +50,11 @@ def _owner_path(target: Path) -> Path:
 
 def describe_os_error(exc: OSError, path: str | os.PathLike, what: str = "output") -> str:
     """One line for a failed write: the path, what went wrong and what to do about it."""
-    reason = exc.strerror or str(exc)
+    code = exc.errno
+    if code is None:  # HDF5 reports the system error inside its message text
+        found = re.search(r"errno = (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    reason = os.strerror(code) if code else (exc.strerror or str(exc).strip().splitlines()[0])
     fix = {
         errno.ENOSPC: "free some space or choose another location",
         errno.EDQUOT: "free some space or choose another location",
@@ -58,7 +63,7 @@ def describe_os_error(exc: OSError, path: str | os.PathLike, what: str = "output
         errno.EPERM: "choose a folder you may write to, or fix its permissions",
         errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
         errno.EISDIR: "a folder stands where a file is needed: choose another path",
-    }.get(exc.errno, "check the path and try again")
+    }.get(code, "check the path and try again")
     return f"cannot write {what} {path}: {reason}; {fix}."
 
 
@@ -99,6 +104,7 @@ def lock(target: str | os.PathLike, what: str = "output") -> Iterator[None]:
             pass  # the pid is only for messages
         yield
     finally:
+        _owner_path(target).unlink(missing_ok=True)
         file_lock.release()
 
 

@@ -32,7 +32,8 @@ def check_cache_matches(config: Mapping[str, Any], cache_meta: Mapping[str, Any]
     of cache metadata. Raises CacheError naming each field that differs.
     """
     expected = config.get("cache", config)
-    check_compatible(expected, cache_meta, what="this cache (compared with the one the heads were trained on)", fields=BACKBONE_FIELDS)
+    check_compatible(expected, cache_meta, what="this cache (compared with the one the heads were trained on)", fields=BACKBONE_FIELDS,
+                     fix="give a cache embedded with the backbone the run was fitted on")
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[MixtureRewardModel, dict[str, Any]]:
