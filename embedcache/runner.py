@@ -31,7 +31,8 @@ from .backbone import DEFAULT_MODEL, Backbone, load_backbone
 from ..data import table_sha256
 from .plan import CTX_PROMPT, CTX_SEQ, GROUPS, PROMPT, SEQ, Plan, build_plan, make_batches
 from ..outputs import check_file_target, lock, refuse_existing
-from .store import IDENTITY_FIELDS, TABLE_FIELD, CacheError, check_compatible, describe_difference, read_meta, write_cache
+from .store import (IDENTITY_FIELDS, TABLE_FIELD, CacheError, cache_sizes, check_compatible, describe_difference, read_meta,
+                    write_cache)
 
 #: Seconds to sleep after each batch; tests use it to kill a run midway.
 SLOW_ENV = "MICRO_EMBED_SLOW_TEST"
@@ -287,8 +288,7 @@ def _cache_differences(out: Path, meta: dict, table, source_sha256: str, context
     """What separates the finished cache at `out` from the one this command would write."""
     diffs = []
     if meta.get(TABLE_FIELD) != source_sha256:
-        with h5py.File(out, "r") as f:
-            n_old = int(f["pairs"]["chosen"].shape[0])
+        n_old = cache_sizes(out)["pairs"]
         diffs.append(f"built from another table (sha256 {str(meta.get(TABLE_FIELD))[:12]}, {n_old} pairs; "
                      f"this one: sha256 {source_sha256[:12]}, {len(table)} pairs)")
     if bool(meta["context_in_sequence"]) != context_in_sequence:
@@ -298,12 +298,9 @@ def _cache_differences(out: Path, meta: dict, table, source_sha256: str, context
 
 def _fill_counts_from_cache(report: EmbedReport, out: Path) -> None:
     """What a finished cache holds, so a no-op run reports the same counts as the run that built it."""
-    with h5py.File(out, "r") as f:
-        report.n_pairs = int(f["pairs"]["chosen"].shape[0])
-        report.sequences = int(f["sequences"]["embedding"].shape[0])
-        report.prompts = int(f["prompts"]["embedding"].shape[0])
-        report.context_prompts = int(f["context_prompts"]["embedding"].shape[0]) if "context_prompts" in f else 0
-        report.context_sequences = int(f["context_sequences"]["embedding"].shape[0]) if "context_sequences" in f else 0
+    sizes = cache_sizes(out)
+    report.n_pairs, report.sequences, report.prompts = sizes["pairs"], sizes["sequences"], sizes["prompts"]
+    report.context_prompts, report.context_sequences = sizes["context_prompts"], sizes["context_sequences"]
     report.pair_references = 2 * report.n_pairs
     report.dedup_factor = report.pair_references / max(1, report.sequences)
 

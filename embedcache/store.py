@@ -486,6 +486,15 @@ def load_split(
     )
 
 
+def cache_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """Rows per table of a cache: pairs, sequences, prompts, context_prompts, context_sequences (0: absent)."""
+    with _open(path) as f:
+        sizes = {"pairs": int(_dataset(f, "pairs/chosen").shape[0])}
+        for group in ("sequences", "prompts", "context_prompts", "context_sequences"):
+            sizes[group] = int(f[group]["embedding"].shape[0]) if group in f and "embedding" in f[group] else 0
+    return sizes
+
+
 def read_extra_group(path: str | os.PathLike, name: str) -> dict[str, Any] | None:
     """A producer's own group (see write_cache's `extra_groups`) as {dataset: array or list of str}; None if absent."""
     with _open(path) as f:

