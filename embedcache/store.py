@@ -375,6 +375,20 @@ class CacheSplit:
         )
 
 
+def split_fingerprint(split: CacheSplit, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What identifies the training data of a fit: the backbone, the table, the attributes and the pairs
+    themselves (count and a checksum of their difference vectors)."""
+    meta = split.meta if meta is None else meta
+    return {
+        "model_id": meta.get("model_id"),
+        "model_revision": meta.get("model_revision"),
+        TABLE_FIELD: meta.get(TABLE_FIELD),
+        "attributes": list(meta.get("attributes", [])),
+        "train_pairs": len(split),
+        "diff_checksum": round(float(split.diff.double().sum()), 3),
+    }
+
+
 def _pair_difference(dataset: h5py.Dataset, chosen: np.ndarray, rejected: np.ndarray, block: int = 32768) -> np.ndarray:
     """emb[chosen] - emb[rejected] in float32, reading the float16 table once in row blocks.
 

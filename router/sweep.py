@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..embedcache.store import CacheError, CacheSplit, check_same_table, load_split, read_meta, require_contexts
+from ..embedcache.store import CacheError, CacheSplit, check_same_table, load_split, read_meta, require_contexts, split_fingerprint
 from ..heads.model import MixtureRewardModel, load_model, save_model
 from ..outputs import atomic_dir, check_dir_target, diff_fields, is_empty_dir, lock, refuse_existing, relocate
 from .api import PersonalizedRewardModel, save_router
@@ -55,14 +55,7 @@ def _mixture_config(run_config: dict):
 
 
 def _cache_fingerprint(meta: dict, split: CacheSplit) -> dict:
-    return {
-        "model_id": meta.get("model_id"),
-        "model_revision": meta.get("model_revision"),
-        "source_sha256": meta.get("source_sha256"),
-        "attributes": list(meta.get("attributes", [])),
-        "train_pairs": len(split),
-        "diff_checksum": round(float(split.diff.double().sum()), 3),
-    }
+    return split_fingerprint(split, meta)
 
 
 def load_baselines(run_dir: Path, run_config: dict, train: CacheSplit, meta: dict, out: Path, log: Callable[[str], None]) -> dict[str, MixtureRewardModel]:
