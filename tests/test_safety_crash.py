@@ -55,8 +55,24 @@ def _exists(pattern_dir: Path, pattern: str):
     return lambda: any(pattern_dir.glob(pattern))
 
 
-def _temp(out: Path, inside: str = ""):
-    return _exists(out.parent, f".{out.name}.tmp-[0-9]*" + (f"/{inside}" if inside else ""))
+def _temp(out: Path):
+    return _exists(out.parent, f".{out.name}.tmp-[0-9]*")
+
+
+def _written(out: Path, inside: str):
+    """True once this run has written `inside`, in the output folder or in any hidden sibling of it."""
+    start = time.time()
+
+    def check():
+        for path in [*out.parent.glob(f"{out.name}/{inside}"), *out.parent.glob(f".{out.name}.*/{inside}")]:
+            try:
+                if path.stat().st_mtime >= start:
+                    return True
+            except FileNotFoundError:
+                pass
+        return False
+
+    return check
 
 
 def _after(seconds: float):
@@ -99,18 +115,18 @@ def test_fit_mixture_killed_anywhere_leaves_nothing_or_the_old_run_or_the_comple
 
     run = tmp_path / "run"
     points = [  # (a new run or one replacing an older run, where it is killed)
-        (True, "lock taken", _exists(tmp_path, ".run.lock.pid")),
-        (True, "weights written", _temp(run, "model.safetensors")),
-        (False, "temporary folder made", _temp(run)),
-        (False, "metrics written", _temp(run, "metrics.json")),
-        (False, "a moment later", None),
+        (True, "lock taken", lambda: _exists(tmp_path, ".run.lock.pid")),
+        (True, "weights written", lambda: _written(run, "model.safetensors")),
+        (False, "temporary folder made", lambda: _temp(run)),
+        (False, "metrics written", lambda: _written(run, "metrics.json")),
+        (False, "a moment later", lambda: _after(0.05)),
     ]
     killed = 0
     for fresh, name, when in points:
         shutil.rmtree(run, ignore_errors=True)
         if not fresh:
             shutil.copytree(old_ref, run)
-        killed += _kill_when(["fit-mixture", cache, "--out", run, *FIT, "--overwrite"], when or _after(0.05))
+        killed += _kill_when(["fit-mixture", cache, "--out", run, *FIT, "--overwrite"], when())
         if run.exists():
             state = _run_state(run)  # complete: every file there and readable
             assert state == expected or (not fresh and state == previous), name
@@ -140,16 +156,16 @@ def test_adapt_killed_anywhere_leaves_nothing_or_the_old_results_or_the_complete
 
     out = tmp_path / "ad"
     points = [
-        (True, "temporary folder made", _temp(out)),
-        (True, "results written", _temp(out, "results.json")),
-        (False, "lock taken", _exists(tmp_path, ".ad.lock.pid")),
-        (False, "routers written", _temp(out, "routers/b10_s1.json")),
+        (True, "temporary folder made", lambda: _temp(out)),
+        (True, "results written", lambda: _written(out, "results.json")),
+        (False, "lock taken", lambda: _exists(tmp_path, ".ad.lock.pid")),
+        (False, "routers written", lambda: _written(out, "routers/b10_s1.json")),
     ]
     for fresh, name, when in points:
         shutil.rmtree(out, ignore_errors=True)
         if not fresh:
             shutil.copytree(old_ref, out)
-        _kill_when(["adapt", cache, run, "--out", out, *ADAPT, "--overwrite"], when)
+        _kill_when(["adapt", cache, run, "--out", out, *ADAPT, "--overwrite"], when())
         if out.exists():
             state = _adapt_state(out)
             assert state == expected or (not fresh and state == previous), name
