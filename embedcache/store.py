@@ -22,7 +22,9 @@ A cache is written whole to a temporary file and renamed into place, so a finish
 or absent; `complete` is set last as a second guard for files produced by other tools.
 
 This module is the cache contract: the identity fields and their checks (`check_compatible`,
-`check_same_table`), the context check (`missing_contexts`, `require_contexts`) and every read of the file.
+`check_same_table`), the context check (`missing_contexts`, `require_contexts`), and the readers every
+later stage uses (`read_meta`, `load_split`, `load_texts`, `read_prompt_texts`, `cache_sizes`,
+`read_extra_group`), which refuse missing datasets and non-finite embeddings with one CacheError line.
 """
 
 from __future__ import annotations
