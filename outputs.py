@@ -67,6 +67,14 @@ def describe_os_error(exc: OSError, path: str | os.PathLike, what: str = "output
     return f"cannot write {what} {path}: {reason}; {fix}."
 
 
+def error_line(exc: BaseException, path: str | os.PathLike) -> str:
+    """The one-line message of an error: a full disk or read-only folder while writing `path` is worded by
+    `describe_os_error`; anything else keeps its own message."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return describe_os_error(exc, exc.filename or path)
+    return " ".join(str(exc).split())
+
+
 @contextmanager
 def os_errors(path: str | os.PathLike, what: str = "output") -> Iterator[None]:
     """Turn OSErrors raised inside the block into one OutputError line about `path`."""

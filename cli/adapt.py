@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._app import app, fail
+from ..outputs import error_line
 from ._common import OverwriteOpt, option_error, parse_int_list
 
 # ---- stage-2 commands (adapt) ----
@@ -52,7 +53,7 @@ def adapt_cmd(
     try:
         results = run_adapt(cache, run_dir, out, config, log=lambda msg: typer.echo(msg, err=True), overwrite=overwrite)
     except (CacheError, ValueError, OSError) as exc:
-        fail(exc)
+        fail(error_line(exc, out))
     if as_json:
         typer.echo(json.dumps({"summary": results["summary"], "files": results["files"]}))
         return

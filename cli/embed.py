@@ -43,6 +43,7 @@ def embed(
 
     from ..data import PreferenceDataError, table_sha256
     from ..embedcache import CacheError, embed_table
+    from ..outputs import error_line
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
@@ -55,7 +56,7 @@ def embed(
                              trust_remote_code=trust_remote_code, source_sha256=table_sha256(df),
                              log=lambda msg: typer.echo(msg, err=True), overwrite=overwrite)
     except (PreferenceDataError, CacheError, ValueError, OSError) as exc:
-        fail(exc)
+        fail(error_line(exc, out))
     if not rank0:
         return
     if as_json:

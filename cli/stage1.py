@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._app import app, fail
+from ..outputs import error_line
 from ._common import OverwriteOpt, option_error
 
 # ---- stage-1 commands (fit-mixture, simulate) ----
@@ -45,7 +46,7 @@ def fit_mixture_cmd(
     try:
         metrics = run_fit_mixture(cache, out, config, eval_split=eval_split, overwrite=overwrite)
     except (CacheError, ValueError, OSError) as exc:
-        fail(str(exc))
+        fail(error_line(exc, out))
     print_report(metrics)
 
 
@@ -66,7 +67,7 @@ def simulate_cmd(
     try:
         truth = simulate(out, groups=groups, dim=dim, pairs=pairs, seed=seed, regime=regime, conflict=conflict, overwrite=overwrite)
     except (ValueError, OSError) as exc:
-        fail(str(exc))
+        fail(error_line(exc, out))
     typer.echo(
         f"wrote {out}: {len(truth.pair_group)} pairs, {groups} groups, dim {dim}, regime {regime}; "
         f"Bayes accuracy with context {bayes_accuracy(truth, with_context=True):.3f}, "

