@@ -84,6 +84,8 @@ def _print_embed_report(report) -> None:
          + (f" over {report.world_size} ranks" if report.world_size > 1 else "")),
         ("wall time", f"{report.seconds:.1f} s"),
     ]
+    if report.invalid_rows:
+        rows.append(("invalid rows skipped", ", ".join(f"{n} with {kind}" for kind, n in report.invalid_rows.items())))
     for key, value in rows:
         table.add_row(key, value)
     Console(stderr=False).print(table)
