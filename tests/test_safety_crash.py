@@ -259,6 +259,7 @@ def test_a_second_embed_into_the_same_cache_is_refused_naming_the_first(tmp_path
         first.wait()
 
 
+@pytest.mark.slow
 def test_a_second_fit_into_the_same_run_is_refused_naming_the_first(cache, tmp_path):
     run = tmp_path / "run"
     first = _start(["fit-mixture", cache, "--out", run, "--k", "3", "--epochs", "400"])
