@@ -84,7 +84,7 @@ def main() -> None:
     setup = time.perf_counter() - t
     config = AdaptConfig(budgets=[5, 10, 25, 50, 100, 150], seeds=5, tau=1e-3)
     t = time.perf_counter()
-    results = run_adapt(cache, run, work / "out", config)
+    results = run_adapt(cache, run, work / "out", config, overwrite=True)
     total = time.perf_counter() - t
     print(json.dumps({"setup_s": round(setup, 1), "run_adapt_s": round(total, 2), "timings_s": results["timings_s"],
                       "routers": len(config.budgets) * config.seeds, "records": len(results["records"]),

@@ -119,7 +119,7 @@ def stage1(cache: Path, root: Path, epochs: int | None, log) -> dict:
         out[regime] = {}
         for method in STAGE1_METHODS:
             cfg = mixture_config(regime, method, **({"epochs": epochs} if epochs else {}))
-            m = run_fit_mixture(cache, root / regime / method, cfg)
+            m = run_fit_mixture(cache, root / regime / method, cfg, overwrite=True)
             out[regime][method] = m
             log(f"  stage 1 {regime:7s} {method:8s} avg best {m['test']['average']['best_accuracy']:.3f} "
                 f"routed {m['test']['average']['routed_accuracy']:.3f} ({m['train_seconds']:.1f}s, {m['train_steps']} steps)")
@@ -192,7 +192,7 @@ def stage2(cache: Path, root: Path, budgets: list[int], seeds: int, log) -> dict
     for regime in REGIMES:
         t = time.perf_counter()
         cfg = adapt_config(regime, budgets=budgets, seeds=seeds)
-        res = run_adapt(cache, root / regime / "micro", root / regime / "adapt", cfg)
+        res = run_adapt(cache, root / regime / "micro", root / regime / "adapt", cfg, overwrite=True)
         out[regime] = res
         log(f"  stage 2 {regime:7s} tau {cfg.tau:g} budgets {budgets} x {seeds} seeds: {time.perf_counter() - t:.1f}s")
     return out

@@ -43,7 +43,7 @@ SWEEP = dict(budgets=[50], seeds=3, baselines=False, plot=False, save_routers=Fa
 def one_cache(regime: str, seed: int, pairs: int, dim: int, work: Path) -> dict:
     """Every number of one (regime, cache seed): {row name: {column: value}}."""
     cache = work / f"{regime}_{seed}.h5"
-    truth = simulate(cache, regime=regime, pairs=pairs, dim=dim, seed=seed)
+    truth = simulate(cache, regime=regime, pairs=pairs, dim=dim, seed=seed, overwrite=True)
     train, test = load_split(cache, "train"), load_split(cache, "test")
     bayes = bayes_accuracy(truth, test, with_context=True, realised=True)
     single = evaluate(fit_mixture(train, MixtureConfig(method="single", seed=seed)), test)["average"]["routed_accuracy"]
@@ -60,7 +60,7 @@ def one_cache(regime: str, seed: int, pairs: int, dim: int, work: Path) -> dict:
         ev = evaluate(model, test, router_input=resolved.router_input)
         cos = min(match_heads(truth, model.head_vectors())["cosine"])
         for row, stage2 in stage2s:
-            summary = run_adapt(cache, run, work / "out" / f"{regime}_{seed}_{row}", stage2)["summary"]["50"]
+            summary = run_adapt(cache, run, work / "out" / f"{regime}_{seed}_{row}", stage2, overwrite=True)["summary"]["50"]
             rows[row] = {m: summary[m]["Average"]["mean"] for m in METHODS}
             rows[row].update({"single": single, "router H": ev["router_entropy"], "head cos": cos, "Bayes": bayes,
                               "tau": stage2.tau})

@@ -21,12 +21,33 @@ SplitKey = Annotated[str, typer.Option("--split-key", help="Column holding the s
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most this many pairs per split; reads only the first rows of each split (hub ids are streamed).")]
 
 
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (built beside it, swapped in when complete). Without it an existing output is refused.")]
+SkipInvalidOpt = Annotated[bool, typer.Option("--skip-invalid", help="Drop invalid rows (empty or identical responses ...) and report their counts, instead of refusing the data.")]
+
+
+def option_error(exc: Exception, config_class: type) -> str:
+    """A config validation message with its leading field written as the flag: `seed must ...` -> `--seed must ...`."""
+    from dataclasses import fields
+
+    name, sep, rest = str(exc).partition(" ")
+    return f"--{name.replace('_', '-')} {rest}" if sep and name in {f.name for f in fields(config_class)} else str(exc)
+
+
+def parse_int_list(value: str, flag: str) -> list[int]:
+    """'10,25,50' -> [10, 25, 50]; anything else is refused naming the flag."""
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers such as 10,25,50, not {value!r}") from None
+
+
 def _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit,
-                 dataset_config=None, revision=None):
+                 dataset_config=None, revision=None, skip_invalid=False):
     from ..data import load_preferences
 
     return load_preferences(source, path=path, split=split, dataset_config=dataset_config, revision=revision,
                             prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key,
-                            attribute_key=attribute_key, context_key=context_key, split_key=split_key, limit=limit)
+                            attribute_key=attribute_key, context_key=context_key, split_key=split_key, limit=limit,
+                            skip_invalid=skip_invalid)
 
 

@@ -8,6 +8,8 @@ import typer
 
 from ..router.config import AdaptConfig
 from ._app import app, fail
+from ..outputs import error_line
+from ._common import OverwriteOpt, option_error
 from ._options import config_options
 
 # ---- stage-2 commands (adapt) ----
@@ -21,6 +23,7 @@ def adapt_cmd(
     mask_from: List[str] = typer.Option(None, "--mask-from", help="also mask the heads flagged in this audit.json (`micro audit`); repeatable"),
     paper: bool = typer.Option(False, "--paper", help="the paper's stage 2 (docs/defaults-vs-paper.md): --tau 1e-3"),
     as_json: bool = typer.Option(False, "--json", help="print results.json's summary as JSON instead of the table"),
+    overwrite: OverwriteOpt = False,
     overrides: dict = None,
 ) -> None:
     """Stage 2: adapt the stage-1 router to user contexts (Hedge soft labels, paper eq. 6 / Algorithm 1)
@@ -42,9 +45,12 @@ def adapt_cmd(
         if mask_from:
             overrides["mask_heads"] = sorted(set(overrides.get("mask_heads", [])) | set(resolve_mask(None, mask_from)))
         config = AdaptConfig.paper(**overrides) if paper else AdaptConfig(**overrides)
-        results = run_adapt(cache, run_dir, out, config, log=lambda msg: typer.echo(msg, err=True))
-    except (CacheError, ValueError, FileNotFoundError) as exc:
-        fail(exc)
+    except ValueError as exc:
+        fail(option_error(exc, AdaptConfig))
+    try:
+        results = run_adapt(cache, run_dir, out, config, log=lambda msg: typer.echo(msg, err=True), overwrite=overwrite)
+    except (CacheError, ValueError, OSError) as exc:
+        fail(error_line(exc, out))
     if as_json:
         typer.echo(json.dumps({"summary": results["summary"], "files": results["files"]}))
         return

@@ -6,7 +6,7 @@ import typer
 
 from ._app import app, fail
 from ._common import (AttributeKey, ChosenKey, ContextKey, DatasetConfigOpt, LimitOpt, PathOpt, PromptKey, RejectedKey,
-                      RevisionOpt, SourceArg, SplitKey, SplitOpt, _load_source)
+                      RevisionOpt, SkipInvalidOpt, SourceArg, SplitKey, SplitOpt, _load_source)
 
 # ---- data commands (micro data ...) ----
 data_app = typer.Typer(help="Inspect preference data: built-in recipes, local files, hub ids.", no_args_is_help=True)
@@ -27,6 +27,7 @@ def data_preview(
     context_key: ContextKey = "context",
     split_key: SplitKey = "split",
     limit: LimitOpt = None,
+    skip_invalid: SkipInvalidOpt = False,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Load SOURCE into the preference table and show its format, counts, distinct texts, a sample row and warnings."""
@@ -36,7 +37,7 @@ def data_preview(
 
     try:
         df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit,
-                          dataset_config=dataset_config, revision=revision)
+                          dataset_config=dataset_config, revision=revision, skip_invalid=skip_invalid)
     except PreferenceDataError as exc:
         fail(exc)
     summary = summarize(df)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from ._app import app, fail
-from ._common import AttributeKey, ChosenKey, ContextKey, DatasetConfigOpt, LimitOpt, PathOpt, PromptKey, RejectedKey, RevisionOpt, SourceArg, SplitKey, SplitOpt, _load_source
+from ._common import (AttributeKey, ChosenKey, ContextKey, DatasetConfigOpt, LimitOpt, OverwriteOpt, PathOpt, PromptKey,
+                      RejectedKey, RevisionOpt, SkipInvalidOpt, SourceArg, SplitKey, SplitOpt, _load_source)
 
 # ---- embed commands ----
 @app.command("embed")
@@ -30,6 +31,8 @@ def embed(
     context_key: ContextKey = "context",
     split_key: SplitKey = "split",
     limit: LimitOpt = None,
+    skip_invalid: SkipInvalidOpt = False,
+    overwrite: OverwriteOpt = False,
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
     """Embed every distinct (prompt, response), prompt and (context + prompt) of SOURCE once into an HDF5 cache.
@@ -42,17 +45,20 @@ def embed(
 
     from ..data import PreferenceDataError, table_sha256
     from ..embedcache import CacheError, embed_table
+    from ..outputs import error_line
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
         df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit,
-                          dataset_config=dataset_config, revision=revision)
+                          dataset_config=dataset_config, revision=revision, skip_invalid=skip_invalid)
+        for warning in df.attrs.get("warnings", []) if skip_invalid and rank0 else []:
+            typer.echo(f"warning: {warning}", err=True)
         report = embed_table(df, model=model, out=out, max_length=max_length, batch_tokens=batch_tokens,
                              dtype=dtype, device=device, context_in_sequence=context_in_sequence,
                              trust_remote_code=trust_remote_code, source_sha256=table_sha256(df),
-                             log=lambda msg: typer.echo(msg, err=True))
+                             log=lambda msg: typer.echo(msg, err=True), overwrite=overwrite)
     except (PreferenceDataError, CacheError, ValueError, OSError) as exc:
-        fail(exc)
+        fail(error_line(exc, out))
     if not rank0:
         return
     if as_json:
@@ -80,6 +86,8 @@ def _print_embed_report(report) -> None:
          + (f" over {report.world_size} ranks" if report.world_size > 1 else "")),
         ("wall time", f"{report.seconds:.1f} s"),
     ]
+    if report.invalid_rows:
+        rows.append(("invalid rows skipped", ", ".join(f"{n} with {kind}" for kind, n in report.invalid_rows.items())))
     for key, value in rows:
         table.add_row(key, value)
     Console(stderr=False).print(table)

@@ -6,6 +6,8 @@ import typer
 
 from ..heads.config import MixtureConfig
 from ._app import app, fail
+from ..outputs import error_line
+from ._common import OverwriteOpt, option_error
 from ._options import config_options
 
 # ---- stage-1 commands (fit-mixture, simulate) ----
@@ -16,6 +18,7 @@ def fit_mixture_cmd(
     out: str = typer.Option(..., "--out", help="run directory to write (model.safetensors, config.json, metrics.json)"),
     paper: bool = typer.Option(False, "--paper", help="the paper's exact stage 1 (docs/defaults-vs-paper.md): --router-input prompt --balance example"),
     eval_split: str = typer.Option("test", "--eval-split", help="split to evaluate on"),
+    overwrite: OverwriteOpt = False,
     overrides: dict = None,
 ) -> None:
     """Stage 1: fit K BT heads + router on a cache and print per-head accuracy per attribute.
@@ -28,9 +31,12 @@ def fit_mixture_cmd(
 
     try:
         config = MixtureConfig.paper(**overrides) if paper else MixtureConfig(**overrides)
-        metrics = run_fit_mixture(cache, out, config, eval_split=eval_split)
-    except (CacheError, ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    except ValueError as exc:
+        fail(option_error(exc, MixtureConfig))
+    try:
+        metrics = run_fit_mixture(cache, out, config, eval_split=eval_split, overwrite=overwrite)
+    except (CacheError, ValueError, OSError) as exc:
+        fail(error_line(exc, out))
     print_report(metrics)
 
 
@@ -43,14 +49,15 @@ def simulate_cmd(
     seed: int = typer.Option(0, help="random seed"),
     regime: str = typer.Option("prompt", help="prompt (the prompt hints at the group: the paper's setting) | shared (the same pairs labelled by every group, conflicting, independent of the prompt)"),
     conflict: float = typer.Option(None, help="fraction of the groups' mean direction removed (0..1)  [default: 1 for shared, 0 for prompt]"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a cache from a planted mixture of BT models (truth stored in the file) to test stage 1 on."""
     from ..heads.planted import bayes_accuracy, simulate
 
     try:
-        truth = simulate(out, groups=groups, dim=dim, pairs=pairs, seed=seed, regime=regime, conflict=conflict)
-    except ValueError as exc:
-        fail(str(exc))
+        truth = simulate(out, groups=groups, dim=dim, pairs=pairs, seed=seed, regime=regime, conflict=conflict, overwrite=overwrite)
+    except (ValueError, OSError) as exc:
+        fail(error_line(exc, out))
     typer.echo(
         f"wrote {out}: {len(truth.pair_group)} pairs, {groups} groups, dim {dim}, regime {regime}; "
         f"Bayes accuracy with context {bayes_accuracy(truth, with_context=True):.3f}, "

@@ -13,7 +13,7 @@ import pandas as pd
 from .errors import PreferenceDataError, closest, missing_column
 from .pairs import as_messages, is_missing, is_transcript, split_pair
 from .source import Part
-from .table import WHERE, build_table
+from .table import PROBLEM, WHERE, build_table
 
 STANDARD_EXPLICIT = "standard, explicit prompt (TRL)"
 STANDARD_IMPLICIT = "standard, implicit prompt (TRL): prompt = common prefix"
@@ -118,8 +118,9 @@ def table_from_parts(parts: list[Part], keys: ColumnKeys | None = None, *, sourc
             try:
                 prompt, chosen, rejected = split_pair(*pair)
             except ValueError as exc:
-                if strict:
-                    raise PreferenceDataError(f"{part.where(row)}: {exc}; fix or remove the row") from None
+                if strict:  # build_table reports it with every other bad row
+                    records.append({WHERE: part.where(row), PROBLEM: ("a prompt that cannot be split off", f"{part.where(row)}: {exc}")})
+                    continue
                 failed, first_failure = failed + 1, first_failure or f"{part.where(row)}: {exc}"
                 continue
             records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,

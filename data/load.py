@@ -41,7 +41,7 @@ def load_preferences(source: str, *, path: str | None = None, split: str | None 
                      dataset_config: str | None = None, revision: str | None = None,
                      prompt_key: str = "prompt", chosen_key: str = "chosen", rejected_key: str = "rejected",
                      attribute_key: str = "attribute", context_key: str = "context", split_key: str = "split",
-                     limit: int | None = None) -> pd.DataFrame:
+                     limit: int | None = None, skip_invalid: bool = False) -> pd.DataFrame:
     """Load preference pairs into one validated table.
 
     source: a recipe name (see RECIPES; `path` then points it at local files instead of the hub), a data
@@ -50,6 +50,8 @@ def load_preferences(source: str, *, path: str | None = None, split: str | None 
     split: keep only this split (the dataset's own split names, or a split column's values).
     dataset_config, revision: the dataset's configuration (subset) and, for hub ids, its git revision.
     limit: at most this many pairs per split, from its first `limit` rows (a hub id is then streamed).
+    skip_invalid: drop invalid rows of files and hub ids (counted in df.attrs["invalid_rows"]) instead of
+        refusing them all in one PreferenceDataError; recipes always drop them.
     *_key: source column holding each table column, for files and hub ids (recipes know their columns).
 
     Returns a DataFrame with columns prompt, chosen, rejected, attribute, context, split (see
@@ -82,5 +84,5 @@ def load_preferences(source: str, *, path: str | None = None, split: str | None 
         raise _unknown_source(name)
     warnings: list[str] = []
     parts = open_source(target, config=dataset_config, revision=revision, split=split, limit=limit, warnings=warnings)
-    df = table_from_parts(parts, keys, source=name, warnings=warnings)
+    df = table_from_parts(parts, keys, source=name, strict=not skip_invalid, warnings=warnings)
     return _select(df, split, limit, name)

@@ -27,6 +27,8 @@ COLUMNS = ("prompt", "chosen", "rejected", "attribute", "context", "split")
 DEFAULT_ATTRIBUTE = "default"
 DEFAULT_SPLIT = "train"
 WHERE = "_where"  # key of a record's location ("FILE row N"), used only for messages
+PROBLEM = "_problem"  # key of a (kind, message) found before validation (e.g. a transcript that cannot be split)
+SHOW_ROWS = 5  # rows named per kind of problem
 
 
 def _describe(value: Any) -> str:
@@ -74,6 +76,8 @@ def _label(value: Any, column: str, name: str, where: str, default: str | None) 
 
 def _clean(record: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     where = record.get(WHERE, "row")
+    if record.get(PROBLEM):
+        raise _Problem(*record[PROBLEM])
     row = {
         "prompt": _prompt(record.get("prompt"), names["prompt"], where),
         "chosen": _text(record.get("chosen"), "chosen", names["chosen"], where),
@@ -96,10 +100,12 @@ def build_table(records: Iterable[dict[str, Any]], *, source: str, strict: bool 
                 column_names: dict[str, str] | None = None, warnings: list[str] | None = None) -> pd.DataFrame:
     """Validate records (dicts with the six columns, plus WHERE for messages) into the table.
 
-    strict=True (files a user hands us): the first bad row raises PreferenceDataError naming file,
-    row and column. strict=False (built-in recipes over public data we do not control): bad rows are
-    dropped and counted in a warning. Either way exact duplicate pairs (all six columns equal) are
-    dropped, counted in df.attrs["duplicates_dropped"] and reported in df.attrs["warnings"].
+    strict=True (files a user hands us): every bad row is found, then one PreferenceDataError reports
+    them all (count per reason, the first rows of each, the first message in full). strict=False
+    (built-in recipes over public data we do not control, or `--skip-invalid`): bad rows are dropped,
+    counted per reason in df.attrs["invalid_rows"] and in a warning. Either way exact duplicate pairs
+    (all six columns equal) are dropped, counted in df.attrs["duplicates_dropped"] and reported in
+    df.attrs["warnings"].
     `column_names` maps table columns to the source's column names, for messages.
     """
     names = {c: c for c in COLUMNS} | (column_names or {})
@@ -107,15 +113,16 @@ def build_table(records: Iterable[dict[str, Any]], *, source: str, strict: bool 
     rows, seen = [], set()
     dropped: Counter[str] = Counter()
     first_bad: dict[str, str] = {}
+    bad_rows: dict[str, list[str]] = {}
     duplicates, first_duplicate = 0, None
     for record in records:
         try:
             row = _clean(record, names)
         except _Problem as problem:
-            if strict:
-                raise PreferenceDataError(str(problem)) from None
             dropped[problem.kind] += 1
             first_bad.setdefault(problem.kind, str(problem))
+            if len(bad_rows.setdefault(problem.kind, [])) < SHOW_ROWS:
+                bad_rows[problem.kind].append(str(record.get(WHERE, "?")))
             continue
         key = _row_key(row)
         if key in seen:
@@ -124,6 +131,8 @@ def build_table(records: Iterable[dict[str, Any]], *, source: str, strict: bool 
             continue
         seen.add(key)
         rows.append(row)
+    if strict and dropped:
+        raise PreferenceDataError(_invalid_rows_message(source, dropped, first_bad, bad_rows))
     for kind, n in dropped.items():
         warnings.append(f"dropped {n} pair{'s' if n != 1 else ''} with {kind} (first: {first_bad[kind]})")
     if duplicates:
@@ -134,8 +143,22 @@ def build_table(records: Iterable[dict[str, Any]], *, source: str, strict: bool 
                                   + (f" ({'; '.join(warnings)})" if warnings else "; the source is empty"))
     table = pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=object) for c in COLUMNS})
     table.attrs.update(source=source, duplicates_dropped=duplicates, rows_dropped=sum(dropped.values()),
-                       warnings=warnings)
+                       invalid_rows=dict(dropped), warnings=warnings)
     return table
+
+
+def _invalid_rows_message(source: str, dropped: Counter, first_bad: dict[str, str], bad_rows: dict[str, list[str]]) -> str:
+    """All bad rows in one line: the count per reason with its first rows, then the first message in full."""
+    total = sum(dropped.values())
+    if total == 1:
+        kind = next(iter(dropped))
+        return f"{first_bad[kind]} (or pass --skip-invalid to drop the row)"
+    parts = []
+    for kind, n in dropped.most_common():
+        more = ", ..." if n > len(bad_rows[kind]) else ""
+        parts.append(f"{n} with {kind} ({', '.join(bad_rows[kind])}{more}; first: {first_bad[kind]})")
+    return (f"{source} has {total} invalid rows: " + "; ".join(parts)
+            + ". Fix them, or pass --skip-invalid to drop them (their counts are kept in the cache metadata).")
 
 
 def from_frame(frame: pd.DataFrame, *, source: str, strict: bool = True) -> pd.DataFrame:

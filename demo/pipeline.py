@@ -1,7 +1,8 @@
 """Run embed -> fit-mixture (4 methods) -> adapt -> report on the demo data, with the packaged MiniLM.
 
 Every step writes what the corresponding CLI command writes, under one output folder, so a user can
-open any stage's files; a rerun reuses the cache (the embed step is a no-op) and refits in seconds.
+open any stage's files; a rerun reuses the cache (the embed step is a no-op) and refits in seconds (the
+demo owns its folder, so its steps replace their earlier outputs, as `--overwrite` does).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def run_demo(config: DemoConfig | None = None, *, log: Callable[[str], None] = p
         table = load_demo(n_prompts=config.n_prompts, seed=config.data_seed)
     cache = out / "demo.h5"
     log(f"[1/4] embed {len(table)} pairs with {config.model} -> {cache}")
-    embed = embed_table(table, model=config.model, out=cache, source_sha256=table_sha256(table), log=log)
+    embed = embed_table(table, model=config.model, out=cache, source_sha256=table_sha256(table), log=log, overwrite=True)
     timings["embed"] = time.perf_counter() - t
 
     stage1 = {}
@@ -68,13 +69,13 @@ def run_demo(config: DemoConfig | None = None, *, log: Callable[[str], None] = p
     for method in STAGE1_METHODS:
         mcfg = (MixtureConfig.paper if config.paper else MixtureConfig)(method=method, epochs=config.stage1_epochs)
         log(f"[2/4] fit-mixture --method {method}")
-        stage1[method] = run_fit_mixture(cache, out / "runs" / method, mcfg)
+        stage1[method] = run_fit_mixture(cache, out / "runs" / method, mcfg, overwrite=True)
     timings["fit-mixture"] = time.perf_counter() - t
 
     t = time.perf_counter()
     log(f"[3/4] adapt budgets {config.budgets} x {config.seeds} seeds")
     acfg = (AdaptConfig.paper if config.paper else AdaptConfig)(budgets=list(config.budgets), seeds=config.seeds)
-    adapt = run_adapt(cache, out / "runs" / "micro", out / "adapt", acfg)
+    adapt = run_adapt(cache, out / "runs" / "micro", out / "adapt", acfg, overwrite=True)
     timings["adapt"] = time.perf_counter() - t
 
     log("[4/4] report")

@@ -13,11 +13,12 @@ same parts folder; rank 0 assembles after a barrier, so the cache equals a singl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ from . import distributed as dist
 from .backbone import DEFAULT_MODEL, Backbone, load_backbone
 from ..data import table_sha256
 from .plan import CTX_PROMPT, CTX_SEQ, GROUPS, PROMPT, SEQ, Plan, build_plan, make_batches
-from .store import IDENTITY_FIELDS, CacheError, check_compatible, read_meta, write_cache
+from ..outputs import check_file_target, lock, refuse_existing
+from .store import (IDENTITY_FIELDS, TABLE_FIELD, CacheError, cache_sizes, check_compatible, describe_difference, read_meta,
+                    write_cache)
 
 #: Seconds to sleep after each batch; tests use it to kill a run midway.
 SLOW_ENV = "MICRO_EMBED_SLOW_TEST"
@@ -67,6 +70,7 @@ class EmbedReport:
     tokens_per_s: float = 0.0
     world_size: int = 1
     rank_batches: int = 0  # batches this process embedded (its shard under torchrun)
+    invalid_rows: dict = field(default_factory=dict)  # rows dropped by --skip-invalid, per reason
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,24 +155,28 @@ def embed_table(
     source_sha256: str | None = None,
     progress: bool = True,
     log=print,
+    overwrite: bool = False,
 ) -> EmbedReport:
     """Embed every distinct sequence of a preference table once and write the cache `out`.
 
-    Reruns: a finished cache made by the same command is left alone (report.noop); one made with another
-    backbone or view of the text is refused (CacheError naming the field); one made with the same backbone
-    from another table is rebuilt for this table, reusing the embeddings it already has (looked up by text).
+    Reruns: a finished cache made by the same command is left alone (report.noop); one made from another
+    table or with other settings is refused (naming what differs) unless `overwrite`, which rebuilds it for
+    this table, reusing the embeddings it already has when the backbone is the same (looked up by text),
+    and replaces it atomically. One writer per cache: a second one is refused (OutputBusy names its pid).
     """
-    out = Path(out)
+    out = check_file_target(out)
     ctx = dist.init()  # no-op without torchrun
     try:
-        return _embed(table, model, out, max_length, batch_tokens, dtype, device, context_in_sequence,
-                      trust_remote_code, source_sha256, progress, log if ctx.rank == 0 else (lambda *a, **k: None), ctx)
+        with lock(out, "cache") if ctx.rank == 0 else contextlib.nullcontext():
+            return _embed(table, model, out, max_length, batch_tokens, dtype, device, context_in_sequence,
+                          trust_remote_code, source_sha256, progress, log if ctx.rank == 0 else (lambda *a, **k: None), ctx,
+                          overwrite=overwrite)
     finally:
         dist.finish(ctx)
 
 
 def _embed(table, model, out, max_length, batch_tokens, dtype, device, context_in_sequence, trust_remote_code,
-           source_sha256, progress, log, ctx) -> EmbedReport:
+           source_sha256, progress, log, ctx, *, overwrite: bool = False) -> EmbedReport:
     t0 = time.perf_counter()
     if isinstance(model, Backbone):
         bb = model
@@ -184,17 +192,23 @@ def _embed(table, model, out, max_length, batch_tokens, dtype, device, context_i
 
     reuse_from = None
     if out.exists():
-        meta = read_meta(out)  # refuses unfinished / foreign files
-        check_compatible(identity, meta, what=f"existing cache {out}")
-        if meta.get("source_sha256") == source_sha256 and bool(meta["context_in_sequence"]) == context_in_sequence:
+        meta = _existing_meta(out, overwrite)  # refuses unfinished / foreign files unless they are to be replaced
+        same_backbone = meta is not None and not describe_difference(identity, meta)
+        if not overwrite:
+            check_compatible(identity, meta, what=f"existing cache {out}",
+                             fix="embed with its settings, choose another --out, or pass --overwrite to replace it")
+        if same_backbone and meta.get(TABLE_FIELD) == source_sha256 and bool(meta["context_in_sequence"]) == context_in_sequence:
             report.noop = True
             _fill_counts_from_cache(report, out)
             report.message = f"{out} is already complete for this table and model ({bb.model_id}); nothing to do."
             log(report.message)
             return report
-        reuse_from = out
+        if not overwrite:
+            refuse_existing(out, "a finished cache", _cache_differences(out, meta, table, source_sha256, context_in_sequence))
+        reuse_from = out if same_backbone else None
 
     plan = build_plan(table, bb, context_in_sequence=context_in_sequence)
+    plan.stats["invalid_rows"] = report.invalid_rows = dict(getattr(table, "attrs", {}).get("invalid_rows", {}))
     reused = _reuse_lookup(reuse_from, plan, identity) if reuse_from is not None else {}
     todo_jobs = _jobs_needed(plan, reused)
     batches = make_batches(plan.lengths, batch_tokens, todo_jobs)
@@ -212,7 +226,7 @@ def _embed(table, model, out, max_length, batch_tokens, dtype, device, context_i
     if mfile.exists():  # every rank checks, so a refusal never leaves another rank waiting at a barrier
             old = json.loads(mfile.read_text())
             check_compatible(identity, old, what=f"unfinished run in {parts}")
-            diffs = [f"{k}: expected {manifest[k]!r}, found {old.get(k)!r}" for k in PLAN_FIELDS + ("source_sha256",) if old.get(k) != manifest[k]]
+            diffs = describe_difference(manifest, old, PLAN_FIELDS + (TABLE_FIELD,))
             if diffs:
                 raise CacheError(
                     f"unfinished run in {parts} was started for another table or settings ({'; '.join(diffs)}). "
@@ -260,14 +274,33 @@ def _embed(table, model, out, max_length, batch_tokens, dtype, device, context_i
     return report
 
 
+def _existing_meta(out: Path, overwrite: bool) -> dict | None:
+    """The metadata of the cache at `out`; None for an unusable file that --overwrite will replace."""
+    try:
+        return read_meta(out)
+    except CacheError:
+        if overwrite:
+            return None
+        raise
+
+
+def _cache_differences(out: Path, meta: dict, table, source_sha256: str, context_in_sequence: bool) -> list[str]:
+    """What separates the finished cache at `out` from the one this command would write."""
+    diffs = []
+    if meta.get(TABLE_FIELD) != source_sha256:
+        n_old = cache_sizes(out)["pairs"]
+        diffs.append(f"built from another table (sha256 {str(meta.get(TABLE_FIELD))[:12]}, {n_old} pairs; "
+                     f"this one: sha256 {source_sha256[:12]}, {len(table)} pairs)")
+    if bool(meta["context_in_sequence"]) != context_in_sequence:
+        diffs.append(f"context_in_sequence: {bool(meta['context_in_sequence'])} -> {context_in_sequence}")
+    return diffs
+
+
 def _fill_counts_from_cache(report: EmbedReport, out: Path) -> None:
     """What a finished cache holds, so a no-op run reports the same counts as the run that built it."""
-    with h5py.File(out, "r") as f:
-        report.n_pairs = int(f["pairs"]["chosen"].shape[0])
-        report.sequences = int(f["sequences"]["embedding"].shape[0])
-        report.prompts = int(f["prompts"]["embedding"].shape[0])
-        report.context_prompts = int(f["context_prompts"]["embedding"].shape[0]) if "context_prompts" in f else 0
-        report.context_sequences = int(f["context_sequences"]["embedding"].shape[0]) if "context_sequences" in f else 0
+    sizes = cache_sizes(out)
+    report.n_pairs, report.sequences, report.prompts = sizes["pairs"], sizes["sequences"], sizes["prompts"]
+    report.context_prompts, report.context_sequences = sizes["context_prompts"], sizes["context_sequences"]
     report.pair_references = 2 * report.n_pairs
     report.dedup_factor = report.pair_references / max(1, report.sequences)
 
@@ -353,6 +386,7 @@ def _assemble(out: Path, plan: Plan, batches, parts: Path, reused, identity: dic
         "truncated_prompts": plan.stats["truncated_prompts"],
         "truncated_responses": plan.stats["truncated_responses"],
         "truncated_router_inputs": plan.stats["truncated_router_inputs"],
+        "invalid_rows_skipped": plan.stats.get("invalid_rows", {}),
     }
     has_ctx = plan.n_rows(CTX_PROMPT) > 0
     write_cache(

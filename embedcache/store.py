@@ -20,25 +20,39 @@ Layout (every embedding float16 on disk, contiguous, uncompressed):
 
 A cache is written whole to a temporary file and renamed into place, so a finished cache is complete
 or absent; `complete` is set last as a second guard for files produced by other tools.
+
+This module is the cache contract: the identity fields and their checks (`check_compatible`,
+`check_same_table`), the context check (`missing_contexts`, `require_contexts`), and the readers every
+later stage uses (`read_meta`, `load_split`, `load_texts`, `read_prompt_texts`, `cache_sizes`,
+`read_extra_group`), which refuse missing datasets and non-finite embeddings with one CacheError line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import h5py
 import numpy as np
 import torch
+
+from ..outputs import atomic_file, check_space
 
 FORMAT = "micro-embedcache"
 FORMAT_VERSION = 1
 
 #: Fields that must agree for two embeddings to be comparable (same backbone, same view of the text).
 IDENTITY_FIELDS = ("model_id", "model_revision", "pooling", "hidden_size", "max_length", "template")
+#: Fields that must agree before heads trained on one cache may score another cache's embeddings.
+BACKBONE_FIELDS = ("model_id", "model_revision", "pooling", "hidden_size")
+#: The hash of the preference table a cache was built from (`micro.data.table_sha256`).
+TABLE_FIELD = "source_sha256"
+#: What a run records of the cache it was fitted on (and later checks against the cache it is given).
+RUN_FIELDS = IDENTITY_FIELDS + (TABLE_FIELD,)
 
 PAIR_FIELDS = (
     "chosen",
@@ -69,13 +83,37 @@ def describe_difference(expected: Mapping[str, Any], found: Mapping[str, Any], f
     return out
 
 
-def check_compatible(expected: Mapping[str, Any], found: Mapping[str, Any], *, what: str, fields=IDENTITY_FIELDS) -> None:
+def check_compatible(expected: Mapping[str, Any], found: Mapping[str, Any], *, what: str, fields=IDENTITY_FIELDS,
+                     fix: str = "rebuild with the same `micro embed` settings") -> None:
+    """Refuse (CacheError naming each differing field) metadata that disagrees with `expected` on `fields`."""
     diffs = describe_difference(expected, found, fields)
     if diffs:
         raise CacheError(
             f"{what} was made with another backbone or view of the text ("
             + "; ".join(diffs)
-            + "). Embeddings from different backbones cannot be mixed: rebuild with the same `micro embed` settings."
+            + f"). Embeddings from different backbones cannot be mixed: {fix}."
+        )
+
+
+def cache_identity(meta: Mapping[str, Any], path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The RUN_FIELDS of a cache's metadata (plus its resolved path): what a run records of its cache."""
+    out = {name: meta.get(name) for name in RUN_FIELDS}
+    if path is not None:
+        out["path"] = str(Path(path).resolve())
+    return out
+
+
+def check_same_table(expected: Mapping[str, Any], found: Mapping[str, Any], *, what: str, path: Any = None) -> None:
+    """Refuse a cache built from another preference table than `expected` (a run's recorded identity).
+
+    Caches that do not record their table (older files, an empty hash) are not compared.
+    """
+    a, b = expected.get(TABLE_FIELD) or "", found.get(TABLE_FIELD) or ""
+    if a and b and a != b:
+        where = f" {path}" if path is not None else ""
+        raise CacheError(
+            f"the cache{where} was built from another table (sha256 {b[:12]}) than the one {what} was fitted on "
+            f"(sha256 {a[:12]}); give the cache it was fitted on, or refit on this one."
         )
 
 
@@ -109,10 +147,31 @@ def write_cache(
     its own arrays, which readers ignore.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     n_pairs = len(np.asarray(pairs["chosen"]))
     hidden = int(np.asarray(sequences["embedding"]).shape[1])
+    arrays = [sequences, prompts, context_prompts or {}, context_sequences or {}, *(extra_groups or {}).values()]
+    check_space(path, _estimate_bytes(arrays, n_pairs), "cache")
+    with atomic_file(path, "cache") as tmp:
+        _write_file(tmp, meta, sequences, prompts, pairs, attributes, splits, contexts, context_prompts,
+                    context_sequences, extra_groups, n_pairs, hidden)
+    return path
+
+
+def _estimate_bytes(groups: list[Mapping[str, Any]], n_pairs: int) -> int:
+    """Bytes a cache will take on disk (embeddings as float16), to refuse a write the disk cannot hold."""
+    total = len(PAIR_FIELDS) * 8 * n_pairs
+    for arrays in groups:
+        for name, arr in arrays.items():
+            if isinstance(arr, (list, tuple)):
+                total += sum(len(str(x).encode()) + 16 for x in arr)
+            else:
+                arr = np.asarray(arr.detach().cpu() if isinstance(arr, torch.Tensor) else arr)
+                total += arr.size * 2 if name == "embedding" else arr.nbytes
+    return total
+
+
+def _write_file(tmp, meta, sequences, prompts, pairs, attributes, splits, contexts, context_prompts, context_sequences,
+                extra_groups, n_pairs, hidden) -> None:
     with h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
@@ -141,8 +200,6 @@ def write_cache(
                 raise ValueError(f"pairs[{name!r}] has shape {arr.shape}, expected ({n_pairs},)")
             pg.create_dataset(name, data=arr)
         f.attrs["complete"] = True
-    os.replace(tmp, path)
-    return path
 
 
 def _write_array(group: h5py.Group, name: str, arr: Any, *, embedding: bool) -> None:
@@ -170,11 +227,13 @@ def _decode(value: Any) -> Any:
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Metadata of a finished cache; refuses unfinished, foreign or unreadable files with a clear message."""
     path = Path(path)
+    if path.is_dir():
+        raise CacheError(f"cache {path} is a folder, not an HDF5 file: give the .h5 file written by `micro embed`.")
     if not path.exists():
-        partial = [p for p in (path.with_name(path.name + ".parts"), path.with_name(path.name + ".tmp")) if p.exists()]
+        parts = path.with_name(path.name + ".parts")
         hint = (
-            f" An unfinished run left {partial[0]}: rerun the same `micro embed` command to finish it."
-            if partial
+            f" An unfinished run left {parts}: rerun the same `micro embed` command to finish it."
+            if parts.exists()
             else " Build it with `micro embed` (or `micro simulate`)."
         )
         raise CacheError(f"cache {path} does not exist.{hint}")
@@ -183,23 +242,67 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
             attrs = {k: _decode(v) for k, v in f.attrs.items()}
     except OSError as exc:
         raise CacheError(
-            f"cache {path} is not a readable HDF5 file ({exc}). It may be truncated or corrupt: delete it and rerun `micro embed`."
+            f"cache {path} is not a readable HDF5 file ({exc}). It may be truncated or corrupt: rebuild it with "
+            "`micro embed ... --overwrite`."
         ) from None
     if attrs.get("format") != FORMAT:
         raise CacheError(f"{path} is an HDF5 file but not a micro embedding cache (no format={FORMAT!r} attribute).")
-    if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
+    try:
+        version = int(attrs.get("format_version", -1))
+        for key in ("attributes", "splits"):
+            attrs[key] = json.loads(attrs.get(key) or "[]")
+        attrs["hidden_size"] = int(attrs["hidden_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CacheError(f"cache {path} has damaged metadata ({type(exc).__name__}: {exc}); rebuild it with `micro embed ... --overwrite`.") from None
+    if version > FORMAT_VERSION:
         raise CacheError(
-            f"cache {path} has format version {attrs.get('format_version')}, newer than this micro reads ({FORMAT_VERSION}): upgrade micro."
+            f"cache {path} has format version {version}, newer than this micro reads ({FORMAT_VERSION}): upgrade micro."
         )
     if not bool(attrs.get("complete", False)):
         raise CacheError(
             f"cache {path} is unfinished (its writer stopped before the end). Rerun the same `micro embed` command to finish it."
         )
-    for key in ("attributes", "splits"):
-        attrs[key] = json.loads(attrs.get(key) or "[]")
     attrs["context_in_sequence"] = bool(attrs.get("context_in_sequence", False))
-    attrs["hidden_size"] = int(attrs["hidden_size"])
     return attrs
+
+
+@contextmanager
+def _open(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """The cache file for reading; a missing dataset or unreadable block becomes one CacheError naming it."""
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except KeyError as exc:
+        raise CacheError(
+            f"cache {path} lacks a dataset it needs ({str(exc).strip(chr(34) + chr(39))}); the file is damaged or was not "
+            "written by micro: rebuild it with `micro embed ... --overwrite`."
+        ) from None
+    except OSError as exc:
+        raise CacheError(f"cache {path} could not be read ({exc}); it may be damaged: rebuild it with `micro embed ... --overwrite`.") from None
+
+
+def _dataset(f: h5py.File, name: str) -> h5py.Dataset:
+    if name not in f:
+        raise KeyError(f"/{name}")
+    return f[name]
+
+
+def missing_contexts(split: "CacheSplit") -> int:
+    """How many pairs of `split` have no (context + prompt) router input."""
+    if split.context_embedding is None:
+        return len(split)
+    return int((split.context_index < 0).sum())
+
+
+def require_contexts(split: "CacheSplit", what: str = "context routing") -> None:
+    """Refuse (CacheError with the count) a split in which some pair has no (context + prompt) input."""
+    missing = missing_contexts(split)
+    if missing:
+        where = f" of cache {split.path}" if split.path else ""
+        raise CacheError(
+            f"{missing} of {len(split)} pairs in split {split.split!r}{where} have no context; {what} needs a context "
+            "for every pair: give the data a `context` column (--context-key) and rebuild the cache."
+        )
 
 
 @dataclass
@@ -221,6 +324,7 @@ class CacheSplit:
     attributes: list[str]
     meta: dict[str, Any] = field(repr=False)
     pair_rows: np.ndarray = field(repr=False, default=None)  # rows of these pairs in /pairs
+    path: str | None = field(repr=False, default=None)  # the cache file it was read from
 
     def __len__(self) -> int:
         return int(self.diff.shape[0])
@@ -231,7 +335,13 @@ class CacheSplit:
 
     @property
     def has_context(self) -> bool:
-        return self.context_embedding is not None and bool((self.context_index >= 0).any())
+        """Some pair has a context."""
+        return missing_contexts(self) < len(self)
+
+    @property
+    def all_have_context(self) -> bool:
+        """Every pair has a context (and there is at least one pair)."""
+        return len(self) > 0 and missing_contexts(self) == 0
 
     def prompt_inputs(self) -> torch.Tensor:
         """[n, d] router input of each pair's prompt (materialised; prefer the index form for big data)."""
@@ -239,12 +349,7 @@ class CacheSplit:
 
     def context_inputs(self) -> torch.Tensor:
         """[n, d] router input of each pair's (context + prompt); refuses pairs without context."""
-        if self.context_embedding is None or bool((self.context_index < 0).any()):
-            missing = int((self.context_index < 0).sum())
-            raise CacheError(
-                f"{missing} of {len(self)} pairs in split {self.split!r} have no context; "
-                "context routing needs a context for every pair (give the data a `context` column)."
-            )
+        require_contexts(self)
         return self.context_embedding[self.context_index]
 
     def router_inputs(self, source: str) -> torch.Tensor:
@@ -268,7 +373,22 @@ class CacheSplit:
             attributes=self.attributes,
             meta=self.meta,
             pair_rows=None if self.pair_rows is None else self.pair_rows[index.numpy()],
+            path=self.path,
         )
+
+
+def split_fingerprint(split: CacheSplit, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What identifies the training data of a fit: the backbone, the table, the attributes and the pairs
+    themselves (count and a checksum of their difference vectors)."""
+    meta = split.meta if meta is None else meta
+    return {
+        "model_id": meta.get("model_id"),
+        "model_revision": meta.get("model_revision"),
+        TABLE_FIELD: meta.get(TABLE_FIELD),
+        "attributes": list(meta.get("attributes", [])),
+        "train_pairs": len(split),
+        "diff_checksum": round(float(split.diff.double().sum()), 3),
+    }
 
 
 def _pair_difference(dataset: h5py.Dataset, chosen: np.ndarray, rejected: np.ndarray, block: int = 32768) -> np.ndarray:
@@ -291,6 +411,24 @@ def _pair_difference(dataset: h5py.Dataset, chosen: np.ndarray, rejected: np.nda
     return out
 
 
+def _check_finite(path: Any, dataset: str, values: np.ndarray, rows: np.ndarray | None = None) -> None:
+    """Refuse NaN/inf embeddings: name the dataset, how many rows, the first ones, and the fix.
+
+    `rows` maps rows of `values` to rows of the dataset (for difference vectors: the pairs' rows)."""
+    bad = ~np.isfinite(values).all(axis=1) if values.ndim == 2 else ~np.isfinite(values)
+    if not bad.any():
+        return
+    where = np.flatnonzero(bad)
+    if rows is not None:
+        where = np.unique(rows[where])
+    first = ", ".join(str(int(r)) for r in where[:5])
+    raise CacheError(
+        f"cache {path}: {len(where)} row(s) of /{dataset} hold NaN or infinite values (first: {first}); the backbone "
+        "overflowed (float16 compute is the usual cause): rebuild the cache with `micro embed ... --dtype bf16 "
+        "--overwrite` (or fp32)."
+    )
+
+
 def load_split(
     path: str | os.PathLike,
     split: str,
@@ -302,14 +440,14 @@ def load_split(
 
     `context_in_sequence=True` takes the difference vectors from the (context + prompt, response)
     embeddings, as the paper's evaluation does; the cache must have been built with them.
-    `attributes` keeps only pairs of those attributes.
+    `attributes` keeps only pairs of those attributes. Non-finite embeddings are refused (CacheError).
     """
     meta = read_meta(path)
     if split not in meta["splits"]:
         raise CacheError(f"cache {path} has no split {split!r}; it has {meta['splits']}.")
     split_id = meta["splits"].index(split)
-    with h5py.File(path, "r") as f:
-        pairs = {name: f["pairs"][name][()] for name in PAIR_FIELDS}
+    with _open(path) as f:
+        pairs = {name: _dataset(f, f"pairs/{name}")[()] for name in PAIR_FIELDS}
         keep = pairs["split"] == split_id
         if attributes is not None:
             unknown = sorted(set(attributes) - set(meta["attributes"]))
@@ -325,17 +463,29 @@ def load_split(
                     f"cache {path} has no (context + prompt, response) embeddings; rebuild it with `micro embed --context-in-sequence`."
                 )
             if (sel["chosen_context"] < 0).any():
-                raise CacheError(f"some pairs in split {split!r} have no context, so no context-in-sequence embedding.")
-            emb = f["context_sequences"]["embedding"]
+                missing = int((sel["chosen_context"] < 0).sum())
+                raise CacheError(
+                    f"{missing} of {len(rows)} pairs in split {split!r} of cache {path} have no context, so no "
+                    "context-in-sequence embedding: give every pair a context, or drop --context-in-sequence."
+                )
+            name = "context_sequences/embedding"
             chosen, rejected = sel["chosen_context"], sel["rejected_context"]
         else:
-            emb = f["sequences"]["embedding"]
+            name = "sequences/embedding"
             chosen, rejected = sel["chosen"], sel["rejected"]
+        emb = _dataset(f, name)
         diff = _pair_difference(emb, chosen, rejected)
-        prompt_embedding = f["prompts"]["embedding"][()].astype(np.float32)
+        if not np.isfinite(diff).all():  # name the rows of the table that hold the NaN/inf
+            bad = ~np.isfinite(diff).all(axis=1)
+            suspects = np.unique(np.concatenate([chosen[bad], rejected[bad]]))
+            _check_finite(path, name, emb[suspects].astype(np.float32), suspects)
+        prompt_embedding = _dataset(f, "prompts/embedding")[()].astype(np.float32)
+        _check_finite(path, "prompts/embedding", prompt_embedding, np.arange(len(prompt_embedding)))
         context_embedding = None
-        if "context_prompts" in f and len(f["context_prompts"]["embedding"]):
-            context_embedding = torch.from_numpy(f["context_prompts"]["embedding"][()].astype(np.float32))
+        if "context_prompts" in f and len(_dataset(f, "context_prompts/embedding")):
+            context_np = _dataset(f, "context_prompts/embedding")[()].astype(np.float32)
+            _check_finite(path, "context_prompts/embedding", context_np, np.arange(len(context_np)))
+            context_embedding = torch.from_numpy(context_np)
     return CacheSplit(
         split=split,
         diff=torch.from_numpy(diff),
@@ -348,7 +498,33 @@ def load_split(
         attributes=list(meta["attributes"]),
         meta=meta,
         pair_rows=rows,
+        path=str(path),
     )
+
+
+def cache_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """Rows per table of a cache: pairs, sequences, prompts, context_prompts, context_sequences (0: absent)."""
+    with _open(path) as f:
+        sizes = {"pairs": int(_dataset(f, "pairs/chosen").shape[0])}
+        for group in ("sequences", "prompts", "context_prompts", "context_sequences"):
+            sizes[group] = int(f[group]["embedding"].shape[0]) if group in f and "embedding" in f[group] else 0
+    return sizes
+
+
+def read_extra_group(path: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """A producer's own group (see write_cache's `extra_groups`) as {dataset: array or list of str}; None if absent."""
+    with _open(path) as f:
+        if name not in f:
+            return None
+        g = f[name]
+        return {k: (g[k].asstr()[()].tolist() if g[k].dtype.kind == "O" else g[k][()]) for k in g}
+
+
+def read_prompt_texts(path: str | os.PathLike, rows: Iterable[int]) -> list[str]:
+    """The rendered text of the given rows of /prompts."""
+    with _open(path) as f:
+        text = _dataset(f, "prompts/text").asstr()
+        return [text[int(r)] for r in rows]
 
 
 def load_texts(path: str | os.PathLike, split: str | None = None) -> "Any":
@@ -356,10 +532,10 @@ def load_texts(path: str | os.PathLike, split: str | None = None) -> "Any":
     import pandas as pd
 
     meta = read_meta(path)
-    with h5py.File(path, "r") as f:
-        pairs = {name: f["pairs"][name][()] for name in PAIR_FIELDS}
-        seq_text = f["sequences"]["text"].asstr()[()]
-        prompt_text = f["prompts"]["text"].asstr()[()]
+    with _open(path) as f:
+        pairs = {name: _dataset(f, f"pairs/{name}")[()] for name in PAIR_FIELDS}
+        seq_text = _dataset(f, "sequences/text").asstr()[()]
+        prompt_text = _dataset(f, "prompts/text").asstr()[()]
         contexts = f["contexts"]["text"].asstr()[()] if "contexts" in f else []
     ctx = pairs["context"]
     table = pd.DataFrame(

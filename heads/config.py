@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 METHODS = ("micro", "single", "static", "ensemble")
+
+
+def check_numbers(config: Any, *, integers: tuple[str, ...] = (), reals: tuple[str, ...] = ()) -> None:
+    """Refuse fields of the wrong type (e.g. from a hand-edited config.json), naming the field."""
+    for name in integers:
+        value = getattr(config, name)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer, not {value!r}")
+    for name in reals:
+        value = getattr(config, name)
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, not {value!r}")
 
 
 @dataclass
@@ -85,6 +99,11 @@ class MixtureConfig:
     simulated cache."""
 
     def __post_init__(self) -> None:
+        check_numbers(self, integers=("k", "epochs", "batch_size", "hidden", "seed", "threads"),
+                      reals=("alpha", "lr", "warmup", "weight_decay", "prior_scale", "prior_l2"))
+        for name in ("alpha", "weight_decay", "prior_scale", "prior_l2", "seed", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.router not in ("mlp", "linear"):
@@ -118,8 +137,7 @@ class MixtureConfig:
         """This config with router_input 'auto' decided for a training split (a CacheSplit)."""
         if self.router_input != "auto":
             return self
-        has_context = train.context_embedding is not None and bool((train.context_index >= 0).all())
-        return replace(self, router_input="context" if has_context else "prompt")
+        return replace(self, router_input="context" if train.all_have_context else "prompt")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MixtureConfig":

@@ -171,15 +171,82 @@ def save_model(model: MixtureRewardModel, run_dir: str | Path, config: dict[str,
     (run_dir / "config.json").write_text(json.dumps({**config, "architecture": model.architecture()}, indent=2) + "\n")
 
 
+class RunConfigError(ValueError):
+    """A run directory whose config.json or weights cannot be used; the message names the file and the fix."""
+
+
+_ARCH_INTS = ("hidden_size", "k", "router_hidden")
+
+
+def check_architecture(arch: Any, source: Any) -> dict[str, Any]:
+    """Validate an "architecture" entry (types and ranges) before anything is allocated from it."""
+    if not isinstance(arch, dict):
+        raise RunConfigError(f"{source}: 'architecture' must be an object, not {type(arch).__name__}")
+    for name in _ARCH_INTS:
+        value = arch.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise RunConfigError(f"{source}: architecture.{name} must be a positive integer, not {value!r}")
+    if arch.get("weights") not in ("router", "static", "uniform"):
+        raise RunConfigError(f"{source}: architecture.weights must be router, static or uniform, not {arch.get('weights')!r}")
+    if arch.get("router") not in ("mlp", "linear"):
+        raise RunConfigError(f"{source}: architecture.router must be mlp or linear, not {arch.get('router')!r}")
+    scale = arch.get("prior_scale", 0.0)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise RunConfigError(f"{source}: architecture.prior_scale must be a finite number, not {scale!r}")
+    return arch
+
+
+def _stored_shapes(weights_path: Path) -> dict[str, list[int]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise RunConfigError(f"{weights_path} is not a readable safetensors file ({exc})") from None
+
+
 def load_model(run_dir: str | Path) -> tuple[MixtureRewardModel, dict[str, Any]]:
-    """Rebuild a model from a run directory (safetensors + JSON, no pickle)."""
+    """Rebuild a model from a run directory (safetensors + JSON, no pickle).
+
+    config.json is validated (types, ranges, agreement with the stored tensor shapes) before any tensor is
+    allocated; a damaged file raises RunConfigError naming it."""
     run_dir = Path(run_dir)
     cfg_path, weights_path = run_dir / "config.json", run_dir / "model.safetensors"
     for p in (cfg_path, weights_path):
         if not p.exists():
             raise FileNotFoundError(f"{p} not found: {run_dir} is not a finished `micro fit-mixture` run directory.")
-    config = json.loads(cfg_path.read_text())
-    model = MixtureRewardModel.from_architecture(config["architecture"])
-    model.load_state_dict(load_file(str(weights_path)))
+    fix = "refit the run with `micro fit-mixture ... --overwrite`"
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunConfigError(f"{cfg_path} is not readable JSON ({exc}); {fix}.") from None
+    if not isinstance(config, dict):
+        raise RunConfigError(f"{cfg_path} must hold a JSON object; {fix}.")
+    try:
+        arch = check_architecture(config.get("architecture"), cfg_path)
+        if "config" in config:
+            from .config import MixtureConfig
+
+            if not isinstance(config["config"], dict):
+                raise RunConfigError(f"{cfg_path}: 'config' must be an object")
+            try:
+                MixtureConfig.from_dict(config["config"])
+            except (TypeError, ValueError) as exc:
+                raise RunConfigError(f"{cfg_path}: config: {exc}") from None
+        if not isinstance(config.get("cache", {}), dict):
+            raise RunConfigError(f"{cfg_path}: 'cache' must be an object")
+        shapes = _stored_shapes(weights_path)
+        expected = [arch["k"], arch["hidden_size"]]
+        if shapes.get("heads") != expected:
+            raise RunConfigError(f"{cfg_path}: architecture says heads of shape {expected}, {weights_path.name} holds {shapes.get('heads')}")
+    except RunConfigError as exc:
+        raise RunConfigError(f"{exc}; {fix}.") from None
+    model = MixtureRewardModel.from_architecture(arch)
+    try:
+        model.load_state_dict(load_file(str(weights_path)))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise RunConfigError(f"{weights_path} does not match {cfg_path} ({first}); {fix}.") from None
     model.eval()
     return model, config

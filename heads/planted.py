@@ -17,17 +17,18 @@ every group for the stored orientation s_g(chosen - rejected) [n, G].
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
-from ..embedcache.store import CacheSplit, write_cache
+from ..embedcache.store import CacheError, CacheSplit, read_extra_group, read_meta, write_cache
+from ..outputs import check_file_target, diff_fields, lock, refuse_existing
 
 REGIMES = ("prompt", "shared")
 
@@ -77,8 +78,12 @@ def simulate(
     context_scale: float = 1.0,
     pairs_per_prompt: int = 2,
     conflict: float | None = None,
+    overwrite: bool = False,
 ) -> SimulationTruth:
     """Write a simulated cache to `out` and return its truth.
+
+    An existing `out` made with other parameters (or not by `simulate`) is refused unless `overwrite`;
+    the file is written beside `out` and renamed into place, under a lock (one writer at a time).
 
     scale: reward scale; 3.2 makes the true group's BT rule ~88 % accurate (Bayes with context).
     sharpness: std of the router logits A x; larger = the prompt tells the group more surely.
@@ -102,6 +107,24 @@ def simulate(
         conflict = 1.0 if regime == "shared" else 0.0
     if not 0 <= conflict <= 1:
         raise ValueError(f"conflict must be in [0, 1], not {conflict!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    out = check_file_target(out)
+    with lock(out, "cache"):
+        return _simulate(out, groups, dim, pairs, seed, regime, test_fraction, scale, sharpness, weight_floor,
+                         context_scale, pairs_per_prompt, conflict, overwrite)
+
+
+def _existing_params(out: Path) -> dict | None:
+    """The parameters of a simulated cache at `out` (None: not a cache `simulate` wrote)."""
+    try:
+        return json.loads(read_meta(out).get("simulation") or "null")
+    except (CacheError, ValueError):
+        return None
+
+
+def _simulate(out: Path, groups, dim, pairs, seed, regime, test_fraction, scale, sharpness, weight_floor, context_scale,
+              pairs_per_prompt, conflict, overwrite) -> SimulationTruth:
     rng = np.random.default_rng(seed)
     G, d = groups, dim
     directions = rng.normal(size=(G, d))
@@ -149,6 +172,12 @@ def simulate(
         sharpness=sharpness, weight_floor=weight_floor, context_scale=context_scale, pairs_per_prompt=pairs_per_prompt,
         conflict=float(conflict),
     )
+    if out.exists() and not overwrite:
+        old = _existing_params(out)
+        if old is None:
+            refuse_existing(out, "a file that `micro simulate` did not write", ["not a simulated cache"])
+        if old != json.loads(json.dumps(params)):
+            refuse_existing(out, "a simulated cache", diff_fields(old, params))
     truth = SimulationTruth(
         regime=regime,
         directions=directions,
@@ -169,7 +198,7 @@ def simulate(
             "pooling": "planted",
             "max_length": 0,
             "template": f"simulate-{regime}",
-            "source_sha256": "",
+            "source_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
             "simulation": json.dumps(params),
         },
         sequences={
@@ -212,23 +241,22 @@ def simulate(
 
 def load_truth(path: str | os.PathLike) -> SimulationTruth:
     """The planted model of a cache written by `simulate`."""
-    with h5py.File(Path(path), "r") as f:
-        if "simulation" not in f:
-            raise ValueError(f"{path} was not written by `micro simulate` (no 'simulation' group)")
-        g = f["simulation"]
-        params = json.loads(g["params"].asstr()[0])
-        return SimulationTruth(
-            regime=params["regime"],
-            directions=g["directions"][()],
-            scale=float(params["scale"]),
-            mixing=g["mixing"][()],
-            weight_floor=float(params["weight_floor_effective"]),
-            context_vectors=g["context_vectors"][()],
-            pair_group=g["pair_group"][()],
-            pair_weights=g["pair_weights"][()],
-            pair_scores=g["pair_scores"][()],
-            params=params,
-        )
+    g = read_extra_group(path, "simulation")
+    if g is None:
+        raise ValueError(f"{path} was not written by `micro simulate` (no 'simulation' group)")
+    params = json.loads(g["params"][0])
+    return SimulationTruth(
+        regime=params["regime"],
+        directions=g["directions"],
+        scale=float(params["scale"]),
+        mixing=g["mixing"],
+        weight_floor=float(params["weight_floor_effective"]),
+        context_vectors=g["context_vectors"],
+        pair_group=g["pair_group"],
+        pair_weights=g["pair_weights"],
+        pair_scores=g["pair_scores"],
+        params=params,
+    )
 
 
 def _rows(truth: SimulationTruth, split: CacheSplit | None) -> np.ndarray:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import h5py
 import torch
 
-from ..embedcache.store import CacheSplit
+from ..embedcache.store import CacheSplit, read_prompt_texts
 from .model import MixtureRewardModel
 from .train import router_table
 
@@ -54,9 +53,8 @@ def router_heatmap(
         weights = model.log_weights(table[index[rows]].float()).exp().numpy()
     labels = [split.attributes[int(split.attribute[i])] for i in rows]
     if cache_path is not None:
-        with h5py.File(cache_path, "r") as f:
-            text = f["prompts"]["text"]
-            labels = [f"{lab} | {_short(text.asstr()[int(split.prompt_index[i])])}" for lab, i in zip(labels, rows)]
+        texts = read_prompt_texts(cache_path, [int(split.prompt_index[i]) for i in rows])
+        labels = [f"{lab} | {_short(text)}" for lab, text in zip(labels, texts)]
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * model.k + 3.5, 0.9 + 0.38 * len(rows)))
     im = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=max(1e-6, float(weights.max())), aspect="auto")
     ax.set_xticks(range(model.k), [f"head {k + 1}" for k in range(model.k)], rotation=45, ha="right")

@@ -11,26 +11,18 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..embedcache.store import CacheError, CacheSplit, check_compatible, load_split, read_meta
+from ..outputs import atomic_dir, check_dir_target, diff_fields, is_empty_dir, lock, refuse_existing, relocate
+from ..embedcache.store import BACKBONE_FIELDS, RUN_FIELDS, CacheError, CacheSplit, cache_identity, check_compatible, load_split, read_meta
 from .config import MixtureConfig
 from .metrics import evaluate
 from .model import MixtureRewardModel, load_model, save_model
 from .train import fit_mixture
 
-#: Cache metadata a run records and later checks (what makes two caches' embeddings comparable).
-CACHE_IDENTITY = ("model_id", "model_revision", "pooling", "hidden_size", "max_length", "template", "source_sha256")
-#: Fields that must agree before a run's heads may score another cache's embeddings.
-BACKBONE_FIELDS = ("model_id", "model_revision", "pooling", "hidden_size")
+#: Cache metadata a run records and later checks (defined with the cache format in embedcache.store).
+CACHE_IDENTITY = RUN_FIELDS
 
 UNIFORM_ROUTER = 0.98
 COPIED_HEADS = 0.98
-
-
-def cache_identity(meta: Mapping[str, Any], path: str | os.PathLike | None = None) -> dict[str, Any]:
-    out = {name: meta.get(name) for name in CACHE_IDENTITY}
-    if path is not None:
-        out["path"] = str(Path(path).resolve())
-    return out
 
 
 def check_cache_matches(config: Mapping[str, Any], cache_meta: Mapping[str, Any]) -> None:
@@ -40,7 +32,8 @@ def check_cache_matches(config: Mapping[str, Any], cache_meta: Mapping[str, Any]
     of cache metadata. Raises CacheError naming each field that differs.
     """
     expected = config.get("cache", config)
-    check_compatible(expected, cache_meta, what="this cache (compared with the one the heads were trained on)", fields=BACKBONE_FIELDS)
+    check_compatible(expected, cache_meta, what="this cache (compared with the one the heads were trained on)", fields=BACKBONE_FIELDS,
+                     fix="give a cache embedded with the backbone the run was fitted on")
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[MixtureRewardModel, dict[str, Any]]:
@@ -91,13 +84,47 @@ def run_fit_mixture(
     *,
     eval_split: str = "test",
     log: Callable[[dict], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fit stage 1 on the cache's train split, evaluate on `eval_split`, write the run directory.
 
     With no test split in the cache (and eval_split='test'), 10 % of the train prompts (seeded by
     config.seed) are held out for evaluation, and metrics.json says so. Returns the metrics dict.
+
+    The run is written into a temporary sibling folder and renamed into place when complete; an existing
+    non-empty `out_dir` is refused (naming what differs) unless `overwrite`. One writer per folder.
     """
     config = config or MixtureConfig()
+    out_dir = check_dir_target(out_dir)
+    with lock(out_dir, "run folder"):
+        if out_dir.exists() and not is_empty_dir(out_dir) and not overwrite:
+            refuse_existing(out_dir, "a run", _run_differences(out_dir, config, cache_path))
+        with atomic_dir(out_dir, what="run folder") as tmp:
+            metrics = relocate(_fit_into(cache_path, tmp, config, eval_split, log), tmp, out_dir)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _run_differences(out_dir: Path, config: MixtureConfig, cache_path) -> list[str]:
+    """What separates the run in `out_dir` from the one `config` on `cache_path` would write."""
+    try:
+        old = json.loads((out_dir / "config.json").read_text())
+        old_config, old_cache = dict(old["config"]), dict(old["cache"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"it is not a finished `micro fit-mixture` run ({len(list(out_dir.iterdir()))} entries)"]
+    new_config = config.to_dict()
+    if new_config.get("router_input") == "auto":
+        new_config.pop("router_input")
+    diffs = diff_fields(old_config, new_config, new_config)
+    try:
+        new_cache = cache_identity(read_meta(cache_path), cache_path)
+        diffs += diff_fields(old_cache, new_cache, prefix="cache ")
+    except CacheError:
+        pass  # the fit itself reports an unusable cache
+    return diffs
+
+
+def _fit_into(cache_path, out_dir: Path, config: MixtureConfig, eval_split: str, log) -> dict[str, Any]:
     meta = read_meta(cache_path)
     warnings: list[str] = []
     train = load_split(cache_path, "train")

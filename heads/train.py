@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..embedcache.store import CacheSplit
+from ..embedcache.store import CacheSplit, require_contexts
 from .config import MixtureConfig
 from .losses import mixture_nll, per_head_bt, weight_regulariser
 from .model import MixtureRewardModel
@@ -24,8 +24,7 @@ def router_table(split: CacheSplit, source: str) -> tuple[torch.Tensor, torch.Te
     if source == "prompt":
         return split.prompt_embedding, split.prompt_index
     if source == "context":
-        if split.context_embedding is None or bool((split.context_index < 0).any()):
-            split.context_inputs()  # raises CacheError naming the missing contexts
+        require_contexts(split, "a router reading the context")
         return split.context_embedding, split.context_index
     raise ValueError(f"router input must be 'prompt' or 'context', not {source!r}")
 
@@ -135,6 +134,11 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
             running += loss.detach() * len(batch)
             step += 1
         history.append(float(running) / n)
+        if not math.isfinite(history[-1]):
+            raise ValueError(
+                f"the {config.method} fit diverged: its loss became {history[-1]} in epoch {epoch + 1} (lr {config.lr}); "
+                "lower --lr, or check the cache for extreme embedding values."
+            )
         if log is not None:
             log({"epoch": epoch + 1, "loss": history[-1], "seconds": time.perf_counter() - start})
 

@@ -93,11 +93,17 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
     for p in (weights, config):
         if not p.exists():
             raise FileNotFoundError(f"{p} not found: not a router saved by `micro adapt`.")
-    meta = json.loads(config.read_text())
-    arch = meta["architecture"]
-    router = Router(arch["hidden_size"], arch["k"], arch["kind"], arch["width"] or 128)
-    router.load_state_dict(load_file(str(weights)))
-    router.mask_heads(meta.get("masked_heads") or [])  # the mask it was adapted with (not in the weights)
+    try:
+        meta = json.loads(config.read_text())
+        arch = meta["architecture"]
+        sizes = [arch["hidden_size"], arch["k"], arch["width"] or 128]
+        if arch["kind"] not in ("mlp", "linear") or not all(type(v) is int and v >= 1 for v in sizes):
+            raise ValueError(f"architecture {arch!r} is not valid")
+        router = Router(arch["hidden_size"], arch["k"], arch["kind"], arch["width"] or 128)
+        router.load_state_dict(load_file(str(weights)))
+        router.mask_heads(meta.get("masked_heads") or [])  # the mask it was adapted with (not in the weights)
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
+        raise ValueError(f"router {config} is damaged ({type(exc).__name__}: {str(exc).strip().splitlines()[-1]}); rerun `micro adapt ... --overwrite`.") from None
     return router.eval(), meta
 
 

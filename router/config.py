@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from ..heads.config import check_numbers
 
 HYRE_VARIANTS = ("posterior", "best")
 
@@ -90,6 +93,15 @@ class AdaptConfig:
     with the mask in place (masked heads get no Hedge label mass) and every method scores without them."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.budgets, (str, bytes)) or not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in self.budgets):
+            raise ValueError(f"budgets must be a list of positive integers, not {self.budgets!r}")
+        check_numbers(self, integers=("seeds", "seed", "epochs", "batch_size", "hyre_shots"),
+                      reals=("tau", "lr", "weight_decay", "refine_scale_precision"))
+        for name in ("seed", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
+        if isinstance(self.mask_heads, (str, bytes)) or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 0 for h in self.mask_heads):
+            raise ValueError(f"mask_heads must be a list of head indices (integers >= 0), not {self.mask_heads!r}")
         self.mask_heads = sorted({int(h) for h in self.mask_heads})
         self.budgets = [int(b) for b in self.budgets]
         if not self.budgets or min(self.budgets) < 1:

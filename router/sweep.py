@@ -22,8 +22,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..embedcache.store import CacheError, CacheSplit, load_split, read_meta
+from ..embedcache.store import CacheError, CacheSplit, check_same_table, load_split, read_meta, require_contexts, split_fingerprint
 from ..heads.model import MixtureRewardModel, load_model, save_model
+from ..outputs import atomic_dir, check_dir_target, diff_fields, is_empty_dir, lock, refuse_existing, relocate
 from .api import PersonalizedRewardModel, save_router
 from .baselines import fit_budget_bt, fit_oracle_head
 from .config import AdaptConfig
@@ -54,14 +55,7 @@ def _mixture_config(run_config: dict):
 
 
 def _cache_fingerprint(meta: dict, split: CacheSplit) -> dict:
-    return {
-        "model_id": meta.get("model_id"),
-        "model_revision": meta.get("model_revision"),
-        "source_sha256": meta.get("source_sha256"),
-        "attributes": list(meta.get("attributes", [])),
-        "train_pairs": len(split),
-        "diff_checksum": round(float(split.diff.double().sum()), 3),
-    }
+    return split_fingerprint(split, meta)
 
 
 def load_baselines(run_dir: Path, run_config: dict, train: CacheSplit, meta: dict, out: Path, log: Callable[[str], None]) -> dict[str, MixtureRewardModel]:
@@ -76,6 +70,8 @@ def load_baselines(run_dir: Path, run_config: dict, train: CacheSplit, meta: dic
     siblings = {}
     for cfg_path in sorted(run_dir.parent.glob("*/config.json")):
         if cfg_path.parent.resolve() == run_dir.resolve() or not (cfg_path.parent / "model.safetensors").exists():
+            continue
+        if cfg_path.parent.name.startswith("."):  # an unfinished run's temporary folder
             continue
         try:
             sib = json.loads(cfg_path.read_text())
@@ -101,7 +97,10 @@ def load_baselines(run_dir: Path, run_config: dict, train: CacheSplit, meta: dic
         cached = out / "baselines" / method
         cfg = replace(base, method=method)
         if (cached / "config.json").exists():
-            saved = json.loads((cached / "config.json").read_text())
+            try:
+                saved = json.loads((cached / "config.json").read_text())
+            except (OSError, ValueError):
+                saved = {}  # damaged: refit it
             if saved.get("cache_fingerprint") == finger and saved.get("config") == cfg.to_dict():
                 models[method], _ = load_model(cached)
                 log(f"baseline {method}: cached {cached}")
@@ -210,8 +209,7 @@ def _mean_std(vals: list[float]) -> dict:
 # ------------------------------------------------------------------------------------------------
 def _require_contexts(split: CacheSplit) -> None:
     """Refuse (CacheError naming the count) a split with pairs that have no (context + prompt) input."""
-    if split.context_embedding is None or bool((split.context_index < 0).any()):
-        split.context_inputs()
+    require_contexts(split, "stage 2")
 
 
 class _LazyRows:
@@ -229,11 +227,42 @@ def _load_run(run_dir: Path):
     return model.eval(), config
 
 
-def run_adapt(cache: str | Path, run_dir: str | Path, out: str | Path, config: AdaptConfig | None = None, *, log: Callable[[str], None] | None = None) -> dict:
+def run_adapt(cache: str | Path, run_dir: str | Path, out: str | Path, config: AdaptConfig | None = None, *,
+              log: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
     """Adapt RUN_DIR's router to the contexts of CACHE over config.budgets x config.seeds and score
     every method on the (eval) cache's test split. Writes OUT/{results.json, results.csv, table.md,
-    budget_curve.png, routers/, baselines/} and returns the results dict."""
+    budget_curve.png, routers/, baselines/} and returns the results dict.
+
+    OUT is built in a temporary sibling folder and renamed into place when complete (its baselines/ are
+    carried over and reused); an existing non-empty OUT is refused, naming what differs, unless `overwrite`.
+    """
     config = config or AdaptConfig()
+    out = check_dir_target(out)
+    with lock(out, "adapt folder"):
+        if out.exists() and not is_empty_dir(out) and not overwrite:
+            refuse_existing(out, "adapt results", _adapt_differences(out, cache, run_dir, config))
+        with atomic_dir(out, keep=("baselines",), what="adapt folder") as tmp:
+            results = relocate(_adapt_into(cache, run_dir, tmp, config, log=log), tmp, out)
+            (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def _adapt_differences(out: Path, cache, run_dir, config: AdaptConfig) -> list[str]:
+    """What separates the results in `out` from the ones this call would write."""
+    try:
+        old = json.loads((out / "results.json").read_text())
+        old_config = dict(old["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"it holds no finished `micro adapt` results ({len(list(out.iterdir()))} entries)"]
+    new = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as results.json stores them
+    diffs = diff_fields(old_config, new)
+    for name, value in (("cache", str(cache)), ("run_dir", str(run_dir))):
+        if old.get(name) != value:
+            diffs.append(f"{name}: {old.get(name)!r} -> {value!r}")
+    return diffs
+
+
+def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config: AdaptConfig, *, log: Callable[[str], None] | None = None) -> dict:
     log = log or (lambda msg: None)
     heads = _stage1()
     cache, run_dir, out = Path(cache), Path(run_dir), Path(out)
@@ -247,6 +276,7 @@ def run_adapt(cache: str | Path, run_dir: str | Path, out: str | Path, config: A
         raise ValueError(f"{run_dir} is a {mix_config.method!r} run without a router; stage 2 adapts a `micro` run.")
     meta = read_meta(cache)
     heads.check_cache_matches(run_config, meta)
+    check_same_table(run_config.get("cache", {}), meta, what=f"the run {run_dir}", path=cache)
     eval_path = Path(config.eval_cache) if config.eval_cache else cache
     eval_meta = read_meta(eval_path) if config.eval_cache else meta
     if config.eval_cache:

@@ -28,6 +28,8 @@ def test_adapt_cli_writes_results_and_evaluates_on_another_cache(tmp_path):
     assert {r["budget"] for r in rows} == {"5", "10"}
     assert (out / "table.md").exists() and (out / "routers" / "b10_s1.safetensors").exists()
 
-    too_big = run.invoke(app, ["adapt", str(cache), str(tmp_path / "run"), "--out", str(out), "--budget", "100000"])
+    before = (out / "results.json").read_bytes()
+    too_big = run.invoke(app, ["adapt", str(cache), str(tmp_path / "run"), "--out", str(out), "--budget", "100000", "--overwrite"])
     assert too_big.exit_code == 2
     assert "budget 100000 is larger than" in too_big.output and "group0" in too_big.output
+    assert (out / "results.json").read_bytes() == before  # a refused replacement leaves the old results

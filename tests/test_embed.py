@@ -279,7 +279,9 @@ def test_a_new_table_reuses_the_embeddings_of_the_old_cache(tiny_llama, tmp_path
     small = big.iloc[: len(big) // 2].reset_index(drop=True)
     bb = load_backbone(str(tiny_llama))
     embed_table(small, model=bb, out=tmp_path / "grow.h5", progress=False, log=lambda *a: None)
-    grown = embed_table(big, model=bb, out=tmp_path / "grow.h5", progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match=r"built from another table .*--overwrite"):  # never replaced silently
+        embed_table(big, model=bb, out=tmp_path / "grow.h5", progress=False, log=lambda *a: None)
+    grown = embed_table(big, model=bb, out=tmp_path / "grow.h5", progress=False, log=lambda *a: None, overwrite=True)
     fresh = embed_table(big, model=bb, out=tmp_path / "fresh.h5", progress=False, log=lambda *a: None)
     assert grown.reused_from_cache > 0 and grown.forward_sequences < fresh.forward_sequences
     _assert_same_cache(tmp_path / "grow.h5", tmp_path / "fresh.h5")
