@@ -88,7 +88,8 @@ def _parse_list(text: str, item: type, flag: str) -> list:
         try:
             values.append(item(part))
         except ValueError:
-            raise typer.BadParameter(f"{part!r} is not a {item.__name__}; give comma-separated values, e.g. 5,10,25", param_hint=flag) from None
+            kind = "an integer" if item is int else "a number"
+            fail(f"{flag} must be comma-separated values such as 5,10,25, not {text!r} ({part!r} is not {kind}).")
     return values
 
 
