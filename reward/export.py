@@ -145,11 +145,16 @@ def _no_special_tokens(tok) -> None:
 
 
 def _export_sentence_transformers(model: PersonalizedRewardModel, head: torch.Tensor, out: Path) -> dict[str, Any]:
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Dense
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import Dense
 
     bb = model.backbone
     st = SentenceTransformer(bb.load_path, device="cpu")
-    dense = models.Dense(head.numel(), 1, bias=False, activation_function=torch.nn.Identity())
+    dense = Dense(head.numel(), 1, bias=False, activation_function=torch.nn.Identity())
     with torch.no_grad():
         dense.linear.weight.copy_(head.reshape(1, -1).float())
     st.append(dense)
