@@ -198,11 +198,10 @@ def _accuracy(model: PersonalizedRewardModel) -> dict[str, Any] | None:
         results = Path(src["router"]).parent.parent / "results.json"
         meta = model.router_meta
         if results.exists():
-            summary = json.loads(results.read_text()).get("summary", {}).get(str(meta.get("budget")), {})
-            entry = summary.get("micro-refine", {}).get(src["attribute"])
-            if entry:
-                return {"what": f"micro-refine test accuracy on {src['attribute']!r}, budget {meta.get('budget')} "
-                                f"(mean over {entry['seeds']} seeds)", "accuracy": entry["mean"], "std": entry["std"], "file": str(results)}
+            for r in json.loads(results.read_text()).get("records", []):
+                if (r["method"], r["budget"], r["seed"], r["attribute"]) == ("micro-refine", meta.get("budget"), meta.get("seed"), src["attribute"]):
+                    return {"what": f"micro-refine test accuracy on {src['attribute']!r} at budget {r['budget']}, seed {r['seed']} "
+                                    "(this router)", "accuracy": r["accuracy"], "pairs": r["pairs"], "file": str(results)}
         return None
     metrics = Path(src["run_dir"]) / "metrics.json"
     if not metrics.exists():
