@@ -69,16 +69,16 @@ def score_cmd(
     from pathlib import Path
 
     from ..data import PreferenceDataError
-    from ..reward.model import prepare_output
     from ..reward.rows import read_rows
 
     out_path = Path(out)
+    if out_path.exists() and not overwrite:
+        fail(f"output {out_path} already exists; pass --overwrite to replace it")
     try:
-        prepare_output(out_path, overwrite=overwrite, what="output")
         rows = read_rows(source, path=path, split=split, prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key,
                          response_key=response_key, attribute_key=attribute_key, context_key=context_key,
                          split_key=split_key, id_key=id_key, limit=limit)
-    except (PreferenceDataError, FileExistsError, OSError) as exc:
+    except (PreferenceDataError, OSError) as exc:
         fail(exc)
     for note in rows.notes:
         typer.echo(f"note: {note}", err=True)

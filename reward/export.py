@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +51,22 @@ def export_model(model: PersonalizedRewardModel, out: str | os.PathLike, *, over
         raise ValueError(f"cannot export {bb.model_id} ({bb.kind}, pooling {bb.pooling}) as a standard model: only decoders "
                          "with last-token pooling and sentence-transformers encoders can be; use "
                          "PersonalizedRewardModel.save_pretrained (micro's format) or `micro serve`")
-    prepare_output(out, overwrite=overwrite, what="export directory")
-    out.mkdir(parents=True)
+    if out.exists() and not overwrite:
+        prepare_output(out, overwrite=False, what="export directory")  # raises FileExistsError
+    tmp = out.with_name(out.name + ".tmp")  # written whole, then moved into place: no half-written export
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
-        info = _export_decoder(model, head, out) if kind == "transformers" else _export_sentence_transformers(model, head, out)
+        info = _export_decoder(model, head, tmp) if kind == "transformers" else _export_sentence_transformers(model, head, tmp)
         info["format"] = kind
         if check:
-            info["check"] = _check(model, out, kind)
-        (out / "README.md").write_text(model_card(model, info))
+            info["check"] = _check(model, tmp, kind)
+        (tmp / "README.md").write_text(model_card(model, info))
     except BaseException:
-        import shutil
-
-        shutil.rmtree(out, ignore_errors=True)  # never leave a half-written export behind
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
+    prepare_output(out, overwrite=overwrite, what="export directory")
+    tmp.rename(out)
     return info
 
 
@@ -265,7 +269,7 @@ def model_card(model: PersonalizedRewardModel, info: dict[str, Any]) -> str:
               f"pooling {bb['pooling']}, hidden size {bb['hidden_size']}, max length {bb['max_length']}",
               f"- exported class: {info['class']}",
               f"- user: {user}" + (f"; heads masked: {d['heads_mask']}" if d["heads_mask"] else ""),
-              f"- measured accuracy: " + (json.dumps(acc) if acc else "not recorded"), "",
+              "- measured accuracy: " + (json.dumps(acc) if acc else "not recorded"), "",
               "Cache identity, run configuration and router:", "", "```json",
               json.dumps({"cache": d["cache"], "run_config": d["run_config"], "router": d["router"], "source": src}, indent=2),
               "```", ""]
