@@ -27,6 +27,16 @@ import torch
 
 from .model import PersonalizedRewardModel, prepare_output
 
+#: micro's rendering for a decoder without a chat template (Backbone.render_prompt / render_response with
+#: template "none") as a chat template, so `apply_chat_template` gives the text micro scores.
+PLAIN_TEMPLATE = (
+    "{{- bos_token or '' }}"
+    "{%- if messages[-1]['role'] == 'assistant' %}{%- set turns = messages[:-1] %}{%- else %}{%- set turns = messages %}{%- endif %}"
+    "{%- if turns | length == 1 and turns[0]['role'] == 'user' %}{{- turns[0]['content'] }}"
+    "{%- else %}{%- for m in turns %}{{- m['role'] + ': ' + m['content'] }}{%- if not loop.last %}{{- '\n' }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '\n\n' }}"
+    "{%- if messages[-1]['role'] == 'assistant' %}{{- messages[-1]['content'] + (eos_token or '') }}{%- endif %}"
+)
 #: Probe rows the export checks itself on (reward from the written files == micro's reward).
 PROBE = [("What is the capital of France?", "Paris."), ("Write a haiku about rain.", "Soft rain on the roof,\nthe gutters hum a low tune.")]
 
@@ -95,6 +105,10 @@ def _export_decoder(model: PersonalizedRewardModel, head: torch.Tensor, out: Pat
     bb = model.backbone
     tok = AutoTokenizer.from_pretrained(bb.load_path, trust_remote_code=bb.trust_remote_code)
     changes = []
+    if bb.template == "none":
+        tok.chat_template = PLAIN_TEMPLATE
+        changes.append("the backbone has no chat template; the exported one writes what micro renders: BOS, the prompt "
+                       "(a conversation as `role: content` lines), a blank line, the response, EOS")
     if isinstance(tok.chat_template, str) and "date_string" in tok.chat_template:
         from ..embedcache.backbone import TEMPLATE_DATE
 

@@ -69,6 +69,10 @@ def make_table(n_prompts=12, seed=0) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), TEMPLATE)
+
+
+def build_tiny_llama(out: Path, template: str | None) -> Path:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
@@ -85,12 +89,11 @@ def tiny_llama(tmp_path_factory) -> Path:
                                                        special_tokens=[("<|begin_of_text|>", bos)])
     # like Llama 3: no pad token of its own (micro pads with eos), a post-processor that adds BOS
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", model_max_length=128)
-    fast.chat_template = TEMPLATE
+    fast.chat_template = template
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=128, num_labels=1, bos_token_id=bos,
                       eos_token_id=fast.eos_token_id)
-    out = tmp_path_factory.mktemp("tiny_llama")
     LlamaForSequenceClassification(cfg).save_pretrained(out)
     fast.save_pretrained(out)
     return out
@@ -270,6 +273,28 @@ def test_export_loads_in_plain_transformers_and_gives_micros_reward(llama_run, r
         assert needle in card
     res = CliRunner().invoke(app, ["export", str(run), "--out", str(out), "--head", "0"])
     assert res.exit_code == 2 and "--overwrite" in res.output
+
+
+def test_export_of_a_decoder_without_chat_template_writes_micros_rendering_as_one(tmp_path):
+    from micro.reward.export import exported_rewards
+
+    path = build_tiny_llama(tmp_path / "plain_llama", None)
+    table = make_table(n_prompts=4)
+    _, run = _fit(tmp_path, str(path), table, k=2)
+    model = PersonalizedRewardModel.from_run(run, head=1, device="cpu")
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "hf"), "--head", "1"])
+    assert res.exit_code == 0, res.output
+    conv = table["prompt"].iloc[-1]  # a conversation: micro flattens it to `role: content` lines
+    prompts, responses = table["prompt"].tolist()[:3], table["chosen"].tolist()[:3]
+    np.testing.assert_allclose(exported_rewards(tmp_path / "hf", prompts, responses), model.score(prompts, responses), atol=1e-4)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    rm = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    text = tok.apply_chat_template(conv + [{"role": "assistant", "content": "blue"}], tokenize=False)
+    with torch.no_grad():
+        got = float(rm(**tok(text, return_tensors="pt")).logits[0, 0])
+    np.testing.assert_allclose(got, model.score([conv], ["blue"])[0], atol=1e-4)
 
 
 def test_export_refuses_a_routed_model_and_a_wrong_method(llama_run, tmp_path):
