@@ -85,6 +85,8 @@ def score_cmd(
     model = load_model(run, router, attribute, mask_heads, device, backbone)
     model.batch_tokens = batch_tokens
     contexts = [context] * len(rows) if context is not None else rows.contexts
+    if model.router_input == "context" and not any(contexts):
+        typer.echo("note: no row has a context (give --context or a context column): the router reads the prompt alone", err=True)
 
     from tqdm.auto import tqdm
 
