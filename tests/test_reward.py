@@ -237,6 +237,10 @@ def test_score_cli_on_pairs_and_on_prompt_response_rows(llama_run, tmp_path):
 
     res = CliRunner().invoke(app, ["score", str(run), str(responses), "--out", str(out2)])
     assert res.exit_code == 2 and "--overwrite" in res.output
+    res = CliRunner().invoke(app, ["score", str(run), str(responses), "--out", str(out2), "--overwrite", "--mask-heads", "0,2"])
+    assert res.exit_code == 0, res.output
+    masked = PersonalizedRewardModel.from_run(run, heads_mask=[0, 2], device="cpu").score(table["prompt"].tolist(), table["chosen"].tolist())
+    np.testing.assert_allclose([json.loads(line)["reward"] for line in out2.read_text().splitlines()], masked, atol=1e-5)
     res = CliRunner().invoke(app, ["score", str(run), str(responses), "--out", str(tmp_path / "x.jsonl"), "--mask-heads", "a,b"])
     assert res.exit_code == 2 and "--mask-heads" in res.output
 
