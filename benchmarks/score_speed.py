@@ -4,11 +4,13 @@
    contexts (so it runs the same forward passes as the cache: sequences, prompts, context + prompts) vs
    `embed_table` of that table into a fresh cache. Interleaved A B A B in one process; forward passes per
    second of each side and the median ratio (score / embed) with its range.
-2. Server: one POST /get_reward of `--request-rows` rows to `micro serve`'s server (a thread of this
-   process, loopback) vs `model.score` on the same rows; interleaved; the median difference in ms is the
-   server's overhead per request beyond the forward pass (JSON both ways, HTTP, parsing).
+2. Server: POST /get_reward of `--request-rows` rows to `micro serve`'s server (a thread of this process,
+   loopback). The overhead of a request is its round trip minus the time the server spent inside
+   `model.score` for it (measured in the same request, so machine load cancels): HTTP, JSON both ways,
+   parsing and checks. `model.score` called directly on the same rows is timed too, for scale.
 
-    python benchmarks/score_speed.py --pairs 200 --rounds 3
+    python benchmarks/score_speed.py --pairs 100 --rounds 3
+    python benchmarks/score_speed.py --part server --pairs 20
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main() -> None:
     ap.add_argument("--request-rows", type=int, default=8)
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--part", choices=("both", "throughput", "server"), default="both")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -45,7 +48,6 @@ def main() -> None:
     from micro.embedcache import embed_table
     from micro.heads import MixtureConfig, run_fit_mixture
     from micro.reward import PersonalizedRewardModel
-    from micro.reward.serve import make_server
 
     table = load_preferences("helpsteer2", path=str(DATA)).sample(n=args.pairs, random_state=0).reset_index(drop=True)
     tmp = Path(tempfile.mkdtemp())
@@ -61,6 +63,15 @@ def main() -> None:
             rows.setdefault((json.dumps(r.prompt), resp, r.context), (r.prompt, resp, r.context))
     prompts, responses, contexts = (list(x) for x in zip(*rows.values()))
     print(f"{len(table)} pairs, {len(prompts)} scored rows; cache forward passes {first.forward_sequences}")
+
+    if args.part != "server":
+        throughput(args, table, model, prompts, responses, contexts, tmp)
+    if args.part != "throughput":
+        server_overhead(args, model, prompts, responses, contexts)
+
+
+def throughput(args, table, model, prompts, responses, contexts, tmp: Path) -> None:
+    from micro.embedcache import embed_table
 
     embed_t, score_t, passes = [], [], {}
     for i in range(args.rounds):
@@ -81,7 +92,20 @@ def main() -> None:
     print(f"score  {np.median(s):8.1f} passes/s  (rounds: {', '.join(f'{x:.1f}' for x in s)})")
     print(f"score / embed throughput: median {np.median(ratio):.3f} (range {min(ratio):.3f} - {max(ratio):.3f})")
 
-    server = make_server(lambda p, r, c: model.score(p, r, c).tolist(), port=0)
+
+
+def server_overhead(args, model, prompts, responses, contexts) -> None:
+    from micro.reward.serve import make_server
+
+    inside: list[float] = []
+
+    def timed_score(p, r, c):
+        t = time.perf_counter()
+        out = model.score(p, r, c).tolist()
+        inside.append(time.perf_counter() - t)
+        return out
+
+    server = make_server(timed_score, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/get_reward"
     k = args.request_rows
@@ -89,19 +113,22 @@ def main() -> None:
     for j in range(args.requests):
         lo = (j * k) % max(1, len(prompts) - k)
         p, r, c = prompts[lo : lo + k], responses[lo : lo + k], contexts[lo : lo + k]
-        t = time.perf_counter()
-        model.score(p, r, c)
-        direct.append(time.perf_counter() - t)
         body = json.dumps({"prompts": p, "responses": r, "contexts": c}).encode()
-        t = time.perf_counter()
-        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})) as resp:
-            json.loads(resp.read())
-        http.append(time.perf_counter() - t)
+        for first in ((0, 1) if j % 2 else (1, 0)):  # alternate which goes first
+            t = time.perf_counter()
+            if first:
+                with urllib.request.urlopen(urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})) as resp:
+                    json.loads(resp.read())
+                http.append(time.perf_counter() - t)
+            else:
+                model.score(p, r, c)
+                direct.append(time.perf_counter() - t)
     server.shutdown()
-    diff = np.asarray(http) - np.asarray(direct)
-    print(f"server: {args.requests} requests of {k} rows; direct score median {1e3 * np.median(direct):.1f} ms, "
-          f"POST median {1e3 * np.median(http):.1f} ms; overhead median {1e3 * np.median(diff):.2f} ms "
-          f"(IQR {1e3 * np.percentile(diff, 25):.2f} - {1e3 * np.percentile(diff, 75):.2f} ms)")
+    over = 1e3 * (np.asarray(http) - np.asarray(inside))
+    print(f"server: {args.requests} requests of {k} rows ({len(body)} bytes each, last); direct score median "
+          f"{1e3 * np.median(direct):.1f} ms, POST round trip median {1e3 * np.median(http):.1f} ms; overhead beyond "
+          f"model.score median {np.median(over):.2f} ms (IQR {np.percentile(over, 25):.2f} - {np.percentile(over, 75):.2f}, "
+          f"max {over.max():.2f} ms)")
 
 
 if __name__ == "__main__":
