@@ -28,6 +28,7 @@ import torch
 
 from . import distributed as dist
 from .backbone import DEFAULT_MODEL, Backbone, load_backbone
+from .encode import forward_jobs, outputs_by_job
 from ..data import table_sha256
 from .plan import CTX_PROMPT, CTX_SEQ, GROUPS, PROMPT, SEQ, Plan, build_plan, make_batches
 from ..outputs import check_file_target, lock, refuse_existing
@@ -314,9 +315,7 @@ def _jobs_needed(plan: Plan, reused: dict[int, dict[int, np.ndarray]]) -> np.nda
 
 
 def _run_batches(bb: Backbone, plan: Plan, batches, mine, parts: Path, progress: bool, ctx) -> dict[str, float]:
-    # outputs of each job, grouped once (no per-row Python work in the loop below beyond slicing)
-    order = np.argsort(plan.out_job, kind="stable")
-    starts = np.searchsorted(plan.out_job[order], np.arange(plan.n_jobs + 1))
+    order, starts = outputs_by_job(plan)  # grouped once: no per-row Python work in the loop below
     slow = float(os.environ.get(SLOW_ENV, "0") or 0)
     if mine:
         bb.model  # load the weights before the clock and the progress bar start
@@ -331,14 +330,7 @@ def _run_batches(bb: Backbone, plan: Plan, batches, mine, parts: Path, progress:
     t0 = time.perf_counter()
     for b in mine:
         jobs = batches[b]
-        ids = [plan.ids[j] for j in jobs]
-        types = [plan.type_ids[j] for j in jobs] if plan.type_ids is not None else None
-        outs = np.concatenate([order[starts[j] : starts[j + 1]] for j in jobs])
-        local = np.searchsorted(np.sort(jobs), plan.out_job[outs])  # position of each output's job in `jobs`
-        sorter = np.argsort(jobs)
-        owners = sorter[local]
-        pos = plan.out_pos[outs]
-        emb = bb.forward(ids, types, pos, owners)
+        outs, emb = forward_jobs(bb, plan, jobs, order, starts)
         _save_part(parts / f"batch_{b:06d}.npz", group=plan.out_group[outs].astype(np.int8),
                    row=plan.out_row[outs], embedding=emb.astype(np.float16))
         seen_seq += len(jobs)

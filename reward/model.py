@@ -1,0 +1,264 @@
+"""`PersonalizedRewardModel`: a trained micro run that scores text.
+
+    rm = PersonalizedRewardModel.from_run("runs/micro", router="adapt/routers/b50_s0.safetensors")
+    rm.score(["How do I sort a list?"], ["Use sorted(xs)."], contexts=["I am a busy professional."])
+    rm.compare(prompts, chosen, rejected, contexts)            # margins; > 0: chosen preferred
+
+The backbone is the one named by the run's cache (model, revision, pooling, template, max length), and
+text goes through `micro.embedcache.encode`, the code `micro embed` runs, so a reward from text equals
+the reward from the cache's embedding of the same text. The reward of a response is w . e(prompt,
+response) with w the stage-1 heads mixed by the router's weights for the prompt (or context + prompt),
+a micro-refine head (`attribute=`), or one stage-1 head (`head=`). `heads_mask` gives heads zero weight
+(router logits -inf before the softmax; the other heads' weights renormalise).
+
+`micro.router.PersonalizedRewardModel` (router/api.py) is the embedding-level scorer `micro adapt` saves
+routers for; this class is the one that reads text, and the one `micro` exports at its root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..embedcache.backbone import Backbone, load_backbone
+from ..embedcache.encode import embed_texts
+from ..embedcache.store import CacheError
+from ..heads.model import MixtureRewardModel, Router, load_model
+from ..router.api import load_router, router_paths
+
+#: Fields of the run's cache identity the loaded backbone must reproduce (what makes embeddings equal).
+TEXT_FIELDS = ("model_id", "model_revision", "pooling", "hidden_size", "max_length", "template")
+#: The file beside a saved model's run files that says how to rebuild it.
+SAVED_CONFIG = "micro_reward.json"
+
+
+class PersonalizedRewardModel:
+    """A micro run's reward on text: backbone + stage-1 heads (+ adapted router, micro-refine head, mask)."""
+
+    def __init__(self, backbone: Backbone, heads_model: MixtureRewardModel, run_config: dict[str, Any], *,
+                 router: Router | None = None, router_meta: dict[str, Any] | None = None,
+                 head: torch.Tensor | None = None, heads_mask: Sequence[int] | None = None,
+                 source: dict[str, Any] | None = None, batch_tokens: int | None = None):
+        self.backbone = backbone
+        self.heads_model = heads_model.eval()
+        self.run_config = run_config
+        self.router = None if router is None else router.eval()
+        self.router_meta = router_meta or {}
+        self.head = None if head is None else head.detach().float().reshape(-1)
+        self.heads_mask = sorted({int(k) for k in heads_mask or []})
+        self.source = source or {}
+        self.batch_tokens = batch_tokens
+        k = heads_model.k
+        bad = [i for i in self.heads_mask if not 0 <= i < k]
+        if bad:
+            raise ValueError(f"heads_mask {bad}: the run has heads 0..{k - 1}")
+        if self.heads_mask and self.head is not None:
+            raise ValueError("heads_mask applies to the mixture of stage-1 heads, not to a single head "
+                             "(attribute= or head=); drop one of them")
+        if len(self.heads_mask) >= k:
+            raise ValueError(f"heads_mask {self.heads_mask} masks every one of the run's {k} heads; keep at least one")
+
+    # ---- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, router: str | os.PathLike | None = None, attribute: str | None = None,
+                 heads_mask: Sequence[int] | None = None, device: str | None = None, *, head: int | None = None,
+                 backbone: str | None = None, dtype: str | None = None, batch_tokens: int | None = None) -> "PersonalizedRewardModel":
+        """Load a `micro fit-mixture` run (+ a router saved by `micro adapt`) with the backbone its cache names.
+
+        router: None scores with the run's own stage-1 weights. attribute: that attribute's micro-refine
+        head saved beside `router`. head: stage-1 head N alone. backbone: load the backbone from this path
+        or hub id instead of the one the cache names (a local copy); it must give the same pooling, hidden
+        size, template and max length. dtype: compute dtype (default as `micro embed`: bf16 on GPU, fp32 on CPU).
+        """
+        run_dir = Path(run_dir)
+        heads_model, config = load_model(run_dir)
+        cache = config.get("cache") or {}
+        if attribute is not None and router is None:
+            raise ValueError(f"attribute {attribute!r} needs --router: micro-refine heads are saved beside the routers of `micro adapt`")
+        if head is not None and not 0 <= head < heads_model.k:
+            raise ValueError(f"head {head}: {run_dir} has heads 0..{heads_model.k - 1}")
+        if head is not None and (router is not None or attribute is not None):
+            raise ValueError("head= scores with one stage-1 head; it does not combine with router= or attribute=")
+        router_model, router_meta, fixed = None, {}, None
+        if router is not None:
+            router_model, router_meta = load_router(router)
+            if router_model.net[-1].out_features != heads_model.k:
+                raise ValueError(f"router {router} has {router_model.net[-1].out_features} outputs but {run_dir} has {heads_model.k} heads")
+            if attribute is not None:
+                fixed = _refine_head(router, router_meta, attribute)
+        if head is not None:
+            fixed = heads_model.head_vectors()[head].detach()
+        bb = _load_text_backbone(cache, backbone=backbone, device=device, dtype=dtype)
+        source = {"run_dir": str(run_dir.resolve()), "router": None if router is None else str(router_paths(router)[0].resolve()),
+                  "attribute": attribute, "head": head, "backbone": backbone}
+        return cls(bb, heads_model, config, router=router_model, router_meta=router_meta, head=fixed,
+                   heads_mask=heads_mask, source=source, batch_tokens=batch_tokens)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None, **kwargs: Any) -> "PersonalizedRewardModel":
+        """Load a model written by `save_pretrained` (safetensors + JSON; the backbone loads by its identity)."""
+        directory = Path(directory)
+        cfg_file = directory / SAVED_CONFIG
+        if not cfg_file.exists():
+            raise FileNotFoundError(f"{cfg_file} not found: {directory} was not written by PersonalizedRewardModel.save_pretrained")
+        saved = json.loads(cfg_file.read_text())
+        router = directory / "router.safetensors" if saved.get("router") else None
+        options = {k: saved.get(k) for k in ("attribute", "heads_mask", "head", "backbone")}
+        return cls.from_run(directory, router=router, device=device, **{**options, **kwargs})
+
+    def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write this model (heads, router, refine heads: safetensors; configs: JSON) to a directory that is
+        itself a run directory; `from_pretrained` rebuilds it. The backbone is referenced, not copied."""
+        directory = Path(directory)
+        prepare_output(directory, overwrite=overwrite, what="model directory")
+        directory.mkdir(parents=True)
+        run_dir = Path(self.source["run_dir"])
+        for name in ("model.safetensors", "config.json", "metrics.json"):
+            if (run_dir / name).exists():
+                shutil.copy2(run_dir / name, directory / name)
+        if self.source.get("router"):
+            for src, dst in zip(router_paths(self.source["router"]), router_paths(directory / "router.safetensors")):
+                if src.exists():
+                    shutil.copy2(src, dst)
+        saved = {"format": "micro-personalized-reward", "router": bool(self.source.get("router")),
+                 "attribute": self.source.get("attribute"), "head": self.source.get("head"),
+                 "heads_mask": self.heads_mask, "backbone": self.source.get("backbone"),
+                 "backbone_identity": self.backbone.identity(), "saved_from": self.source}
+        (directory / SAVED_CONFIG).write_text(json.dumps(saved, indent=2) + "\n")
+        return directory
+
+    # ---- what the reward reads ----------------------------------------------------------------
+    @property
+    def router_input(self) -> str | None:
+        """None (the weights do not depend on the text), 'prompt' or 'context' (context + prompt)."""
+        if self.head is not None:
+            return None
+        if self.router is not None:
+            return "context"  # stage 2 routes on (context + prompt)
+        if self.heads_model.router is None:
+            return None
+        return "context" if self.run_config.get("config", {}).get("router_input") == "context" else "prompt"
+
+    @torch.no_grad()
+    def weights(self, router_inputs: torch.Tensor | None, n: int) -> torch.Tensor:
+        """[n, K] mixture weights on the stage-1 heads (masked heads get 0)."""
+        if self.router is not None:
+            logits = self.router(router_inputs.float())
+        elif self.heads_model.router is not None:
+            logits = self.heads_model.router_logits(router_inputs.float())
+        else:
+            logits = self.heads_model.router_logits(torch.zeros(n, self.heads_model.hidden_size))
+        if self.heads_mask:
+            logits = logits.clone()
+            logits[:, self.heads_mask] = float("-inf")
+        return torch.softmax(logits.float(), dim=-1)
+
+    @torch.no_grad()
+    def fixed_head(self) -> torch.Tensor:
+        """[d] the reward's one direction when it does not depend on the prompt or context (a micro-refine or
+        stage-1 head, a single or static run); refuses a routed model."""
+        if self.head is not None:
+            return self.head.clone()
+        if self.router_input is not None and self.heads_model.k > 1:
+            raise ValueError("this reward mixes several heads with weights that depend on the prompt/context, so no one "
+                             "head reproduces it: pick one user (--router R --attribute A, --head N, or a --method single run)")
+        w = self.weights(None if self.router_input is None else torch.zeros(1, self.heads_model.hidden_size), 1)[0]
+        return w @ self.heads_model.head_vectors().detach().float()
+
+    @torch.no_grad()
+    def rewards_from_embeddings(self, sequence: torch.Tensor, router_inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """[n] rewards of response embeddings (the cache's /sequences rows) given their router inputs."""
+        sequence = torch.as_tensor(sequence).float()
+        if self.head is not None:
+            return sequence @ self.head
+        heads = self.heads_model.head_vectors().detach().float()
+        w = self.weights(None if router_inputs is None else torch.as_tensor(router_inputs), sequence.shape[0])
+        return (w * (sequence @ heads.T)).sum(-1)
+
+    # ---- text -----------------------------------------------------------------------------------
+    def embed(self, prompts: Sequence[Any], responses: Sequence[str], contexts: Sequence[str | None] | None = None,
+              on_batch: Callable[[int, int], None] | None = None):
+        """The backbone embeddings these rows need (`micro.embedcache.encode.TextEmbeddings`)."""
+        return embed_texts(self.backbone, list(prompts), list(responses), _contexts(contexts, len(prompts)),
+                           router_input=self.router_input, batch_tokens=self.batch_tokens, on_batch=on_batch)
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str], contexts: Sequence[str | None] | str | None = None,
+              *, on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """[n] reward of each (prompt, response) for its user context. A prompt is a string or a conversation
+        (list of {role, content}); contexts: one per row, one string for all rows, or None."""
+        emb = self.embed(prompts, responses, contexts, on_batch)
+        router_in = None if self.router_input is None else (emb.context_prompt if self.router_input == "context" else emb.prompt)
+        return self.rewards_from_embeddings(torch.from_numpy(emb.sequence),
+                                            None if router_in is None else torch.from_numpy(router_in)).numpy()
+
+    def compare(self, prompts: Sequence[Any], chosen: Sequence[str], rejected: Sequence[str],
+                contexts: Sequence[str | None] | str | None = None, *, on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """[n] margins r(chosen) - r(rejected); > 0 means chosen is preferred."""
+        n = len(prompts)
+        if len(chosen) != n or len(rejected) != n:
+            raise ValueError(f"prompts, chosen and rejected must have the same length; got {n}, {len(chosen)}, {len(rejected)}")
+        ctx = _contexts(contexts, n)
+        r = self.score(list(prompts) * 2, list(chosen) + list(rejected), None if ctx is None else ctx * 2, on_batch=on_batch)
+        return r[:n] - r[n:]
+
+    __call__ = score
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: backbone identity, the run's cache and config, router and user choice."""
+        return {"backbone": self.backbone.identity(), "cache": self.run_config.get("cache"),
+                "run_config": self.run_config.get("config"), "router": self.router_meta or None,
+                "source": self.source, "heads_mask": self.heads_mask, "router_input": self.router_input}
+
+
+def _contexts(contexts, n: int) -> list[str | None] | None:
+    if contexts is None or isinstance(contexts, str):
+        return None if contexts is None else [contexts] * n
+    contexts = list(contexts)
+    if len(contexts) != n:
+        raise ValueError(f"got {len(contexts)} contexts for {n} rows; give one per row, one string, or none")
+    return contexts
+
+
+def _refine_head(router: str | os.PathLike, meta: dict[str, Any], attribute: str) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    names = meta.get("refine_attributes") or []
+    refine_path = router_paths(router)[2]
+    if attribute not in names or not refine_path.exists():
+        raise ValueError(f"no micro-refine head for attribute {attribute!r} beside {router} (it has: {names or 'none'})")
+    return load_file(str(refine_path))["head"][names.index(attribute)]
+
+
+def _load_text_backbone(cache: dict[str, Any], *, backbone: str | None, device: str | None, dtype: str | None) -> Backbone:
+    """The backbone of the run's cache, refused when it would not reproduce the cache's embeddings."""
+    if not cache.get("model_id"):
+        raise CacheError("the run's config.json records no backbone (model_id): it was fitted on a cache without one "
+                         "(e.g. `micro simulate`), so it cannot score text")
+    bb = load_backbone(backbone or cache["model_id"], device=device, dtype=dtype, max_length=cache.get("max_length"))
+    fields = TEXT_FIELDS if backbone is None else tuple(f for f in TEXT_FIELDS if f not in ("model_id", "model_revision"))
+    ident = bb.identity()
+    diffs = [f"{f}: run {cache.get(f)!r}, backbone {ident.get(f)!r}" for f in fields if cache.get(f) is not None and cache.get(f) != ident.get(f)]
+    if diffs:
+        raise CacheError(f"the backbone {backbone or cache['model_id']} would not reproduce the run's cache ({'; '.join(diffs)}); "
+                         "load the exact model the cache was built with (pass backbone= a local copy of it)")
+    return bb
+
+
+def prepare_output(path: Path, *, overwrite: bool, what: str) -> None:
+    """Refuse an existing output unless overwrite; with overwrite, remove it first."""
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{what} {path} already exists; pass --overwrite (overwrite=True) to replace it")
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+__all__ = ["PersonalizedRewardModel", "prepare_output"]

@@ -1,0 +1,145 @@
+"""An HTTP reward server speaking OpenRLHF's remote reward-model protocol (standard library only).
+
+    POST /get_reward  {"query": [...], "prompts": [...]}                  response = query minus its prompt prefix
+                      {"prompts": [...], "responses": [...], "contexts": [...]}   contexts optional
+    -> 200 {"rewards": [...]}
+    -> 400 {"error": "..."} on malformed JSON, wrong types or mismatched lengths; 413 over the size limit
+    GET  /health      -> {"status": "ok"}
+
+Requests are scored one at a time (the model is not shared between threads); the listener is threaded so a
+slow client does not block the others while they upload.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+#: Default request-size limit (bytes): ~16 MB of JSON is thousands of long responses.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+class RequestError(ValueError):
+    """A request the server answers with 400 and this message."""
+
+
+def parse_request(body: bytes, default_context: str | None = None) -> tuple[list[Any], list[str], list[str | None] | None]:
+    """(prompts, responses, contexts) of a /get_reward body; RequestError says what is wrong."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise RequestError("body must be a JSON object with 'query' and 'prompts', or 'prompts' and 'responses'")
+    prompts = _list(data, "prompts")
+    if "responses" in data:
+        responses = _list(data, "responses", str)
+    elif "query" in data:
+        queries = _list(data, "query", str)
+        _same_length(prompts, queries, "prompts", "query")
+        responses = []
+        for i, (q, p) in enumerate(zip(queries, prompts)):
+            if not isinstance(p, str) or not q.startswith(p):
+                raise RequestError(f"query {i} does not start with prompt {i}; the response is the query minus its prompt")
+            responses.append(q[len(p):])
+    else:
+        raise RequestError("give 'responses' (with 'prompts') or 'query' (with 'prompts')")
+    _same_length(prompts, responses, "prompts", "responses")
+    for i, p in enumerate(prompts):
+        if not (isinstance(p, str) or (isinstance(p, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in p))):
+            raise RequestError(f"prompt {i} must be a string or a conversation (list of {{role, content}})")
+    contexts = None
+    if data.get("contexts") is not None:
+        contexts = _list(data, "contexts")
+        _same_length(prompts, contexts, "prompts", "contexts")
+        if any(c is not None and not isinstance(c, str) for c in contexts):
+            raise RequestError("contexts must be strings or null")
+        if default_context is not None:
+            contexts = [default_context if c is None else c for c in contexts]
+    elif default_context is not None:
+        contexts = [default_context] * len(prompts)
+    return prompts, responses, contexts
+
+
+def _list(data: dict, key: str, kind: type | None = None) -> list:
+    value = data.get(key)
+    if not isinstance(value, list):
+        raise RequestError(f"'{key}' must be a JSON list")
+    if kind is not None and any(not isinstance(v, kind) for v in value):
+        raise RequestError(f"every item of '{key}' must be a string")
+    return value
+
+
+def _same_length(a: list, b: list, name_a: str, name_b: str) -> None:
+    if len(a) != len(b):
+        raise RequestError(f"'{name_a}' has {len(a)} items but '{name_b}' has {len(b)}; they must match")
+
+
+def make_server(score: Callable[[list, list, list | None], list[float]], *, host: str = "127.0.0.1", port: int = 5000,
+                context: str | None = None, max_request_bytes: int = MAX_REQUEST_BYTES, log: Callable[[str], None] | None = None) -> ThreadingHTTPServer:
+    """A server (not started: call serve_forever) answering /get_reward with score(prompts, responses, contexts)."""
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _send(self, code: int, payload: dict) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path.rstrip("/") == "/health":
+                self._send(200, {"status": "ok"})
+            else:
+                self._send(404, {"error": f"no such endpoint {self.path}; POST /get_reward"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path.rstrip("/") != "/get_reward":
+                self.close_connection = True
+                return self._send(404, {"error": f"no such endpoint {self.path}; POST /get_reward"})
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                self.close_connection = True
+                return self._send(411, {"error": "a Content-Length header is required"})
+            if length > max_request_bytes:
+                self.close_connection = True  # the body is not read: do not reuse the connection
+                return self._send(413, {"error": f"request of {length} bytes exceeds the limit of {max_request_bytes}; "
+                                                 "send fewer rows per request or raise --max-request-bytes"})
+            try:
+                prompts, responses, contexts = parse_request(self.rfile.read(length), context)
+            except RequestError as exc:
+                return self._send(400, {"error": str(exc)})
+            try:
+                with lock:
+                    rewards = [float(r) for r in score(prompts, responses, contexts)] if prompts else []
+            except ValueError as exc:  # e.g. a conversation the template cannot render
+                return self._send(400, {"error": str(exc)})
+            self._send(200, {"rewards": rewards})
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            if log is not None:
+                log("%s - %s" % (self.address_string(), format % args))
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def serve(model, *, host: str = "127.0.0.1", port: int = 5000, context: str | None = None,
+          max_request_bytes: int = MAX_REQUEST_BYTES, log: Callable[[str], None] | None = print) -> None:
+    """Serve `model` (a PersonalizedRewardModel) until interrupted."""
+    server = make_server(lambda p, r, c: model.score(p, r, c).tolist(), host=host, port=port, context=context,
+                         max_request_bytes=max_request_bytes, log=log)
+    if log is not None:
+        log(f"serving rewards on http://{host}:{server.server_address[1]}/get_reward")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
