@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -13,25 +13,28 @@ RunArg = typer.Argument(..., help="run directory of `micro fit-mixture` (its cac
 RouterOpt = typer.Option(None, "--router", help="adapted router from `micro adapt` (e.g. OUT/routers/b50_s0.safetensors)")
 AttributeOpt = typer.Option(None, "--attribute", help="score as this attribute's user with its micro-refine head (needs --router)")
 MaskOpt = typer.Option(None, "--mask-heads", help="give these stage-1 heads zero weight, e.g. 3,7 (the others renormalise)")
+MaskFromOpt = typer.Option(None, "--mask-from", help="also mask the heads flagged in this audit.json (`micro audit`); repeatable")
 DeviceOpt = typer.Option(None, "--device", help="cuda, cpu ... (default: cuda when available)")
 BackboneOpt = typer.Option(None, "--backbone", help="load the backbone from this path instead of the one the cache names (a local copy)")
 
 
-def parse_mask(value: str | None) -> list[int] | None:
-    if not value:
-        return None
+def parse_mask(value: str | None, mask_from: list[str] | None = None) -> list[int] | None:
+    """--mask-heads 3,7 and the heads flagged by every --mask-from audit.json, as one list (None: no mask)."""
+    from ..evaluate import resolve_mask
+
     try:
-        return [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        fail(f"--mask-heads {value!r}: give comma-separated head indices, e.g. 3,7")
+        heads = resolve_mask(value, mask_from)
+    except ValueError as exc:
+        fail(exc)
+    return heads or None
 
 
-def load_model(run, router, attribute, mask, device, backbone=None, head=None):
+def load_model(run, router, attribute, mask, device, backbone=None, head=None, mask_from=None):
     from ..embedcache import CacheError
     from ..reward import PersonalizedRewardModel
 
     try:
-        return PersonalizedRewardModel.from_run(run, router=router, attribute=attribute, heads_mask=parse_mask(mask),
+        return PersonalizedRewardModel.from_run(run, router=router, attribute=attribute, heads_mask=parse_mask(mask, mask_from),
                                                 device=device, head=head, backbone=backbone)
     except (CacheError, ValueError, OSError) as exc:
         fail(exc)
@@ -46,6 +49,7 @@ def score_cmd(
     attribute: Optional[str] = AttributeOpt,
     context: Optional[str] = typer.Option(None, "--context", help="score every row for this user context (replaces the rows' own)"),
     mask_heads: Optional[str] = MaskOpt,
+    mask_from: Optional[List[str]] = MaskFromOpt,
     device: Optional[str] = DeviceOpt,
     backbone: Optional[str] = BackboneOpt,
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="padded tokens per batch (as `micro embed`)"),
@@ -82,7 +86,7 @@ def score_cmd(
         fail(exc)
     for note in rows.notes:
         typer.echo(f"note: {note}", err=True)
-    model = load_model(run, router, attribute, mask_heads, device, backbone)
+    model = load_model(run, router, attribute, mask_heads, device, backbone, mask_from=mask_from)
     model.batch_tokens = batch_tokens
     contexts = [context] * len(rows) if context is not None else rows.contexts
     if model.router_input == "context" and not any(contexts):
@@ -131,6 +135,7 @@ def export_cmd(
     fmt: str = typer.Option("hf", "--format", help="hf: a standard Hugging Face / sentence-transformers model for one fixed user; "
                                                     "micro: the routed model in micro's own format (PersonalizedRewardModel.from_pretrained)"),
     mask_heads: Optional[str] = MaskOpt,
+    mask_from: Optional[List[str]] = MaskFromOpt,
     device: Optional[str] = DeviceOpt,
     backbone: Optional[str] = BackboneOpt,
     check: bool = typer.Option(True, "--check/--no-check", help="reload the export and compare its rewards with micro's on probe rows"),
@@ -152,7 +157,7 @@ def export_cmd(
         found = json.loads(cfg.read_text()).get("config", {}).get("method") if cfg.exists() else None
         if found != "single":
             fail(f"--method single: {run} is a {found!r} run, not a `micro fit-mixture --method single` run")
-    model = load_model(run, router, attribute, mask_heads, device, backbone, head)
+    model = load_model(run, router, attribute, mask_heads, device, backbone, head, mask_from=mask_from)
     try:
         if fmt == "micro":
             model.save_pretrained(out, overwrite=overwrite)
@@ -173,6 +178,7 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback by default)"),
     port: int = typer.Option(5000, "--port", help="port (0: any free port)"),
     mask_heads: Optional[str] = MaskOpt,
+    mask_from: Optional[List[str]] = MaskFromOpt,
     device: Optional[str] = DeviceOpt,
     backbone: Optional[str] = BackboneOpt,
     max_request_bytes: int = typer.Option(16 * 1024 * 1024, "--max-request-bytes", help="refuse larger requests (413)"),
@@ -183,7 +189,7 @@ def serve_cmd(
 
     if attribute is not None and context is not None:
         fail("--attribute and --context both pick the user; give one")
-    model = load_model(run, router, attribute, mask_heads, device, backbone)
+    model = load_model(run, router, attribute, mask_heads, device, backbone, mask_from=mask_from)
     model.backbone.model  # load the weights before the first request
     try:
         serve(model, host=host, port=port, context=context, max_request_bytes=max_request_bytes,

@@ -29,7 +29,7 @@ import torch
 from ..embedcache.backbone import Backbone, load_backbone
 from ..embedcache.encode import embed_texts
 from ..embedcache.store import CacheError
-from ..heads.model import MixtureRewardModel, Router, load_model
+from ..heads.model import MixtureRewardModel, Router, build_mask, load_model, mask_logits
 from ..router.api import load_router, router_paths
 
 #: Fields of the run's cache identity the loaded backbone must reproduce (what makes embeddings equal).
@@ -51,18 +51,14 @@ class PersonalizedRewardModel:
         self.router = None if router is None else router.eval()
         self.router_meta = router_meta or {}
         self.head = None if head is None else head.detach().float().reshape(-1)
-        self.heads_mask = sorted({int(k) for k in heads_mask or []})
+        # the mask an adapted router was adapted with stays on; heads_mask adds to it
+        self.heads_mask = sorted({int(k) for k in heads_mask or []} | set(self.router_meta.get("masked_heads") or []))
         self.source = source or {}
         self.batch_tokens = batch_tokens
-        k = heads_model.k
-        bad = [i for i in self.heads_mask if not 0 <= i < k]
-        if bad:
-            raise ValueError(f"heads_mask {bad}: the run has heads 0..{k - 1}")
         if self.heads_mask and self.head is not None:
             raise ValueError("heads_mask applies to the mixture of stage-1 heads, not to a single head "
                              "(attribute= or head=); drop one of them")
-        if len(self.heads_mask) >= k:
-            raise ValueError(f"heads_mask {self.heads_mask} masks every one of the run's {k} heads; keep at least one")
+        self._mask = build_mask(heads_model.k, self.heads_mask)  # refuses unknown heads and masking every head
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -154,10 +150,7 @@ class PersonalizedRewardModel:
             logits = self.heads_model.router_logits(router_inputs.float())
         else:
             logits = self.heads_model.router_logits(torch.zeros(n, self.heads_model.hidden_size))
-        if self.heads_mask:
-            logits = logits.clone()
-            logits[:, self.heads_mask] = float("-inf")
-        return torch.softmax(logits.float(), dim=-1)
+        return torch.softmax(mask_logits(logits.float(), self._mask), dim=-1)
 
     @torch.no_grad()
     def fixed_head(self) -> torch.Tensor:
