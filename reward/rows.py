@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data import PreferenceDataError, load_preferences
-from ..data.files import read_path
-from ..data.implicit import as_messages
+from ..data.source import open_source
+from ..data.pairs import as_messages
 
 
 @dataclass
@@ -41,7 +41,7 @@ def _response_records(source: str, response_key: str, chosen_key: str) -> list[t
     path = Path(source).expanduser()
     if not path.exists():
         return None
-    frames = read_path(path)
+    frames = open_source(path)
     columns = {c for f in frames for c in f.columns}
     if response_key not in columns or chosen_key in columns:
         return None
@@ -82,7 +82,7 @@ def read_rows(source: str, *, path: str | None = None, split: str | None = None,
     notes = list(table.attrs.get("warnings", []))
     local = Path(source).expanduser()
     if local.exists() and split is None and limit is None:
-        raw = [r for f in read_path(local) for r in f.records]
+        raw = [r for f in open_source(local) for r in f.records]
         if len(raw) == len(table) and all(id_key in r for r in raw):
             ids = [r[id_key] for r in raw]
         elif any(id_key in r for r in raw):
