@@ -3,7 +3,8 @@
     from micro.heads import MixtureConfig, run_fit_mixture, fit_mixture, evaluate, load_run
 """
 
-from .config import METHODS, MixtureConfig
+from ..methods import FIT_METHODS
+from .config import MixtureConfig
 from .metrics import evaluate
 from .model import MixtureRewardModel, Router, load_model, save_model
 from .run import check_cache_matches, holdout_by_prompt, load_run, run_fit_mixture
@@ -19,7 +20,7 @@ from .simulate import (
 from .train import fit_mixture
 
 __all__ = [
-    "METHODS",
+    "FIT_METHODS",
     "MixtureConfig",
     "MixtureRewardModel",
     "Router",

@@ -9,17 +9,21 @@ from .hedge import StackedRouter, adapt_routers, head_losses, soft_labels
 from .hyre import hyre_margins, hyre_weights
 from .refine import Refinement, fit_refinement
 from .report import markdown_table
-from .sweep import METHODS, BudgetError, run_adapt
+from .draws import BudgetError, check_budgets, draw_budget_pairs, draw_shots
+from .scores import summarise
+from .sweep import run_adapt
 
 __all__ = [
     "AdaptConfig",
     "BudgetError",
     "MapHeads",
-    "METHODS",
     "PersonalizedRewardModel",
     "Refinement",
     "StackedRouter",
     "adapt_routers",
+    "check_budgets",
+    "draw_budget_pairs",
+    "draw_shots",
     "fit_budget_bt",
     "fit_map_heads",
     "fit_oracle_head",
@@ -33,4 +37,5 @@ __all__ = [
     "run_adapt",
     "save_router",
     "soft_labels",
+    "summarise",
 ]
