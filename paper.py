@@ -69,3 +69,9 @@ def choose(meta: Mapping[str, Any], override: str | None = None, *, cross_datase
     how = "the cache is not the stage-1 run's data" if cross_dataset else "from the cache's recipe / attributes"
     return name, chosen, (f"--paper preset {name!r} ({how}): K {chosen.k}, tau {chosen.tau:g}; {chosen.source}. "
                           "Override with --paper-dataset NAME.")
+
+
+def stage1_overrides(meta: Mapping[str, Any], override: str | None = None) -> tuple[dict[str, Any], str]:
+    """({"k": K} of the cache's preset, the note) for `micro fit-mixture --paper`."""
+    _, chosen, note = choose(meta, override)
+    return {"k": chosen.k}, note

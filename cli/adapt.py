@@ -24,8 +24,11 @@ def adapt_cmd(
     hyre_variant: str = typer.Option(None, "--hyre-variant", help="posterior | best  [default: posterior]"),
     eval_cache: str = typer.Option(None, "--eval-cache", help="evaluate on this cache's test split (same backbone)"),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="skip the stage-1 baseline fits (single, static, ensemble, hyre)"),
+    baselines: list[str] = typer.Option(None, "--baselines", help="stage-1 baseline run dirs (fit-mixture --method single|static|ensemble); repeat the flag or separate with commas  [default: the run's record, else fitted on its stage-1 data]"),
+    head_input: str = typer.Option(None, "--head-input", help="response | context | auto: what the heads score (context = the cache's (context + prompt, response) embeddings)  [default: response; --paper: auto]"),
     device: str = typer.Option(None, help="cpu | cuda  [default: cpu]"),
-    paper: bool = typer.Option(False, "--paper", help="the paper's stage 2: --tau 1e-3"),
+    paper: bool = typer.Option(False, "--paper", help="the paper's stage 2: tau of the cache's dataset (1e-3 HelpSteer2 / cross-dataset, 1e-4 RPR), --head-input auto"),
+    paper_dataset: str = typer.Option(None, "--paper-dataset", help="with --paper: use this dataset's preset (helpsteer2 | rpr | preference-700k | cross-dataset | other)"),
     as_json: bool = typer.Option(False, "--json", help="print results.json's summary as JSON instead of the table"),
 ) -> None:
     """Stage 2: adapt the stage-1 router to user contexts (Hedge soft labels, paper eq. 6 / Algorithm 1)
@@ -34,17 +37,26 @@ def adapt_cmd(
 
     from ..embedcache.store import CacheError
     from ..router import AdaptConfig, run_adapt
+    from ..router.presets import paper_adapt_config
     from ..router.report import table_rows
 
     try:
         if budget is not None and budgets is not None:
             raise ValueError("give --budget or --budgets, not both")
         values = [int(b) for b in budgets.split(",") if b.strip()] if budgets else ([budget] if budget is not None else None)
+        if paper_dataset is not None and not paper:
+            raise ValueError("--paper-dataset chooses a --paper preset: give --paper too")
+        runs = [p.strip() for item in baselines or [] for p in item.split(",") if p.strip()]
         given = dict(budgets=values, seeds=seeds, seed=seed, tau=tau, epochs=epochs, batch_size=batch_size, lr=lr,
-                     hyre_shots=hyre_shots, hyre_variant=hyre_variant, eval_cache=eval_cache, device=device)
+                     hyre_shots=hyre_shots, hyre_variant=hyre_variant, eval_cache=eval_cache, device=device,
+                     head_input=head_input, baseline_runs=runs or None)
         overrides = {name: value for name, value in given.items() if value is not None}
         overrides["baselines"] = not no_baselines
-        config = AdaptConfig.paper(**overrides) if paper else AdaptConfig(**overrides)
+        if paper:
+            config, note = paper_adapt_config(cache, run_dir, dataset=paper_dataset, **overrides)
+            typer.echo(f"note: {note}", err=True)
+        else:
+            config = AdaptConfig(**overrides)
         results = run_adapt(cache, run_dir, out, config, log=lambda msg: typer.echo(msg, err=True))
     except (CacheError, ValueError, FileNotFoundError) as exc:
         fail(exc)

@@ -23,25 +23,50 @@ def fit_mixture_cmd(
     device: str = typer.Option(None, help="cpu | cuda  [default: cpu]"),
     router_input: str = typer.Option(None, "--router-input", help="auto | prompt | context  [default: auto = context when every pair has one]"),
     balance: str = typer.Option(None, help="batch (batch-mean balance) | example (eq. 4)  [default: batch]"),
-    paper: bool = typer.Option(False, "--paper", help="the paper's exact stage 1: --router-input prompt --balance example"),
+    paper: bool = typer.Option(False, "--paper", help="the paper's exact stage 1: --router-input prompt --balance example, the paper's ensemble, K of the cache's dataset (5 HelpSteer2, 10 RPR)"),
+    paper_dataset: str = typer.Option(None, "--paper-dataset", help="with --paper: use this dataset's preset (helpsteer2 | rpr | preference-700k | cross-dataset | other)"),
+    with_baselines: bool = typer.Option(False, "--with-baselines", help="also fit single, static and ensemble under OUT/baselines/ and record them for `micro adapt`"),
+    merge_heads: float = typer.Option(None, "--merge-heads", help="merge heads whose margins' cosine on the evaluation pairs exceeds this (appendix C.3); reported in metrics.json"),
     eval_split: str = typer.Option("test", "--eval-split", help="split to evaluate on"),
 ) -> None:
     """Stage 1: fit K BT heads + router on a cache and print per-head accuracy per attribute.
 
     Defaults live in micro.heads.MixtureConfig; flags given here override them."""
     from ..embedcache.store import CacheError
+    from pathlib import Path
+
     from ..heads import MixtureConfig, run_fit_mixture
+    from ..heads.baseline_runs import fit_baseline_runs
+    from ..heads.merge import merge_run
     from ..heads.report import print_report
 
     given = dict(method=method, k=k, alpha=alpha, router=router, hidden=hidden, epochs=epochs, lr=lr,
                  batch_size=batch_size, seed=seed, device=device, router_input=router_input, balance=balance)
     overrides = {name: value for name, value in given.items() if value is not None}
     try:
-        config = MixtureConfig.paper(**overrides) if paper else MixtureConfig(**overrides)
+        config = paper_mixture_config(cache, paper_dataset, overrides) if paper else MixtureConfig(**overrides)
+        if paper_dataset is not None and not paper:
+            raise ValueError("--paper-dataset chooses a --paper preset: give --paper too")
         metrics = run_fit_mixture(cache, out, config, eval_split=eval_split)
+        if merge_heads is not None:
+            metrics["merge"] = merge_run(cache, out, merge_heads)
+        if with_baselines:
+            fit_baseline_runs(cache, out, config, eval_split=eval_split)
+            metrics["files"]["baselines"] = str(Path(out) / "baselines")
     except (CacheError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     print_report(metrics)
+
+
+def paper_mixture_config(cache: str, dataset: str | None, overrides: dict):
+    """MixtureConfig.paper with the K of the cache's dataset (flags win), after printing what was chosen."""
+    from .. import paper
+    from ..embedcache.store import read_meta
+    from ..heads import MixtureConfig
+
+    preset, note = paper.stage1_overrides(read_meta(cache), dataset)
+    typer.echo(f"note: {note}", err=True)
+    return MixtureConfig.paper(**{**preset, **overrides})
 
 
 @app.command("simulate")
