@@ -62,7 +62,7 @@ def summarise(records: list[dict], attributes: list[str]) -> dict:
             vals = [s[attr] for s in seeds.values() if attr in s]
             if vals:
                 entry[attr] = mean_std(vals)
-        complete = [np.average([s[a] for a in attributes], weights=[9 if i == 0 else 1 for i in range(len(attributes))]) for s in seeds.values() if all(a in s for a in attributes)]
+        complete = [np.mean([s[a] for a in attributes]) for s in seeds.values() if all(a in s for a in attributes)]
         if complete:
             entry["Average"] = mean_std(complete)
         out.setdefault(str(budget), {})[method] = entry
