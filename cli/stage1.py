@@ -32,9 +32,9 @@ def fit_mixture_cmd(
     """Stage 1: fit K BT heads + router on a cache and print per-head accuracy per attribute.
 
     Defaults live in micro.heads.MixtureConfig; flags given here override them."""
-    from ..embedcache.store import CacheError
     from pathlib import Path
 
+    from ..embedcache.store import CacheError
     from ..heads import MixtureConfig, run_fit_mixture
     from ..heads.baseline_runs import fit_baseline_runs
     from ..heads.merge import merge_run
