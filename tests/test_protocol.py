@@ -16,7 +16,7 @@ from micro.embedcache import load_split, read_meta
 from micro.embedcache.store import CacheError
 from micro.heads import MixtureConfig, run_fit_mixture, simulate
 from micro.methods import REGISTRY
-from micro.router import AdaptConfig, adapt_routers, run_adapt, summarise
+from micro.router import AdaptConfig, adapt_routers, run_adapt, soft_labels, summarise
 from micro.router import sweep as sweep_module
 from micro.router.draws import draw_budget_pairs, draw_shots
 from micro.router.presets import paper_adapt_config
@@ -138,6 +138,9 @@ def test_tau_changes_the_soft_labels_and_the_result(sim, monkeypatch, tmp_path):
     results = {tau: run_adapt(cache, run, tmp_path / str(tau), AdaptConfig(budgets=[10], tau=tau, baselines=False, **SMALL))
                for tau in (1e-3, 10.0)}
     assert [c["tau"] for c in calls] == [1e-3, 10.0]
+    prior = torch.log_softmax(torch.zeros(calls[0]["losses"].shape), -1)
+    labels = {tau: soft_labels(prior, calls[0]["losses"], tau).exp() for tau in (1e-3, 10.0)}
+    assert labels[1e-3].max(-1).values.mean() > labels[10.0].max(-1).values.mean() + 0.1  # sharper at small tau
     micro = {tau: [r["accuracy"] for r in res["records"] if r["method"] == "micro"] for tau, res in results.items()}
     assert micro[1e-3] != micro[10.0]
 
