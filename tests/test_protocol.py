@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from micro import paper
-from micro.embedcache import load_split, read_meta
+from micro.embedcache import load_split
 from micro.embedcache.store import CacheError
 from micro.heads import MixtureConfig, run_fit_mixture, simulate
 from micro.methods import REGISTRY
