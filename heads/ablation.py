@@ -14,11 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..embedcache.store import CacheError, load_split, read_meta
+from ..embedcache.store import read_meta
 from .config import MixtureConfig
 from .metrics import evaluate
 from .model import save_model
-from .run import cache_identity, holdout_by_prompt
+from .run import cache_identity, train_and_eval_splits
 from .train import fit_mixture
 
 
@@ -32,13 +32,7 @@ def sweep_k(cache_path: str | os.PathLike, out_dir: str | os.PathLike, ks: list[
         raise ValueError(f"--k values must be positive integers, not {ks!r}")
     out = Path(out_dir)
     meta = read_meta(cache_path)
-    train = load_split(cache_path, "train")
-    if eval_split in meta["splits"]:
-        test = load_split(cache_path, eval_split)
-    elif eval_split == "test":
-        train, test = holdout_by_prompt(train, 0.1, config.seed)
-    else:
-        raise CacheError(f"cache {cache_path} has no split {eval_split!r}; it has {meta['splits']}.")
+    train, test, _ = train_and_eval_splits(cache_path, meta, eval_split, config.seed)
     rows, runs, attributes = [], {}, []
     for k in ks:
         cfg = replace(config, k=k).resolved(train)
