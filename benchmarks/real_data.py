@@ -37,7 +37,7 @@ from micro.embedcache import embed_table
 from micro.embedcache.store import load_split
 from micro.heads import MixtureConfig, run_fit_mixture
 from micro.router import AdaptConfig, BudgetError, run_adapt
-from micro.router.sweep import check_budgets
+from micro.router.draws import check_budgets
 
 STAGE1_METHODS = ("single", "static", "ensemble", "micro")
 REGIMES = ("paper", "default")
@@ -191,7 +191,8 @@ def stage2(cache: Path, root: Path, budgets: list[int], seeds: int, log) -> dict
     out = {}
     for regime in REGIMES:
         t = time.perf_counter()
-        cfg = adapt_config(regime, budgets=budgets, seeds=seeds)
+        cfg = adapt_config(regime, budgets=budgets, seeds=seeds,
+                           baseline_runs=[str(root / regime / m) for m in STAGE1_METHODS if m != "micro"])
         res = run_adapt(cache, root / regime / "micro", root / regime / "adapt", cfg, overwrite=True)
         out[regime] = res
         log(f"  stage 2 {regime:7s} tau {cfg.tau:g} budgets {budgets} x {seeds} seeds: {time.perf_counter() - t:.1f}s")

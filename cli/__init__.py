@@ -3,7 +3,7 @@ on the one typer app in `_app.py`."""
 
 from __future__ import annotations
 
-from . import adapt, compare, data, demo, embed, evaluate, stage1, use  # noqa: F401  (registers the commands)
+from . import ablation, adapt, compare, data, demo, embed, evaluate, stage1, use  # noqa: F401  (registers the commands)
 from ._app import app
 
 

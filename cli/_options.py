@@ -79,6 +79,16 @@ def _base_type(annotation: Any) -> Any:
     return annotation if annotation in (int, float, str, bool) else str
 
 
+def _item_type(annotation: Any) -> type:
+    """The element type of list[X] / tuple[X, ...] (Optional unwrapped): int, float or str."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _item_type(args[0]) if len(args) == 1 else str
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+    return args[0] if args and args[0] in (int, float, str) else str
+
+
 def _parse_list(text: str, item: type, flag: str) -> list:
     values = []
     for part in str(text).split(","):
@@ -138,9 +148,9 @@ def config_options(cls: type, *, exclude: tuple[str, ...] = (), flags: dict[str,
             option = typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
             ann = Annotated[Optional[bool], option]
         elif kind is list:
-            item = float if default and isinstance(default[0], float) else int
-            option = typer.Option(flag, help=help_text + " (comma-separated)", show_default=False)
-            ann = Annotated[Optional[str], option]
+            item = _item_type(hints[f.name])
+            option = typer.Option(flag, help=help_text + " (comma-separated" + ("; repeatable)" if item is str else ")"), show_default=False)
+            ann = Annotated[Optional[typing.List[str]], option] if item is str else Annotated[Optional[str], option]
         else:
             option = typer.Option(flag, help=help_text, show_default=False)
             ann = Annotated[Optional[kind], option]
@@ -169,7 +179,10 @@ def config_options(cls: type, *, exclude: tuple[str, ...] = (), flags: dict[str,
                 value = kwargs.pop(name, None)
                 if value is None:
                     continue
-                overrides[name] = _parse_list(value, item, flag) if kind is list else value
+                if kind is list and item is str:
+                    overrides[name] = [p.strip() for v in value for p in str(v).split(",") if p.strip()]
+                else:
+                    overrides[name] = _parse_list(value, item, flag) if kind is list else value
             return command(overrides=overrides, **kwargs)
 
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD else p for p in own]

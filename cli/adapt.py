@@ -14,14 +14,16 @@ from ._options import config_options
 
 # ---- stage-2 commands (adapt) ----
 @app.command("adapt")
-@config_options(AdaptConfig, exclude=("save_routers", "plot"))
+@config_options(AdaptConfig, exclude=("save_routers", "plot", "baselines"), flags={"baseline_runs": "--baselines"})
 def adapt_cmd(
     cache: str = typer.Argument(..., help="embedding cache (.h5) with contexts: budget pairs are drawn from its train split"),
     run_dir: str = typer.Argument(..., help="stage-1 `micro fit-mixture --method micro` run directory"),
     out: str = typer.Option(..., "--out", help="output directory (results.json/csv, table.md, budget_curve.png, routers/)"),
     budget: int = typer.Option(None, "--budget", help="one budget: the same as --budgets B"),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="skip the stage-1 baselines that need their own fits (single, static, ensemble-best, hyre)"),
     mask_from: List[str] = typer.Option(None, "--mask-from", help="also mask the heads flagged in this audit.json (`micro audit`); repeatable"),
-    paper: bool = typer.Option(False, "--paper", help="the paper's stage 2 (docs/defaults-vs-paper.md): --tau 1e-3"),
+    paper: bool = typer.Option(False, "--paper", help="the paper's stage 2 (docs/defaults-vs-paper.md): tau of the cache's dataset (1e-3 HelpSteer2 / cross-dataset, 1e-4 RPR), --head-input auto"),
+    paper_dataset: str = typer.Option(None, "--paper-dataset", help="with --paper: use this dataset's preset (helpsteer2 | rpr | preference-700k | cross-dataset | other)"),
     as_json: bool = typer.Option(False, "--json", help="print results.json's summary as JSON instead of the table"),
     overwrite: OverwriteOpt = False,
     overrides: dict = None,
@@ -35,6 +37,7 @@ def adapt_cmd(
     from ..embedcache.store import CacheError
     from ..evaluate import resolve_mask
     from ..router import run_adapt
+    from ..router.presets import paper_adapt_config
     from ..router.report import table_rows
 
     try:
@@ -42,10 +45,18 @@ def adapt_cmd(
             if "budgets" in overrides:
                 raise ValueError("give --budget or --budgets, not both")
             overrides["budgets"] = [budget]
+        if no_baselines:
+            overrides["baselines"] = False
         if mask_from:
             overrides["mask_heads"] = sorted(set(overrides.get("mask_heads", [])) | set(resolve_mask(None, mask_from)))
-        config = AdaptConfig.paper(**overrides) if paper else AdaptConfig(**overrides)
-    except ValueError as exc:
+        if paper_dataset is not None and not paper:
+            raise ValueError("--paper-dataset chooses a --paper preset: give --paper too")
+        if paper:
+            config, note = paper_adapt_config(cache, run_dir, dataset=paper_dataset, **overrides)
+            typer.echo(f"note: {note}", err=True)
+        else:
+            config = AdaptConfig(**overrides)
+    except (CacheError, ValueError) as exc:
         fail(option_error(exc, AdaptConfig))
     try:
         results = run_adapt(cache, run_dir, out, config, log=lambda msg: typer.echo(msg, err=True), overwrite=overwrite)

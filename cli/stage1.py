@@ -16,7 +16,10 @@ from ._options import config_options
 def fit_mixture_cmd(
     cache: str = typer.Argument(..., help="embedding cache (.h5) from `micro embed` or `micro simulate`"),
     out: str = typer.Option(..., "--out", help="run directory to write (model.safetensors, config.json, metrics.json)"),
-    paper: bool = typer.Option(False, "--paper", help="the paper's exact stage 1 (docs/defaults-vs-paper.md): --router-input prompt --balance example"),
+    paper: bool = typer.Option(False, "--paper", help="the paper's exact stage 1 (docs/defaults-vs-paper.md): --router-input prompt --balance example, the paper's ensemble, K of the cache's dataset (5 HelpSteer2, 10 RPR)"),
+    paper_dataset: str = typer.Option(None, "--paper-dataset", help="with --paper: use this dataset's preset (helpsteer2 | rpr | preference-700k | cross-dataset | other)"),
+    with_baselines: bool = typer.Option(False, "--with-baselines", help="also fit single, static and ensemble under OUT/baselines/ and record them for `micro adapt`"),
+    merge_heads: float = typer.Option(None, "--merge-heads", help="merge heads whose margins' cosine on the evaluation pairs exceeds this (appendix C.3); reported in metrics.json"),
     eval_split: str = typer.Option("test", "--eval-split", help="split to evaluate on"),
     overwrite: OverwriteOpt = False,
     overrides: dict = None,
@@ -25,19 +28,41 @@ def fit_mixture_cmd(
 
     Every option below is a field of micro.heads.MixtureConfig (its one default is shown); --config FILE
     sets fields from JSON/YAML and flags override the file."""
+    from pathlib import Path
+
     from ..embedcache.store import CacheError
     from ..heads import run_fit_mixture
+    from ..heads.baseline_runs import fit_baseline_runs
+    from ..heads.merge import merge_run
     from ..heads.report import print_report
 
     try:
-        config = MixtureConfig.paper(**overrides) if paper else MixtureConfig(**overrides)
-    except ValueError as exc:
+        if paper_dataset is not None and not paper:
+            raise ValueError("--paper-dataset chooses a --paper preset: give --paper too")
+        config = paper_mixture_config(cache, paper_dataset, overrides) if paper else MixtureConfig(**overrides)
+    except (CacheError, ValueError) as exc:
         fail(option_error(exc, MixtureConfig))
     try:
         metrics = run_fit_mixture(cache, out, config, eval_split=eval_split, overwrite=overwrite)
+        if merge_heads is not None:
+            metrics["merge"] = merge_run(cache, out, merge_heads)
+        if with_baselines:
+            fit_baseline_runs(cache, out, config, eval_split=eval_split)
+            metrics["files"]["baselines"] = str(Path(out) / "baselines")
     except (CacheError, ValueError, OSError) as exc:
         fail(error_line(exc, out))
     print_report(metrics)
+
+
+def paper_mixture_config(cache: str, dataset: str | None, overrides: dict):
+    """MixtureConfig.paper with the K of the cache's dataset (flags win), after printing what was chosen."""
+    from .. import paper
+    from ..embedcache.store import read_meta
+    from ..heads import MixtureConfig
+
+    preset, note = paper.stage1_overrides(read_meta(cache), dataset)
+    typer.echo(f"note: {note}", err=True)
+    return MixtureConfig.paper(**{**preset, **overrides})
 
 
 @app.command("simulate")

@@ -135,25 +135,55 @@ def helpsteer2(path: str | None = None) -> pd.DataFrame:
 # ---- RPR ----------------------------------------------------------------------------------------
 
 RPR_COLUMNS = ["prompt", "response_a", "response_b", "criteria_x", "criteria_y", "category_x", "category_y"]
+# The paper's nine RPR attributes (its Tables 3 and 5), each with the words that identify its category.
+RPR_PAPER_ATTRIBUTES = {
+    "Clarity & Conciseness": ("clarity", "conciseness"),
+    "Creativity & Originality": ("creativity", "originality"),
+    "Scientific Rigor": ("scientific", "rigor"),
+    "User-Friendliness": ("user", "friendliness"),
+    "Narrative & Storytelling": ("narrative", "storytelling"),
+    "Pedagogical Effectiveness": ("pedagogical", "effectiveness"),
+    "Linguistic Creativity": ("linguistic", "creativity"),
+    "Factual Accuracy": ("factual", "accuracy"),
+    "Humor & Entertainment": ("humor",),
+}
+
+
+def _rpr_attribute(category) -> str | None:
+    """The paper attribute of an RPR category (its words, case and punctuation ignored), or None."""
+    words = set("".join(c if c.isalnum() else " " for c in str(category).lower()).split())
+    for name, needed in RPR_PAPER_ATTRIBUTES.items():
+        if set(needed) <= words and not (name == "Creativity & Originality" and "linguistic" in words):
+            return name
+    return None
 
 
 def rpr(path: str | None = None) -> pd.DataFrame:
-    """RPR (microsoft/rpr): two pairs per row; response_a wins under criteria_x, response_b under criteria_y."""
+    """RPR (microsoft/rpr): two pairs per row, kept when their category is one of the paper's 9 attributes."""
     # The dataset has no preference column: by construction (Pitis et al. 2024) response_a is the
-    # preferred completion under criteria_x and response_b under criteria_y.
-    rows = []
+    # preferred completion under criteria_x and response_b under criteria_y. The paper evaluates 9
+    # attributes (Tables 3 and 5: 6,750 train / 699 test pairs); a pair whose category is none of them is
+    # dropped (counted in a warning), and kept pairs are named by the paper's attribute.
+    rows, dropped = [], {}
     for frame in _frames(path, "microsoft/rpr", name="rpr"):
         _require(frame, RPR_COLUMNS, "rpr")
         split = frame.split or "train"
         for n, r in enumerate(frame.records, start=1):
             where = frame.where(n)
-            rows.append({"prompt": r["prompt"], "chosen": r["response_a"], "rejected": r["response_b"],
-                         "attribute": r["category_x"], "context": r["criteria_x"], "split": split,
-                         WHERE: f"{where} (criteria_x)"})
-            rows.append({"prompt": r["prompt"], "chosen": r["response_b"], "rejected": r["response_a"],
-                         "attribute": r["category_y"], "context": r["criteria_y"], "split": split,
-                         WHERE: f"{where} (criteria_y)"})
-    return build_table(rows, source="rpr", strict=False)
+            for chosen, rejected, side in (("response_a", "response_b", "x"), ("response_b", "response_a", "y")):
+                attribute = _rpr_attribute(r[f"category_{side}"])
+                if attribute is None:
+                    dropped[str(r[f"category_{side}"])] = dropped.get(str(r[f"category_{side}"]), 0) + 1
+                    continue
+                rows.append({"prompt": r["prompt"], "chosen": r[chosen], "rejected": r[rejected],
+                             "attribute": attribute, "context": r[f"criteria_{side}"], "split": split,
+                             WHERE: f"{where} (criteria_{side})"})
+    warnings = []
+    if dropped:
+        top = ", ".join(f"{c!r} ({k})" for c, k in sorted(dropped.items(), key=lambda kv: -kv[1])[:5])
+        warnings.append(f"rpr: dropped {sum(dropped.values())} pairs of {len(dropped)} categories outside the paper's 9 "
+                        f"attributes (most: {top})")
+    return build_table(rows, source="rpr", strict=False, warnings=warnings)
 
 
 # ---- explicit / implicit pair datasets ------------------------------------------------------------

@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-STAGE1_METHODS = ("single", "static", "ensemble", "micro")
+from ..methods import BASELINE_FITS
+
+#: The stage-1 fits the demo runs: the baselines first, then the MiCRo run stage 2 adapts.
+STAGE1_METHODS = (*BASELINE_FITS, "micro")
 
 
 @dataclass
@@ -74,7 +77,8 @@ def run_demo(config: DemoConfig | None = None, *, log: Callable[[str], None] = p
 
     t = time.perf_counter()
     log(f"[3/4] adapt budgets {config.budgets} x {config.seeds} seeds")
-    acfg = (AdaptConfig.paper if config.paper else AdaptConfig)(budgets=list(config.budgets), seeds=config.seeds)
+    acfg = (AdaptConfig.paper if config.paper else AdaptConfig)(
+        budgets=list(config.budgets), seeds=config.seeds, baseline_runs=[str(out / "runs" / m) for m in BASELINE_FITS])
     adapt = run_adapt(cache, out / "runs" / "micro", out / "adapt", acfg, overwrite=True)
     timings["adapt"] = time.perf_counter() - t
 

@@ -6,19 +6,10 @@ import base64
 import html
 from pathlib import Path
 
+from ..methods import METHODS, REGISTRY
+
 # Methods of the headline table, in reading order, with what each one is.
-HEADLINE = [
-    ("single", "Single BT head (one global preference)"),
-    ("static", "Static mixture (MaxMin-style, no routing)"),
-    ("ensemble-best", "Shared-base ensemble, best head per group"),
-    ("hyre", "HyRe: ensemble reweighted from 16 labelled test pairs"),
-    ("micro-hyre", "MiCRo heads reweighted from 16 labelled test pairs"),
-    ("budget-bt", "Fresh BT head per group on the budget pairs only"),
-    ("micro", "MiCRo: stage-2 router with the user context"),
-    ("micro-refine", "MiCRo + refined head per context"),
-    ("stage1-best", "MiCRo stage-1 best head per group (oracle choice)"),
-    ("oracle", "BT head per group on all its training pairs (upper line)"),
-]
+HEADLINE = [(name, REGISTRY[name].description) for name in METHODS]
 
 
 def _fmt(entry: dict | None, sep: str = " ± ") -> str:
@@ -60,7 +51,7 @@ def stage1_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 
 def budget_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     adapt = summary["adapt"]
-    methods = [m for m in ("micro", "micro-refine", "budget-bt") if m in adapt["methods"]]
+    methods = [m for m in METHODS if REGISTRY[m].block == "budget" and m in adapt["methods"]]
     header = ["budget per group"] + methods
     rows = []
     for b in sorted(adapt["summary"], key=int):

@@ -9,7 +9,7 @@ from typing import Any
 # Names load on first use, so `import micro.heads.config` (what the CLI reads its options from)
 # does not import torch.
 _EXPORTS = {
-    "METHODS": ".config",
+    "FIT_METHODS": "..methods",
     "MixtureConfig": ".config",
     "evaluate": ".metrics",
     "MixtureRewardModel": ".model",

@@ -7,7 +7,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-METHODS = ("micro", "single", "static", "ensemble")
+from ..methods import FIT_METHODS
 
 
 def check_numbers(config: Any, *, integers: tuple[str, ...] = (), reals: tuple[str, ...] = ()) -> None:
@@ -98,18 +98,25 @@ class MixtureConfig:
     0.05 gave pairwise agreement ~0.86 with best-head accuracy equal to the single head's on the
     simulated cache."""
 
+    prior_calibration: str = "single-head"
+    """Ensemble only: the unit of the frozen priors. 'single-head' (default): margins of a single BT head
+    fitted first on the same data. 'none' (the paper's shared-base ensemble, `--paper`): a fixed random
+    prior network whose margins have unit standard deviation."""
+
     def __post_init__(self) -> None:
         check_numbers(self, integers=("k", "epochs", "batch_size", "hidden", "seed", "threads"),
                       reals=("alpha", "lr", "warmup", "weight_decay", "prior_scale", "prior_l2"))
         for name in ("alpha", "weight_decay", "prior_scale", "prior_l2", "seed", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.method not in FIT_METHODS:
+            raise ValueError(f"method must be one of {', '.join(FIT_METHODS)}, not {self.method!r}")
         if self.router not in ("mlp", "linear"):
             raise ValueError(f"router must be 'mlp' or 'linear', not {self.router!r}")
         if self.router_input not in ("auto", "prompt", "context"):
             raise ValueError(f"router_input must be 'auto', 'prompt' or 'context', not {self.router_input!r}")
+        if self.prior_calibration not in ("single-head", "none"):
+            raise ValueError(f"prior_calibration must be 'single-head' or 'none', not {self.prior_calibration!r}")
         if self.balance not in ("example", "batch"):
             raise ValueError(f"balance must be 'example' or 'batch', not {self.balance!r}")
         for name in ("k", "epochs", "batch_size", "hidden"):
@@ -129,9 +136,12 @@ class MixtureConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> "MixtureConfig":
-        """The paper's exact stage 1 (section 4.1, B.1): the router reads the prompt only and the
-        regulariser is eq. 4's per-example entropy. Other fields keep their defaults unless overridden."""
-        return cls(**{"router_input": "prompt", "balance": "example", **overrides})
+        """The paper's exact stage 1 (section 4.1, B.1): the router reads the prompt only, the
+        regulariser is eq. 4's per-example entropy, and the ensemble is a frozen random prior network plus
+        trainable heads on the uniform sum of BT losses (no anchor, no calibration). The per-dataset K is
+        `micro.paper.PRESETS`. Other fields keep their defaults unless overridden."""
+        paper = {"router_input": "prompt", "balance": "example", "prior_l2": 0.0, "prior_calibration": "none"}
+        return cls(**{**paper, **overrides})
 
     def resolved(self, train: "Any") -> "MixtureConfig":
         """This config with router_input 'auto' decided for a training split (a CacheSplit)."""

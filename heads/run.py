@@ -55,6 +55,26 @@ def holdout_by_prompt(train: CacheSplit, fraction: float = 0.1, seed: int = 0) -
     return train.subset(np.flatnonzero(~mask)), held_split
 
 
+def train_and_eval_splits(cache_path: str | os.PathLike, meta: Mapping[str, Any], eval_split: str, seed: int) -> tuple[CacheSplit, CacheSplit, list[str]]:
+    """(train, evaluation split, warnings) of a cache: `eval_split` when the cache has it; without a 'test'
+    split, 10 % of the train prompts (seeded) held out, with a warning saying so."""
+    warnings: list[str] = []
+    train = load_split(cache_path, "train")
+    if eval_split in meta["splits"]:
+        test = load_split(cache_path, eval_split)
+    elif eval_split == "test":
+        train, test = holdout_by_prompt(train, 0.1, seed)
+        warnings.append(
+            f"The cache has no 'test' split: held out 10 % of the train prompts ({len(test)} pairs, seed {seed}) "
+            "for evaluation and trained on the rest."
+        )
+    else:
+        raise CacheError(f"cache {cache_path} has no split {eval_split!r}; it has {meta['splits']}.")
+    if len(train) == 0:
+        raise CacheError(f"cache {cache_path} has no training pairs.")
+    return train, test, warnings
+
+
 def _warnings(config: MixtureConfig, result: dict) -> list[str]:
     out = []
     entropy, agreement = result["router_entropy"], result["head_agreement"]
@@ -126,20 +146,7 @@ def _run_differences(out_dir: Path, config: MixtureConfig, cache_path) -> list[s
 
 def _fit_into(cache_path, out_dir: Path, config: MixtureConfig, eval_split: str, log) -> dict[str, Any]:
     meta = read_meta(cache_path)
-    warnings: list[str] = []
-    train = load_split(cache_path, "train")
-    if eval_split in meta["splits"]:
-        test = load_split(cache_path, eval_split)
-    elif eval_split == "test":
-        train, test = holdout_by_prompt(train, 0.1, config.seed)
-        warnings.append(
-            f"The cache has no 'test' split: held out 10 % of the train prompts ({len(test)} pairs, seed {config.seed}) "
-            "for evaluation and trained on the rest."
-        )
-    else:
-        raise CacheError(f"cache {cache_path} has no split {eval_split!r}; it has {meta['splits']}.")
-    if len(train) == 0:
-        raise CacheError(f"cache {cache_path} has no training pairs.")
+    train, test, warnings = train_and_eval_splits(cache_path, meta, eval_split, config.seed)
 
     config = config.resolved(train)
     start = time.perf_counter()

@@ -87,7 +87,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     diff = train.diff.to(device, torch.float32)
     diff_rms = float(train.diff[: min(n, 4096)].pow(2).mean().sqrt())
     prior_unit = diff_rms
-    if config.method == "ensemble":
+    if config.method == "ensemble" and config.prior_calibration == "single-head":
         # The priors' margins should be of the size of a fitted head's margins, whatever the data: on a
         # weak-signal cache fitted margins are ~0.05 and priors of margin ~1 would drown every head.
         reference = _fit(train, replace(config, method="single"), None).head_vectors()[0].detach().to(device)

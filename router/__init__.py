@@ -26,8 +26,11 @@ _EXPORTS = {
     "Refinement": ".refine",
     "fit_refinement": ".refine",
     "markdown_table": ".report",
-    "METHODS": ".sweep",
-    "BudgetError": ".sweep",
+    "BudgetError": ".draws",
+    "check_budgets": ".draws",
+    "draw_budget_pairs": ".draws",
+    "draw_shots": ".draws",
+    "summarise": ".scores",
     "run_adapt": ".sweep",
 }
 

@@ -50,8 +50,8 @@ class AdaptConfig:
     """AdamW decoupled weight decay on the router (0: the router stays a copy of stage 1 plus updates)."""
 
     hyre_shots: int = 16
-    """Labelled TEST pairs per attribute for HyRe / MiCRo-HyRe (paper: 16). They are removed from that
-    attribute's test pairs for every method, so all methods are scored on the same pairs."""
+    """Labelled TEST pairs per attribute for HyRe / MiCRo-HyRe (paper: 16). Only those two methods are
+    scored on the test pairs minus their shots; every other method on all of them (as in the paper)."""
 
     hyre_variant: str = "posterior"
     """'posterior': weights ∝ exp(-sum of each head's BT loss on the shots), the Bayesian posterior
@@ -70,6 +70,18 @@ class AdaptConfig:
     oracle_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
     """Candidate precisions (same units) for the oracle head, chosen on a 20 % hold-out of ALL the
     attribute's training pairs, then refitted on all of them."""
+
+    head_input: str = "response"
+    """What the frozen heads score in stage 2 (budget losses, test margins, every baseline): 'response'
+    (the (prompt, response) embeddings stage 1 trained on), 'context' (the (context + prompt, response)
+    embeddings of a cache built with `micro embed --context-in-sequence`: section 5.3 prepends the
+    context to the prompt for training and test, and Tables 7-8 score "augmented" test sets), or 'auto'
+    (`--paper`): 'context' when the cache(s) hold them, else 'response' with a note."""
+
+    baseline_runs: list[str] = field(default_factory=list)
+    """Stage-1 baseline run directories (`--baselines DIR ...`: runs of `micro fit-mixture --method
+    single|static|ensemble`). Missing ones come from the MiCRo run's record, else are fitted on its
+    stage-1 data (never on another dataset's cache): micro.router.stage1_baselines."""
 
     baselines: bool = True
     """Score the stage-1 baselines that need their own stage-1 fits (single, static, ensemble-best,
@@ -118,6 +130,9 @@ class AdaptConfig:
             raise ValueError(f"tau must be >= 0, not {self.tau!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, not {self.lr!r}")
+        if self.head_input not in ("response", "context", "auto"):
+            raise ValueError(f"head_input must be 'response', 'context' or 'auto', not {self.head_input!r}")
+        self.baseline_runs = [str(p) for p in self.baseline_runs]
         if self.hyre_variant not in HYRE_VARIANTS:
             raise ValueError(f"hyre_variant must be one of {HYRE_VARIANTS}, not {self.hyre_variant!r}")
         self.refine_grid = tuple(float(c) for c in self.refine_grid)
@@ -125,8 +140,9 @@ class AdaptConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> "AdaptConfig":
-        """The paper's stage 2 (appendix B.1): tau = 1e-3 (pass tau=1e-4 for RPR)."""
-        return cls(**{"tau": 1e-3, **overrides})
+        """The paper's stage 2 (appendix B.1, section 5.3): tau = 1e-3 (the per-dataset value is
+        `micro.paper.PRESETS`: 1e-4 on RPR), heads scoring context-augmented sequences when cached."""
+        return cls(**{"tau": 1e-3, "head_input": "auto", **overrides})
 
     @property
     def seed_values(self) -> list[int]:

@@ -5,21 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-LABELS = {
-    "single": "Single Reward",
-    "static": "Static Mixture",
-    "ensemble-best": "Shared-Base Best Head",
-    "stage1-best": "MiCRo best head (oracle selection)",
-    "hyre": "HyRe",
-    "micro-hyre": "MiCRo-HyRe",
-    "oracle": "Oracle BT (all train pairs)",
-    "micro": "MiCRo",
-    "micro-refine": "MiCRo-refine",
-    "budget-bt": "Budget BT",
-}
-FIXED_ORDER = ("single", "static", "ensemble-best", "hyre", "micro-hyre")
-BUDGET_ORDER = ("budget-bt", "micro", "micro-refine")
-UPPER_ORDER = ("stage1-best", "oracle")
+from ..methods import REGISTRY, in_block
+
+LABELS = {name: m.label for name, m in REGISTRY.items()}
+FIXED_ORDER = in_block("fixed")
+BUDGET_ORDER = in_block("budget")
+UPPER_ORDER = in_block("upper")
 
 
 def table_rows(results: dict) -> list[tuple[str, list[str]]]:
@@ -55,8 +46,9 @@ def markdown_table(results: dict) -> str:
     seeds = results["config"]["seeds"]
     shots = results["config"]["hyre_shots"]
     foot = (
-        f"\nAccuracy on the test pairs of `{results['eval_cache']}` (mean ± sample std over {seeds} seeds; "
-        f"each seed removes its {shots} HyRe shots per attribute from every method's test pairs). "
+        f"\nAccuracy on the test pairs of `{results['eval_cache']}` (mean ± sample std over {seeds} seeds). "
+        f"Every method is scored on all test pairs except HyRe and MiCRo-HyRe, which lose the {shots} labelled "
+        "shots per attribute they were given. "
         "Average: unweighted mean over attributes per seed. Budget B = labelled context pairs per attribute. "
         "`MiCRo best head` and `Oracle BT` are upper lines: the first picks heads on the test pairs, the second "
         "trains on all of an attribute's training pairs."

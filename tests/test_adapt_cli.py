@@ -1,6 +1,7 @@
 """`micro adapt` from the command line: files, the printed table, --eval-cache, and a clear refusal."""
 
 import csv
+import json
 import shutil
 
 from typer.testing import CliRunner
@@ -33,3 +34,18 @@ def test_adapt_cli_writes_results_and_evaluates_on_another_cache(tmp_path):
     assert too_big.exit_code == 2
     assert "budget 100000 is larger than" in too_big.output and "group0" in too_big.output
     assert (out / "results.json").read_bytes() == before  # a refused replacement leaves the old results
+
+
+def test_adapt_paper_notes_its_preset_and_refuses_a_preset_without_paper(tmp_path):
+    run = CliRunner()
+    cache = tmp_path / "sim.h5"
+    assert run.invoke(app, ["simulate", "--out", str(cache), "--pairs", "600", "--dim", "16"]).exit_code == 0
+    fit = run.invoke(app, ["fit-mixture", str(cache), "--out", str(tmp_path / "run"), "--paper", "--epochs", "1"])
+    assert fit.exit_code == 0 and "--paper preset 'other'" in fit.output and "K 10" in fit.output
+    res = run.invoke(app, ["adapt", str(cache), str(tmp_path / "run"), "--out", str(tmp_path / "a"), "--budget", "5",
+                           "--seeds", "1", "--no-baselines", "--paper", "--paper-dataset", "rpr", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "--paper preset 'rpr' (given): K 10, tau 0.0001" in res.output
+    assert "no (context + prompt, response) embeddings" in json.loads((tmp_path / "a" / "results.json").read_text())["notes"][0]
+    bad = run.invoke(app, ["adapt", str(cache), str(tmp_path / "run"), "--out", str(tmp_path / "b"), "--paper-dataset", "rpr"])
+    assert bad.exit_code == 2 and "give --paper too" in bad.output

@@ -1,0 +1,50 @@
+"""Figure 6: stage-2 accuracy vs budget for MiCRo runs of several K (the runs of micro.heads.ablation)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import AdaptConfig
+from .sweep import run_adapt
+
+
+def adapt_k_runs(cache: str | Path, runs: dict[int, str], out: str | Path, config: AdaptConfig, *,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """run_adapt for each K's run (OUT/adapt_k<K>/), then OUT/k_budget.json and OUT/k_budget.png:
+    MiCRo's average accuracy per budget for each K."""
+    out = Path(out)
+    config = replace(config, baselines=False, save_routers=False)  # the curves are MiCRo's alone
+    curves = {}
+    for k, run in sorted(runs.items()):
+        res = run_adapt(cache, run, out / f"adapt_k{k}", config, log=log)
+        curves[k] = {b: entry["micro"]["Average"] for b, entry in res["summary"].items() if "Average" in entry.get("micro", {})}
+    files = {"json": str(out / "k_budget.json")}
+    Path(files["json"]).write_text(json.dumps({"curves": {str(k): v for k, v in curves.items()}}, indent=1) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {"curves": curves, "files": files}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, curve in curves.items():
+        budgets = sorted(curve, key=int)
+        mean = [curve[b]["mean"] for b in budgets]
+        std = [curve[b]["std"] for b in budgets]
+        x = [int(b) for b in budgets]
+        ax.plot(x, mean, "o-", label=f"K = {k}")
+        ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.15)
+    ax.set_xlabel("labelled context pairs per attribute (budget B)")
+    ax.set_ylabel("MiCRo average test accuracy")
+    ax.set_title("Stage 2 vs budget for several K")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "k_budget.png", dpi=120)
+    plt.close(fig)
+    files["plot"] = str(out / "k_budget.png")
+    return {"curves": curves, "files": files}
