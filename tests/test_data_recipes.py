@@ -153,14 +153,9 @@ def test_rpr_gives_two_pairs_per_row_with_criteria_as_context(fake_hub):
     write_parquet(root / "data" / "test-00000-of-00001.parquet", [rpr_row(2)])
     fake_hub.cache("microsoft/rpr")
     df = load_preferences("rpr")
-<<<<<<< HEAD
-    assert summarize(df)["splits"] == {"train": {"pairs": 4, "attributes": {"brevity": 2, "detail": 2}},
-                                       "test": {"pairs": 2, "attributes": {"brevity": 1, "detail": 1}}}
-=======
     clarity, humor = "Clarity & Conciseness", "Humor & Entertainment"  # the paper's names of the two categories
     assert summarize(df)["splits"] == {"train": {"pairs": 4, "attributes": {clarity: 2, humor: 2}},
                                        "test": {"pairs": 2, "attributes": {clarity: 1, humor: 1}}}
->>>>>>> paper
     first, second = df.iloc[0], df.iloc[1]
     assert (first["chosen"], first["rejected"], first["context"], first["attribute"]) == ("a0", "b0", "cx0", clarity)
     assert (second["chosen"], second["rejected"], second["context"], second["attribute"]) == ("b0", "a0", "cy0", humor)
