@@ -14,6 +14,7 @@ Heads are frozen, so every head margin is computed once up front; only routers a
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..embedcache.store import CacheError, CacheSplit, check_same_table, load_split, read_meta, require_contexts
+from ..embedcache.store import CacheError, check_same_table, load_split, read_meta, require_contexts
 from ..heads import MixtureConfig, check_cache_matches, load_run
 from ..methods import METHODS
 from ..outputs import atomic_dir, check_dir_target, diff_fields, is_empty_dir, lock, refuse_existing, relocate
