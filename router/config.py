@@ -100,6 +100,11 @@ class AdaptConfig:
     device: str = "cpu"
     """'cpu' or 'cuda'."""
 
+    cross_dataset: bool = False
+    """The adapt cache holds other data than the run's stage-1 cache (the paper's cross-dataset setting,
+    Table 4). Without it, a cache built from another table than the run was fitted on is refused (it is
+    most often a cache rebuilt in place by mistake)."""
+
     mask_heads: list[int] = field(default_factory=list)
     """Stage-1 heads given zero weight (paper section 8: heads a safety audit flagged). The router adapts
     with the mask in place (masked heads get no Hedge label mass) and every method scores without them."""

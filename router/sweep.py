@@ -110,7 +110,13 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
         raise ValueError(f"{run_dir} is a {mix_config.method!r} run without a router; stage 2 adapts a `micro` run.")
     meta = read_meta(cache)
     check_cache_matches(run_config, meta)
-    check_same_table(run_config.get("cache", {}), meta, what=f"the run {run_dir}", path=cache)
+    notes: list[str] = []
+    try:
+        check_same_table(run_config.get("cache", {}), meta, what=f"the run {run_dir}", path=cache)
+    except CacheError as exc:
+        if not config.cross_dataset:
+            raise CacheError(f"{exc} For the cross-dataset setting (paper Table 4) pass --cross-dataset.") from None
+        notes.append(f"cross-dataset: {cache} holds another table than the run's stage-1 cache.")
     eval_path = Path(config.eval_cache) if config.eval_cache else cache
     eval_meta = read_meta(eval_path) if config.eval_cache else meta
     if config.eval_cache:
@@ -119,7 +125,6 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
         raise CacheError(f"cache {cache} has no 'train' split to draw the budget pairs from.")
     if "test" not in eval_meta["splits"]:
         raise CacheError(f"cache {eval_path} has no 'test' split to evaluate on.")
-    notes: list[str] = []
     has_eval_train = "train" in eval_meta["splits"]
     augmented = resolve_head_input(config, [meta, eval_meta], notes)
     device = torch.device(config.device)

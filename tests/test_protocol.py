@@ -165,13 +165,15 @@ def test_cross_dataset_baselines_come_from_the_stage1_data_or_are_refused(sim, t
     run = tmp_path / "run"
     run_fit_mixture(stage1, run, MixtureConfig(k=3, epochs=1))
     other = tmp_path / "adapt.h5"
-    shutil.copy(cache, other)  # same backbone, another file: not the stage-1 data
-    res = run_adapt(other, run, tmp_path / "a", AdaptConfig(budgets=[5], **SMALL), log=print)
+    simulate(other, groups=3, dim=16, pairs=600, seed=0)  # same backbone, another table: not the stage-1 data
+    with pytest.raises(CacheError, match="--cross-dataset"):
+        run_adapt(other, run, tmp_path / "a", AdaptConfig(budgets=[5], **SMALL))
+    res = run_adapt(other, run, tmp_path / "a", AdaptConfig(budgets=[5], cross_dataset=True, **SMALL), log=print)
     assert "single" in res["methods"]  # fitted on stage1.h5, which is still there
     stage1.unlink()
     with pytest.raises(CacheError, match="stage-1 data.*--baselines DIR"):
-        run_adapt(other, run, tmp_path / "b", AdaptConfig(budgets=[5], **SMALL))
-    res = run_adapt(other, run, tmp_path / "c", AdaptConfig(budgets=[5], baseline_runs=[], baselines=False, **SMALL))
+        run_adapt(other, run, tmp_path / "b", AdaptConfig(budgets=[5], cross_dataset=True, **SMALL))
+    res = run_adapt(other, run, tmp_path / "c", AdaptConfig(budgets=[5], baseline_runs=[], baselines=False, cross_dataset=True, **SMALL))
     assert "single" not in res["methods"]
 
 

@@ -89,7 +89,7 @@ def test_adapt_keeps_its_fitted_baselines_across_overwrite(sim, tmp_path):
     _ok(["adapt", cache, run, "--out", out, "--budget", "5", "--seeds", "1"])
     fitted = (out / "baselines" / "single" / "model.safetensors").read_bytes()
     res = _ok(["adapt", cache, run, "--out", out, "--budget", "10", "--seeds", "1", "--overwrite"])
-    assert "baseline single: cached" in res.output
+    assert "baseline single: reused" in res.output
     assert (out / "baselines" / "single" / "model.safetensors").read_bytes() == fitted
 
 
