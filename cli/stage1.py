@@ -16,7 +16,10 @@ def fit_mixture_cmd(
     alpha: float = typer.Option(None, help="weight of the router regulariser (eq. 5)  [default: 0.5]"),
     router: str = typer.Option(None, help="mlp | linear  [default: mlp]"),
     hidden: int = typer.Option(None, help="MLP router width  [default: 128]"),
-    epochs: int = typer.Option(None, help="passes over the train pairs  [default: 4]"),
+    epochs: int = typer.Option(None, help="a fixed number of passes over the train pairs, no early stopping  [default: train until the held-out NLL stops improving]"),
+    restarts: int = typer.Option(None, help="initialisations tried side by side, the best by held-out NLL kept  [default: 4]"),
+    patience: int = typer.Option(None, help="held-out evaluations without improvement before the learning rate drops / the fit stops  [default: 6]"),
+    max_steps: int = typer.Option(None, "--max-steps", help="at most max(this, 4 epochs) steps  [default: 20000]"),
     lr: float = typer.Option(None, help="peak AdamW learning rate  [default: 2e-3]"),
     batch_size: int = typer.Option(None, "--batch-size", help="pairs per step  [default: 32]"),
     seed: int = typer.Option(None, help="random seed  [default: 0]"),
@@ -25,6 +28,7 @@ def fit_mixture_cmd(
     balance: str = typer.Option(None, help="batch (batch-mean balance) | example (eq. 4)  [default: batch]"),
     paper: bool = typer.Option(False, "--paper", help="the paper's exact stage 1: --router-input prompt --balance example"),
     eval_split: str = typer.Option("test", "--eval-split", help="split to evaluate on"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines on stderr"),
 ) -> None:
     """Stage 1: fit K BT heads + router on a cache and print per-head accuracy per attribute.
 
@@ -34,14 +38,24 @@ def fit_mixture_cmd(
     from ..heads.report import print_report
 
     given = dict(method=method, k=k, alpha=alpha, router=router, hidden=hidden, epochs=epochs, lr=lr,
-                 batch_size=batch_size, seed=seed, device=device, router_input=router_input, balance=balance)
+                 batch_size=batch_size, seed=seed, device=device, router_input=router_input, balance=balance,
+                 restarts=restarts, patience=patience, max_steps=max_steps)
     overrides = {name: value for name, value in given.items() if value is not None}
     try:
         config = MixtureConfig.paper(**overrides) if paper else MixtureConfig(**overrides)
-        metrics = run_fit_mixture(cache, out, config, eval_split=eval_split)
+        metrics = run_fit_mixture(cache, out, config, eval_split=eval_split, log=None if quiet else _progress)
     except (CacheError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     print_report(metrics)
+
+
+def _progress(entry: dict) -> None:
+    """One stderr line per held-out evaluation (or epoch, with --epochs)."""
+    line = f"step {entry['step']:>6} (epoch {entry['epoch']:.2f})  train loss {entry['loss']:.4f}"
+    if entry.get("heldout_nll") is not None:
+        line += f"  held-out NLL {entry['heldout_nll']:.4f}  best {entry['best_nll']:.4f} @ {entry['best_step']}"
+        line += f"  lr {entry['lr']:.1e}" + (f"  ({entry['restarts']} restarts)" if entry.get("restarts", 1) > 1 else "")
+    typer.echo(line + f"  {entry['seconds']:.1f} s", err=True)
 
 
 @app.command("simulate")
