@@ -10,7 +10,8 @@ Per round, on a planted HelpSteer2-shaped cache (`simulate`, 5 groups, 3 pairs p
 - `autograd-4-epochs`: the same fit with `reference=True` (autograd on losses.py + fused AdamW: the step
   loop stage 1 used before);
 - `default`: `fit_mixture(MixtureConfig())`, early stopping with 4 restarts.
-Prints each timing, the ratios fit/products and autograd/fit, default/autograd-4-epochs, and the largest
+Times are CPU seconds of this process (`time.process_time`, one thread), so other jobs on a shared
+machine do not inflate them. Prints each timing, the ratios fit/products and autograd/fit, default/autograd-4-epochs, and the largest
 weight difference between the two 4-epoch fits (same init, same batches: float tolerance).
 """
 
@@ -34,19 +35,19 @@ def products(steps: int, batch: int, d: int, k: int, hidden: int) -> float:
     x, diff = torch.randn(batch, d, generator=g), torch.randn(batch, d, generator=g)
     w1, heads = torch.randn(d, hidden, generator=g), torch.randn(d, k, generator=g)
     g_hidden, g_margins = torch.randn(batch, hidden, generator=g), torch.randn(batch, k, generator=g)
-    t = time.perf_counter()
+    t = time.process_time()
     for _ in range(steps):
         x @ w1  # router layer forward
         x.T @ g_hidden  # its weight gradient
         diff @ heads  # head margins
         diff.T @ g_margins  # head gradient
-    return time.perf_counter() - t
+    return time.process_time() - t
 
 
 def timed_fit(train, config: MixtureConfig, **kw):
-    t = time.perf_counter()
+    t = time.process_time()
     model = fit_mixture(train, config, **kw)
-    return time.perf_counter() - t, model
+    return time.process_time() - t, model
 
 
 def main() -> None:

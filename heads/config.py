@@ -79,7 +79,7 @@ class MixtureConfig:
 
     restarts: int = 4
     """Early stopping, `micro` only: initialisations (seeds seed, seed + 7919, ...) trained side by side as
-    one stacked model until the minimum step count; the one with the lowest held-out NLL goes on alone.
+    one stacked model for `restart_steps`; the one with the lowest held-out NLL goes on alone.
     Mixture fits have local optima (a head that serves no group, a group split over two heads); a restart
     that falls in one shows it in the held-out NLL. 1: a single initialisation."""
 
@@ -130,6 +130,11 @@ class MixtureConfig:
     diverse; 0 collapses all heads onto the single-head solution (BT on frozen features is convex).
     0.05 gave pairwise agreement ~0.86 with best-head accuracy equal to the single head's on the
     simulated cache."""
+
+    restart_steps: int = 500
+    """Early stopping with restarts: steps (rounded up to an evaluation) before the best restart is kept.
+    The stacked restarts cost ~R times a step, so this stays short; a restart that fell into a poor
+    optimum is already behind by then (benchmarks/README.md, "Convergence")."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

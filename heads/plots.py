@@ -93,7 +93,7 @@ def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
         if record.get("restarts", 1) > 1 and r > 0 and len(pts) < len(curve):
             label = None
         ax.plot(*zip(*pts), color="C0", alpha=1.0 if len(pts) == len(curve) else 0.35, label=label)
-    ax.plot([c["step"] for c in curve], [c["train_loss"] for c in curve], color="C1", alpha=0.6, label="training loss (+ regulariser)")
+    ax.plot([c["step"] for c in curve], [c["train_loss"] for c in curve], color="C1", alpha=0.6, label="training NLL (sample of fit pairs)")
     ax.axvline(record["best_step"], color="k", ls="--", lw=0.8, label=f"kept: step {record['best_step']}")
     ax.set_xlabel("step")
     ax.set_ylabel("nats per pair")

@@ -131,26 +131,65 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+class FlatAdamW:
+    """AdamW over one flat buffer that every parameter is a view of (and one flat gradient buffer):
+    a single fused kernel call per step, without the Python overhead of `torch.optim` around it (at
+    batch 32 that overhead is as large as the update). Elementwise, so it equals AdamW per parameter;
+    falls back to torch.optim.AdamW where the fused op is missing."""
+
+    def __init__(self, flat: torch.Tensor, grad: torch.Tensor, config: MixtureConfig, state: dict | None = None):
+        self.flat, self.grad, self.config = flat, grad, config
+        state = state or {}
+        self.exp_avg = state.get("exp_avg", torch.zeros_like(flat))
+        self.exp_avg_sq = state.get("exp_avg_sq", torch.zeros_like(flat))
+        self.steps = state.get("step", torch.zeros((), dtype=torch.float32, device=flat.device))
+        self.fused = hasattr(torch, "_fused_adamw_") and flat.device.type in ("cpu", "cuda")
+        if not self.fused:
+            self.opt = _adamw([self.flat], config)
+            self.opt.state[self.flat] = {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+    def step(self, lr: float) -> None:
+        if not self.fused:
+            self.flat.grad = self.grad
+            _set_lr(self.opt, lr)
+            self.opt.step()
+            return
+        self.steps += 1
+        torch._fused_adamw_([self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps], lr=lr,
+                            beta1=0.9, beta2=0.999, weight_decay=self.config.weight_decay, eps=1e-8, amsgrad=False, maximize=False)
+
+    def state(self) -> dict:
+        return {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+
 class MicroStack:
     """R `micro` models (K heads + router) trained side by side with a hand-written backward.
 
     Layout (R restarts, K heads, H router width, d inputs): heads [d, R*K], first router layer [d, R*H]
-    (or [d, R*K] for the linear router) + bias, second layer [R, H, K] + bias [R, K]. Every pair-level
-    product is one matmul over all restarts; the loss of restart r depends on its own slice only, and
-    AdamW is elementwise, so the stack is exactly R independent fits on the same batches.
+    (or [d, R*K] for the linear router) + bias, second layer [R, H, K] + bias [R, K], all views of one
+    flat buffer (gradients likewise). Every pair-level product is one matmul over all restarts; the loss
+    of restart r depends on its own slice only, and AdamW is elementwise, so the stack is exactly R
+    independent fits on the same batches.
     """
 
     def __init__(self, models: list[MixtureRewardModel], config: MixtureConfig, device: torch.device):
         self.config, self.k, self.mlp = config, models[0].k, config.router == "mlp"
         linears = [[m for m in model.router.net if isinstance(m, torch.nn.Linear)] for model in models]
-        cat = lambda ts: torch.cat(ts, dim=-1).to(device).contiguous()  # noqa: E731
-        self.params = [cat([m.heads.detach().T for m in models]), cat([ls[0].weight.detach().T for ls in linears]),
-                       cat([ls[0].bias.detach() for ls in linears])]
+        values = [torch.cat([m.heads.detach().T for m in models], 1), torch.cat([ls[0].weight.detach().T for ls in linears], 1),
+                  torch.cat([ls[0].bias.detach() for ls in linears])]
         if self.mlp:
-            self.params += [torch.stack([ls[1].weight.detach().T for ls in linears]).to(device).contiguous(),
-                            torch.stack([ls[1].bias.detach() for ls in linears]).to(device).contiguous()]
+            values += [torch.stack([ls[1].weight.detach().T for ls in linears]), torch.stack([ls[1].bias.detach() for ls in linears])]
         self.templates = models
-        self.opt = _adamw(self.params, config)
+        self._build([v.to(device, torch.float32) for v in values], None)
+
+    def _build(self, values: list[torch.Tensor], state: dict | None) -> None:
+        shapes = [v.shape for v in values]
+        sizes = [v.numel() for v in values]
+        flat = torch.cat([v.reshape(-1) for v in values])
+        grad = torch.zeros_like(flat)
+        self.params = [t.view(shape) for t, shape in zip(flat.split(sizes), shapes)]
+        self.grads = [t.view(shape) for t, shape in zip(grad.split(sizes), shapes)]
+        self.opt = FlatAdamW(flat, grad, self.config, state)
 
     @property
     def restarts(self) -> int:
@@ -171,41 +210,46 @@ class MicroStack:
             hidden, logits = None, first.view(n, self.restarts, self.k).transpose(0, 1)
         return hidden, torch.log_softmax(logits, dim=-1)
 
-    def step(self, d: torch.Tensor, x: torch.Tensor, lr: float) -> float:
+    @torch.no_grad()
+    def step(self, d: torch.Tensor, x: torch.Tensor, lr: float, want_loss: bool = True) -> torch.Tensor | None:
         """One AdamW step of every restart on the batch (d [B, d] differences, x [B, d] router inputs);
-        returns the mean over restarts of the batch loss (NLL + regulariser), a 0-d tensor."""
+        returns the mean over restarts of the batch loss (NLL + regulariser) as a 0-d tensor, or None
+        without `want_loss` (a few small ops fewer per step)."""
         config, (r, k), n = self.config, (self.restarts, self.k), d.shape[0]
         margins = self._margins(d)
         hidden, log_w = self._router(x)
         joint = log_w + F.logsigmoid(margins)
-        lse = torch.logsumexp(joint, dim=-1, keepdim=True)
-        post = (joint - lse).exp_()  # posterior over heads of each pair
-        loss = -lse.sum() / n
+        top = joint.amax(-1, keepdim=True)
+        post = (joint - top).exp_()
+        total = post.sum(-1, keepdim=True)
+        post /= total  # posterior over heads of each pair
+        loss = -(top.sum() + total.log().sum()) / n if want_loss else None
         weights = log_w.exp()
-        g_log_w = post.mul(-1.0 / n)
-        g_margins = g_log_w * torch.sigmoid(-margins)
+        g_log_w = post.mul_(-1.0 / n)
+        g_margins = g_log_w * torch.sigmoid(margins.neg_())
         if config.alpha:
             if config.balance == "batch":
                 log_fbar = (weights.sum(1, keepdim=True) / n).log_()
-                loss = loss + config.alpha * (log_fbar.exp() * log_fbar).sum()
+                if want_loss:
+                    loss = loss + config.alpha * (log_fbar.exp() * log_fbar).sum()
                 g_log_w += weights * (log_fbar + 1.0) * (config.alpha / n)
             else:
-                loss = loss + config.alpha * (weights * log_w).sum() / n
+                if want_loss:
+                    loss = loss + config.alpha * (weights * log_w).sum() / n
                 g_log_w += weights * (log_w + 1.0) * (config.alpha / n)
         g_logits = g_log_w - weights * g_log_w.sum(-1, keepdim=True)
-        grads = [d.T @ g_margins.transpose(0, 1).reshape(n, r * k)]
+        torch.mm(d.T, g_margins.transpose(0, 1).reshape(n, r * k), out=self.grads[0])
         if self.mlp:
             g_hidden = torch.bmm(g_logits, self.params[3].transpose(1, 2)).mul_(hidden > 0)
             g_first = g_hidden.transpose(0, 1).reshape(n, -1)
-            grads += [x.T @ g_first, g_first.sum(0), torch.bmm(hidden.transpose(1, 2), g_logits), g_logits.sum(1)]
+            torch.bmm(hidden.transpose(1, 2), g_logits, out=self.grads[3])
+            torch.sum(g_logits, 1, out=self.grads[4])
         else:
             g_first = g_logits.transpose(0, 1).reshape(n, r * k)
-            grads += [x.T @ g_first, g_first.sum(0)]
-        for p, g in zip(self.params, grads):
-            p.grad = g
-        _set_lr(self.opt, lr)
-        self.opt.step()
-        return loss.detach() / r
+        torch.mm(x.T, g_first, out=self.grads[1])
+        torch.sum(g_first, 0, out=self.grads[2])
+        self.opt.step(lr)
+        return loss / r if want_loss else None
 
     @torch.no_grad()
     def heldout_nll(self, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -214,24 +258,27 @@ class MicroStack:
         _, log_w = self._router(table)
         return -torch.logsumexp(log_w[:, inverse] + F.logsigmoid(self._margins(d)), dim=-1).mean(1)
 
+    def _pick(self, r: int) -> list:
+        """Functions taking restart r's slice of each parameter (same layout for the optimiser state)."""
+        k, h = self.k, (self.params[1].shape[1] // self.restarts)
+        pick = [lambda t: t[:, r * k : (r + 1) * k], lambda t: t[:, r * h : (r + 1) * h], lambda t: t[r * h : (r + 1) * h]]
+        return pick + ([lambda t: t[r : r + 1], lambda t: t[r : r + 1]] if self.mlp else [])
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        sizes = [p.numel() for p in self.params]
+        return [t.view(p.shape) for t, p in zip(flat.split(sizes), self.params)]
+
     def snapshot(self, r: int) -> list[torch.Tensor]:
         """Restart r's parameters (cloned)."""
-        k, h = self.k, (self.params[1].shape[1] // self.restarts)
-        out = [self.params[0][:, r * k : (r + 1) * k].clone(), self.params[1][:, r * h : (r + 1) * h].clone(),
-               self.params[2][r * h : (r + 1) * h].clone()]
-        return out + ([self.params[3][r].clone(), self.params[4][r].clone()] if self.mlp else [])
+        return [f(p).clone() for f, p in zip(self._pick(r), self.params)]
 
     def keep(self, r: int) -> None:
         """Drop every restart but r; its optimiser state goes on unchanged."""
-        k, h = self.k, (self.params[1].shape[1] // self.restarts)
-        pick = [lambda t: t[:, r * k : (r + 1) * k], lambda t: t[:, r * h : (r + 1) * h], lambda t: t[r * h : (r + 1) * h]]
-        pick += [lambda t: t[r : r + 1], lambda t: t[r : r + 1]] if self.mlp else []
-        old, state = self.opt, self.opt.state
-        self.params = [f(p).detach().clone() for f, p in zip(pick, self.params)]
-        self.opt = _adamw(self.params, self.config)
-        for f, p_old, p_new in zip(pick, old.param_groups[0]["params"], self.params):
-            if p_old in state:
-                self.opt.state[p_new] = {name: (v if v.dim() == 0 else f(v).clone()) for name, v in state[p_old].items()}
+        pick, old = self._pick(r), self.opt.state()
+        state = {"step": old["step"]}
+        for name in ("exp_avg", "exp_avg_sq"):
+            state[name] = torch.cat([f(v).reshape(-1) for f, v in zip(pick, self._views(old[name]))])
+        self._build([f(p) for f, p in zip(pick, self.params)], state)
         self.templates = [self.templates[r]]
 
     def to_model(self, weights: list[torch.Tensor], r: int) -> MixtureRewardModel:
@@ -243,8 +290,8 @@ class MicroStack:
             linears[0].weight.copy_(weights[1].T)
             linears[0].bias.copy_(weights[2])
             if self.mlp:
-                linears[1].weight.copy_(weights[3].T)
-                linears[1].bias.copy_(weights[4])
+                linears[1].weight.copy_(weights[3].reshape(linears[1].weight.T.shape).T)
+                linears[1].bias.copy_(weights[4].reshape(-1))
         return model
 
 
@@ -273,7 +320,7 @@ class AutogradTrainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = _adamw(self.params, config)
 
-    def step(self, d: torch.Tensor, x: torch.Tensor | None, lr: float) -> float:
+    def step(self, d: torch.Tensor, x: torch.Tensor | None, lr: float, want_loss: bool = True) -> torch.Tensor:
         loss = batch_loss(self.model, self.config, d, x, self.diff_rms)
         _set_lr(self.opt, lr)
         self.opt.zero_grad(set_to_none=True)
@@ -322,6 +369,8 @@ class FitRecord:
     chosen_restart: int = 0
     restart_nll: list = field(default_factory=list)  # best held-out NLL of each restart at the choice
     curve: list = field(default_factory=list)  # [{"step", "heldout_nll": [per live restart], "train_loss", "lr"}]
+    # train_loss: with early stopping, the mean NLL over live restarts on a fixed sample of fit pairs as
+    # large as the held-out slice (comparable with the held-out NLL); with fixed epochs, the epoch's mean loss
     best_heldout_nll: float | None = None
 
     def to_dict(self) -> dict:
@@ -393,11 +442,18 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     if early:
         plan = step_plan(n_fit, config)
         record.plan = plan.__dict__.copy()
-        held_d = diff[held_rows.to(device)]
-        held_table = held_inverse = None
-        if uses_router:
-            rows, held_inverse = torch.unique(index[held_rows.to(device)], return_inverse=True)
-            held_table = table[rows]
+
+        def probe(rows: torch.Tensor) -> tuple:
+            """(differences, distinct router rows, inverse) of some pairs, for `trainer.heldout_nll`."""
+            rows = rows.to(device)
+            if not uses_router:
+                return diff[rows], None, None
+            distinct, inverse = torch.unique(index[rows], return_inverse=True)
+            return diff[rows], table[distinct], inverse
+
+        held = probe(held_rows)
+        # the training NLL on as many fit pairs, for the curve (the steps themselves skip the loss value)
+        seen = probe(fit_rows[torch.randperm(n_fit, generator=torch.Generator().manual_seed(config.seed))[: len(held_rows)].to(device)])
         total = plan.max_steps
     else:
         total = config.epochs * math.ceil(n / config.batch_size)
@@ -420,26 +476,27 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                 lr = config.lr * lr_scale * min(1.0, (step + 1) / plan.warmup_steps)
             else:
                 lr = schedule[step]
-            running += trainer.step(diff[batch], table[index[batch]] if uses_router else None, lr)
-            count += 1
+            x = table.index_select(0, index.index_select(0, batch)) if uses_router else None
+            loss = trainer.step(diff.index_select(0, batch), x, lr, want_loss=not early)
+            if loss is not None:
+                running, count = running + loss, count + 1
             step += 1
             if early and (step % plan.eval_every == 0 or step >= total):
-                nll = trainer.heldout_nll(held_d, held_table, held_inverse).tolist()
+                nll = trainer.heldout_nll(*held).tolist()
+                mean_loss = float(trainer.heldout_nll(*seen).mean())
                 improved = False
                 for r, value in enumerate(nll):
                     if not math.isfinite(best[r]) or value < best[r] - config.min_delta * abs(best[r]):
                         best[r], best_step[r], best_weights[r] = value, step, trainer.snapshot(r)
                         improved = True
-                mean_loss = float(running) / count
                 record.curve.append({"step": step, "heldout_nll": [round(v, 6) for v in nll], "train_loss": round(mean_loss, 6), "lr": lr})
                 history.append(mean_loss)
                 if log is not None:
                     log({"step": step, "epoch": step * config.batch_size / n_fit, "loss": mean_loss, "heldout_nll": min(nll),
                          "best_nll": min(best), "best_step": best_step[int(np.argmin(best))], "lr": lr, "restarts": trainer.restarts,
                          "seconds": time.perf_counter() - start})
-                running, count = 0.0, 0
                 since_best = 0 if improved else since_best + 1
-                if trainer.restarts > 1 and step >= plan.min_steps:
+                if trainer.restarts > 1 and step >= min(config.restart_steps, plan.min_steps):
                     keep = int(np.argmin(best))
                     record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in best]
                     trainer.keep(keep)

@@ -40,10 +40,10 @@ def test_hand_written_step_has_autograds_gradients(small, router, balance, alpha
         ref_losses.append(float(ref.detach()))
         lin = [m for m in model.router.net if isinstance(m, torch.nn.Linear)]
         expect = [model.heads.grad.T, lin[0].weight.grad.T, lin[0].bias.grad]
-        got = [stack.params[0].grad[:, r * k : (r + 1) * k], stack.params[1].grad[:, r * h : (r + 1) * h], stack.params[2].grad[r * h : (r + 1) * h]]
+        got = [stack.grads[0][:, r * k : (r + 1) * k], stack.grads[1][:, r * h : (r + 1) * h], stack.grads[2][r * h : (r + 1) * h]]
         if router == "mlp":
             expect += [lin[1].weight.grad.T, lin[1].bias.grad]
-            got += [stack.params[3].grad[r], stack.params[4].grad[r]]
+            got += [stack.grads[3][r], stack.grads[4][r]]
         for e, g in zip(expect, got):
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
     assert float(loss) == pytest.approx(np.mean(ref_losses), rel=1e-5)
