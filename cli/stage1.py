@@ -18,7 +18,7 @@ def fit_mixture_cmd(
     hidden: int = typer.Option(None, help="MLP router width  [default: 128]"),
     epochs: int = typer.Option(None, help="a fixed number of passes over the train pairs, no early stopping  [default: train until the held-out NLL stops improving]"),
     restarts: int = typer.Option(None, help="initialisations tried side by side, the best by held-out NLL kept  [default: 4]"),
-    patience: int = typer.Option(None, help="held-out evaluations without improvement before the learning rate drops / the fit stops  [default: 6]"),
+    patience: int = typer.Option(None, help="held-out evaluations without improvement before the fit stops  [default: 5]"),
     max_steps: int = typer.Option(None, "--max-steps", help="at most max(this, 4 epochs) steps  [default: 20000]"),
     lr: float = typer.Option(None, help="peak AdamW learning rate  [default: 2e-3]"),
     batch_size: int = typer.Option(None, "--batch-size", help="pairs per step  [default: 32]"),

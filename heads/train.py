@@ -371,7 +371,8 @@ class FitRecord:
     curve: list = field(default_factory=list)  # [{"step", "heldout_nll": [per live restart], "train_loss", "lr"}]
     # train_loss: with early stopping, the mean NLL over live restarts on a fixed sample of fit pairs as
     # large as the held-out slice (comparable with the held-out NLL); with fixed epochs, the epoch's mean loss
-    best_heldout_nll: float | None = None
+    best_heldout_nll: float | None = None  # of the kept weights of the search (before any refit)
+    refit_steps: int = 0  # steps of the refit on all pairs (0: the kept weights are the returned model)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -404,7 +405,10 @@ def fit_mixture(
         torch.set_num_threads(threads)
 
 
-def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] | None, reference: bool = False) -> MixtureRewardModel:
+def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] | None, reference: bool = False,
+         steps: int | None = None) -> MixtureRewardModel:
+    """The fit; `steps` (with config.epochs None) runs exactly that many steps of the fixed warm-up +
+    cosine schedule on all pairs (the refit after early stopping)."""
     device = torch.device(config.device)
     n, d = train.diff.shape
     if n == 0:
@@ -412,7 +416,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
 
     diff = train.diff.to(device, torch.float32)
     diff_rms = float(train.diff[: min(n, 4096)].pow(2).mean().sqrt())
-    early = config.epochs is None
+    early = config.epochs is None and steps is None
     fit_rows, held_rows = heldout_rows(train, config.holdout, config.holdout_max_pairs, config.seed) if early else (torch.arange(n), torch.zeros(0, dtype=torch.long))
     fit_rows = None if not early else fit_rows.to(device)
 
@@ -456,7 +460,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
         seen = probe(fit_rows[torch.randperm(n_fit, generator=torch.Generator().manual_seed(config.seed))[: len(held_rows)].to(device)])
         total = plan.max_steps
     else:
-        total = config.epochs * math.ceil(n / config.batch_size)
+        total = steps if steps is not None else config.epochs * math.ceil(n / config.batch_size)
         schedule = [config.lr * lr_factor(s, total, config.warmup) for s in range(total)]
     gen = torch.Generator().manual_seed(config.seed)
 
@@ -524,11 +528,18 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     if early:
         model = trainer.to_model(best_weights[0], record.chosen_restart)
         record.best_step, record.best_heldout_nll = best_step[0], round(best[0], 6)
+        if config.refit and n <= config.refit_max_pairs:
+            # The held-out slice has decided how long to train; train the chosen initialisation again on every
+            # pair for as many epochs' worth of steps, with warm-up + cosine decay (which settles the weights
+            # better than the constant rate of the search).
+            record.refit_steps = max(1, int(round(best_step[0] * n / n_fit)))
+            seed = config.seed + 7919 * record.chosen_restart
+            model = _fit(train, replace(config, seed=seed), None, reference, steps=record.refit_steps)
     else:
         model = trainer.to_model(trainer.snapshot(0), 0)
         record.best_step = step
     model = model.cpu().eval()
     model.train_history = history
-    model.train_steps = step
+    model.train_steps = step + record.refit_steps
     model.fit_record = record
     return model

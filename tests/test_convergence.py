@@ -81,7 +81,7 @@ def test_step_plan_scales_with_the_cache():
 
 def test_early_stopping_keeps_the_best_weights_and_records_the_curve(small):
     _, _, train, _ = small
-    config = MixtureConfig(k=3, restarts=2)
+    config = MixtureConfig(k=3, restarts=2, refit=False)
     model = fit_mixture(train, config)
     rec = model.fit_record
     assert rec.schedule == "early-stopping" and rec.stop_reason == "patience", rec.stop_reason
@@ -97,6 +97,16 @@ def test_early_stopping_keeps_the_best_weights_and_records_the_curve(small):
     assert nll == pytest.approx(rec.best_heldout_nll, abs=1e-4)
     chosen = [c["heldout_nll"][rec.chosen_restart if len(c["heldout_nll"]) > 1 else 0] for c in rec.curve]
     assert rec.best_heldout_nll == pytest.approx(min(chosen), abs=1e-6)
+
+
+def test_refit_trains_the_chosen_start_on_all_pairs_for_the_found_length(small):
+    _, _, train, _ = small
+    searched = fit_mixture(train, MixtureConfig(k=3, refit=False))
+    refit = fit_mixture(train, MixtureConfig(k=3))
+    rec = refit.fit_record
+    assert rec.refit_steps == round(rec.best_step * len(train) / rec.train_pairs) > 0
+    assert refit.train_steps == rec.steps + rec.refit_steps
+    assert not torch.equal(refit.heads, searched.heads)
 
 
 def test_default_fit_recovers_planted_groups_on_a_small_cache(tmp_path):
@@ -115,6 +125,6 @@ def test_run_records_the_fit_and_plots_the_curve(small, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     fit = metrics["fit"]
     assert {"steps", "best_step", "stop_reason", "curve", "best_heldout_nll", "heldout_pairs"} <= set(fit)
-    assert metrics["train_steps"] == fit["steps"] and (tmp_path / "run" / "heldout_curve.png").stat().st_size > 0
+    assert metrics["train_steps"] == fit["steps"] + fit["refit_steps"] and (tmp_path / "run" / "heldout_curve.png").stat().st_size > 0
     quiet = CliRunner().invoke(app, ["fit-mixture", str(path), "--out", str(tmp_path / "q"), "--k", "3", "--restarts", "1", "--quiet"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
