@@ -115,6 +115,7 @@ def write_report(summary: dict, out: Path) -> dict[str, Path]:
              ["embed", "reused existing cache" if embed["noop"] else f"{t['embed']:.1f} s"],
              ["fit-mixture (4 methods)", f"{t['fit-mixture']:.1f} s"],
              ["adapt (all budgets and seeds)", f"{t['adapt']:.1f} s"],
+             *([["zero labels (stage 1 without each group)", f"{t['zero-label']:.1f} s"]] if "zero-label" in t else []),
              ["total", f"{t['total']:.1f} s"],
          ])),
     ]
