@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from micro.cli import app
 from micro.embedcache import load_split
-from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, run_fit_mixture, simulate
+from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, simulate
 from micro.heads.train import MicroStack, batch_loss, build_model, heldout_rows, step_plan
 
 torch.set_num_threads(1)
