@@ -104,16 +104,18 @@ def scaling() -> list[dict]:
     return rows
 
 
-def pref700k(prompts: int, epochs: int | None) -> dict:
+def pref700k(prompts: int, epochs: int | None, pairs: int = 700_000) -> dict:
     """A full default fit (or `epochs` epochs) on a preference-700K-shaped split built in RAM."""
     t = time.perf_counter()
-    split = random_split(700_000, 3072, prompts)
+    split = random_split(pairs, 3072, prompts)
+    data_gib = (split.diff.numel() + split.prompt_embedding.numel()) * 4 / 2**30
     build_s = time.perf_counter() - t
     config = MixtureConfig() if epochs is None else MixtureConfig(epochs=epochs)
     t = time.perf_counter()
     model = fit_mixture(split, config)
     s = time.perf_counter() - t
-    return {"case": f"preference-700K-shaped, {config.epochs} epoch(s)", "pairs": 700_000, "d": 3072, "k": 10,
+    return {"case": f"preference-700K-shaped, {config.epochs or 'early-stopping'} epoch(s)", "pairs": pairs, "d": 3072, "k": 10,
+            "data_gib": round(data_gib, 2), "stop": model.fit_record.stop_reason, "best_step": model.fit_record.best_step,
             "prompts": prompts, "epochs": config.epochs, "steps": model.train_steps, "fit_seconds": round(s, 1),
             "ms_per_step": round(1e3 * s / model.train_steps, 2), "build_seconds": round(build_s, 1),
             "peak_rss_gib": round(peak_rss_gib(), 2)}
@@ -124,6 +126,7 @@ def main() -> None:
     p.add_argument("case", choices=["helpsteer2", "scaling", "pref700k"])
     p.add_argument("--epochs", type=int, default=None, help="helpsteer2, pref700k: override MixtureConfig.epochs")
     p.add_argument("--prompts", type=int, default=100_000, help="pref700k: distinct prompts (router table rows)")
+    p.add_argument("--pairs", type=int, default=700_000, help="pref700k: pairs (a smaller run shows the fit's memory over the data)")
     args = p.parse_args()
     print(f"torch {torch.__version__}, threads while fitting: {MixtureConfig().threads}", file=sys.stderr)
     if args.case == "helpsteer2":
@@ -131,7 +134,7 @@ def main() -> None:
     elif args.case == "scaling":
         scaling()
     else:
-        print(json.dumps(pref700k(args.prompts, args.epochs)))
+        print(json.dumps(pref700k(args.prompts, args.epochs, args.pairs)))
 
 
 if __name__ == "__main__":

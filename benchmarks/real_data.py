@@ -1,7 +1,7 @@
 """Real caches, default vs paper configuration: the HelpSteer2 subset (MiniLM) and the demo data.
 
 Records what the numbers are; nothing here is tuned to the data (every setting is MixtureConfig's /
-AdaptConfig's own default or the paper's, and the demo's 40 stage-1 epochs are DemoConfig's default).
+AdaptConfig's own default or the paper's, and the demo's stage-1 schedule is DemoConfig's default).
 
 Two regimes, each a stage-1 run and the stage-2 configuration that goes with it:
   paper   : MixtureConfig.paper(method=...)  (prompt router, per-example entropy, eq. 4) + AdaptConfig.paper() (tau 1e-3)
@@ -306,7 +306,7 @@ def main() -> None:
         s1 = stage1(cache, root, epochs, log)
         s2 = stage2(cache, root, DEMO_BUDGETS, 3, log)
         md += ["## Demo (recipe 'demo', MiniLM)", "",
-               f"Stage-1 epochs {epochs} (DemoConfig's default) in both regimes.", "",
+               f"Stage-1 epochs: {epochs or 'until the held-out NLL stops improving'} (DemoConfig's default) in both regimes.", "",
                regime_summary(s1, s2, 50, DEMO_METHODS), "",
                "Budget curve (the demo's own budgets):", "", budget_curve_table(s2), "",
                "Full demo tables:", "", hs2_stage2_tables(s2, 50), ""]

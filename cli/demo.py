@@ -10,7 +10,7 @@ from ._app import app
 @app.command("demo")
 def demo_cmd(
     out: str = typer.Option("micro-demo", "--out", help="folder for the cache, runs, results and report.md / report.html"),
-    budgets: str = typer.Option("5,10,25,50", "--budgets", help="stage-2 labelled pairs per group, comma-separated"),
+    budgets: str = typer.Option("1,5,10,25,50", "--budgets", help="stage-2 labelled pairs per group, comma-separated"),
     seeds: int = typer.Option(3, "--seeds", help="stage-2 repetitions (mean ± std)"),
     n_prompts: int = typer.Option(None, "--n-prompts", help="cut the demo data to this many prompts (quick look)"),
     model: str = typer.Option("minilm", "--model", help="backbone to embed with (default: the packaged MiniLM, offline)"),
@@ -40,6 +40,10 @@ def demo_cmd(
         table.add_row(*row)
     console.print(table)
     console.print("methods: " + "; ".join(f"{m}: {label}" for m, label in HEADLINE), markup=False)
+    zero = summary.get("zero_label") or {}
+    if zero.get("micro"):
+        console.print(f"zero labels (each group left out of stage 1, routed by its context): micro {zero['micro']['Average']:.3f}, "
+                      f"single head {zero['single']['Average']:.3f} (average over groups)", markup=False)
     console.print(f"timings: {summary['timings_s']}", markup=False)
     for kind, path in summary["report"].items():
         console.print(f"report ({kind}): {path}", markup=False)

@@ -21,6 +21,7 @@ def fit_mixture_cmd(
     with_baselines: bool = typer.Option(False, "--with-baselines", help="also fit single, static and ensemble under OUT/baselines/ and record them for `micro adapt`"),
     merge_heads: float = typer.Option(None, "--merge-heads", help="merge heads whose margins' cosine on the evaluation pairs exceeds this (appendix C.3); reported in metrics.json"),
     eval_split: str = typer.Option("test", "--eval-split", help="split to evaluate on"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines on stderr"),
     overwrite: OverwriteOpt = False,
     overrides: dict = None,
 ) -> None:
@@ -43,7 +44,8 @@ def fit_mixture_cmd(
     except (CacheError, ValueError) as exc:
         fail(option_error(exc, MixtureConfig))
     try:
-        metrics = run_fit_mixture(cache, out, config, eval_split=eval_split, overwrite=overwrite)
+        metrics = run_fit_mixture(cache, out, config, eval_split=eval_split, overwrite=overwrite,
+                                  log=None if quiet else _progress)
         if merge_heads is not None:
             metrics["merge"] = merge_run(cache, out, merge_heads)
         if with_baselines:
@@ -63,6 +65,15 @@ def paper_mixture_config(cache: str, dataset: str | None, overrides: dict):
     preset, note = paper.stage1_overrides(read_meta(cache), dataset)
     typer.echo(f"note: {note}", err=True)
     return MixtureConfig.paper(**{**preset, **overrides})
+
+
+def _progress(entry: dict) -> None:
+    """One stderr line per held-out evaluation (or epoch, with --epochs)."""
+    line = f"step {entry['step']:>6} (epoch {entry['epoch']:.2f})  train loss {entry['loss']:.4f}"
+    if entry.get("heldout_nll") is not None:
+        line += f"  held-out NLL {entry['heldout_nll']:.4f}  best {entry['best_nll']:.4f} @ {entry['best_step']}"
+        line += f"  lr {entry['lr']:.1e}" + (f"  ({entry['restarts']} restarts)" if entry.get("restarts", 1) > 1 else "")
+    typer.echo(line + f"  {entry['seconds']:.1f} s", err=True)
 
 
 @app.command("simulate")

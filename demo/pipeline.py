@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from ..methods import BASELINE_FITS
 
 #: The stage-1 fits the demo runs: the baselines first, then the MiCRo run stage 2 adapts.
@@ -31,13 +33,16 @@ class DemoConfig:
     """Cut the demo data down to this many prompts (tests); None keeps all of it."""
     data_seed: int = 0
     """Seed of the demo data generator (which groups label which prompt, the split)."""
-    budgets: list[int] = field(default_factory=lambda: [5, 10, 25, 50])
+    budgets: list[int] = field(default_factory=lambda: [1, 5, 10, 25, 50])
     """Stage-2 labelled pairs per group."""
     seeds: int = 3
     """Stage-2 repetitions (mean ± std)."""
-    stage1_epochs: int = 40
-    """The demo has ~500 training pairs: 40 epochs at batch 32 are ~600 steps, the same order of steps as
-    the default 4 epochs on HelpSteer2's 23.5K pairs."""
+    stage1_epochs: int | None = None
+    """None (default): stage 1 trains until its held-out NLL stops improving (MixtureConfig's default);
+    an int: that many fixed epochs."""
+    zero_label: bool = True
+    """Also score users never seen at all: for each group, stage 1 is fitted without that group's pairs and
+    the group is routed by its context alone (zero labels; a fresh per-group head cannot exist there)."""
     paper: bool = False
     """Use the paper's exact stage-1 and stage-2 configuration instead of micro's defaults."""
 
@@ -82,6 +87,13 @@ def run_demo(config: DemoConfig | None = None, *, log: Callable[[str], None] = p
     adapt = run_adapt(cache, out / "runs" / "micro", out / "adapt", acfg, overwrite=True)
     timings["adapt"] = time.perf_counter() - t
 
+    if config.zero_label:
+        t = time.perf_counter()
+        log("[3/4] zero labels: stage 1 without each group, that group routed by its context")
+        mcfg = (MixtureConfig.paper if config.paper else MixtureConfig)(epochs=config.stage1_epochs)
+        zero = leave_one_group_out(cache, mcfg)
+        timings["zero-label"] = time.perf_counter() - t
+
     log("[4/4] report")
     summary = {
         "config": asdict(config),
@@ -91,6 +103,8 @@ def run_demo(config: DemoConfig | None = None, *, log: Callable[[str], None] = p
                   "test_pairs": adapt["test_pairs"], "files": adapt.get("files", {})},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
+    if config.zero_label:
+        summary["zero_label"] = zero
     summary["timings_s"]["total"] = round(sum(timings.values()), 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["report"] = {k: str(v) for k, v in write_report(summary, out).items()}
@@ -110,3 +124,29 @@ def _stage1_summary(metrics: dict) -> dict:
         "train_seconds": metrics.get("train_seconds"),
         "warnings": metrics.get("warnings", []),
     }
+
+
+def leave_one_group_out(cache: Path, config) -> dict:
+    """{method: {group | "Average": accuracy}} on each group's test pairs when that group had no pairs at
+    all in stage 1: `micro` (mixture fitted on the other groups, weights from the group's own context +
+    prompt) and `single` (one BT head on the other groups: what serves an unseen user without context)."""
+    from dataclasses import replace
+
+    from ..embedcache import load_split
+    from ..heads import evaluate, fit_mixture
+
+    train, test = load_split(cache, "train"), load_split(cache, "test")
+    out: dict = {"micro": {}, "single": {}}
+    for a, group in enumerate(train.attributes):
+        rest = train.subset(torch.nonzero(train.attribute != a).flatten())
+        seen = test.subset(torch.nonzero(test.attribute == a).flatten())
+        if len(seen) == 0 or len(rest) == 0:
+            continue
+        for method in out:
+            cfg = replace(config, method=method).resolved(rest)
+            model = fit_mixture(rest, cfg)
+            out[method][group] = evaluate(model, seen, cfg.router_input)["overall"]["routed_accuracy"]
+    for scores in out.values():
+        if scores:
+            scores["Average"] = sum(scores.values()) / len(scores)
+    return out

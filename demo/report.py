@@ -59,6 +59,18 @@ def budget_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def zero_label_rows(summary: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Accuracy on groups that stage 1 never saw (leave one group out), or None when not run."""
+    zero = summary.get("zero_label")
+    if not zero or not zero.get("micro"):
+        return None
+    groups = [g for g in zero["micro"] if g != "Average"] + ["Average"]
+    labels = {"micro": "MiCRo routed by the unseen group's context (`micro`)", "single": "one BT head on the other groups (`single`)"}
+    return ["zero labels (group left out of stage 1)"] + groups, [
+        [labels.get(m, m)] + [f"{scores[g]:.3f}" if g in scores else "–" for g in groups] for m, scores in zero.items()
+    ]
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -83,7 +95,9 @@ def write_report(summary: dict, out: Path) -> dict[str, Path]:
          (h_header, h_rows)),
         ("Stage 1: best head per group", "Each head is scored on every group; the best head and its accuracy.",
          stage1_rows(summary)),
-        ("Stage 2: accuracy vs budget (average over groups)", "", budget_rows(summary)),
+        ("Stage 2: accuracy vs budget (average over groups)",
+         "A fresh head per group (`budget-bt`) needs that group's labels; MiCRo starts from the routed stage-1 heads.",
+         budget_rows(summary)),
         ("Cache and timings", "",
          (["what", "value"], [
              ["pairs", str(embed["n_pairs"])],
@@ -92,9 +106,16 @@ def write_report(summary: dict, out: Path) -> dict[str, Path]:
              ["embed", "reused existing cache" if embed["noop"] else f"{t['embed']:.1f} s"],
              ["fit-mixture (4 methods)", f"{t['fit-mixture']:.1f} s"],
              ["adapt (all budgets and seeds)", f"{t['adapt']:.1f} s"],
+             *([["zero labels (stage 1 without each group)", f"{t['zero-label']:.1f} s"]] if "zero-label" in t else []),
              ["total", f"{t['total']:.1f} s"],
          ])),
     ]
+    zero = zero_label_rows(summary)
+    if zero is not None:
+        sections.insert(3, ("Users never seen: zero labels",
+                            "Each group in turn is left out of stage 1 entirely; its test pairs are then scored by the mixture "
+                            "routed on the group's own context (no label from the group at all), beside one BT head fitted "
+                            "on the other groups. `budget-bt` cannot serve these users: it has no pair to fit.", zero))
     warnings = [f"{m}: {w}" for m, s in summary["stage1"].items() for w in s.get("warnings", [])]
     figures = [
         ("Figure: accuracy vs budget", out / "adapt" / "budget_curve.png"),

@@ -71,3 +71,34 @@ def router_heatmap(
 def _short(text: str, width: int = 40) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
+    """Write the held-out NLL (one line per restart while they train side by side) and the training loss
+    against the step, with the kept (best) step marked; None for a fixed-epoch fit (no held-out slice)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = record.get("curve") or []
+    if not curve:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for r in range(max(len(c["heldout_nll"]) for c in curve)):
+        pts = [(c["step"], c["heldout_nll"][r]) for c in curve if len(c["heldout_nll"]) > r]
+        label = "held-out NLL" if r == 0 else None
+        if record.get("restarts", 1) > 1 and r > 0 and len(pts) < len(curve):
+            label = None
+        ax.plot(*zip(*pts), color="C0", alpha=1.0 if len(pts) == len(curve) else 0.35, label=label)
+    ax.plot([c["step"] for c in curve], [c["train_loss"] for c in curve], color="C1", alpha=0.6, label="training NLL (sample of fit pairs)")
+    ax.axvline(record["best_step"], color="k", ls="--", lw=0.8, label=f"kept: step {record['best_step']}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats per pair")
+    ax.set_title(f"Stage 1: stopped at step {record['steps']} ({record['stop_reason']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -49,6 +49,14 @@ def print_report(metrics: dict[str, Any], console: Console | None = None) -> Non
         f"head agreement {metrics['head_agreement']:.3f} | {metrics['train_steps']} steps in {metrics['train_seconds']:.1f} s "
         f"on {metrics['train_pairs']} pairs"
     )
+    fit = metrics.get("fit") or {}
+    if fit.get("schedule") == "early-stopping":
+        console.print(
+            f"early stopping: {fit['steps']} steps ({fit['stop_reason']}), kept step {fit['best_step']} with held-out NLL "
+            f"{fit['best_heldout_nll']:.4f} on {fit['heldout_pairs']} held-out pairs"
+            + (f"; restart {fit['chosen_restart'] + 1} of {fit['restarts']} kept" if fit["restarts"] > 1 else "")
+            + (f"; refitted on all {metrics['train_pairs']} pairs for {fit['refit_steps']} steps" if fit.get("refit_steps") else "")
+        )
     for w in metrics["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     for name, path in metrics["files"].items():

@@ -165,6 +165,7 @@ def _fit_into(cache_path, out_dir: Path, config: MixtureConfig, eval_split: str,
         "train_pairs": len(train),
         "train_steps": model.train_steps,
         "train_loss": model.train_history,
+        "fit": model.fit_record.to_dict(),
         "config": config.to_dict(),
         "cache": run_config["cache"],
         "eval_split": test.split,
@@ -175,11 +176,14 @@ def _fit_into(cache_path, out_dir: Path, config: MixtureConfig, eval_split: str,
         "files": {"model": str(out_dir / "model.safetensors"), "config": str(out_dir / "config.json")},
     }
     try:
-        from .plots import router_heatmap
+        from .plots import heldout_curve, router_heatmap
 
         path = router_heatmap(model, test, out_dir / "router_heatmap.png", config.router_input, cache_path=cache_path)
         if path is not None:
             metrics["files"]["router_heatmap"] = str(path)
+        path = heldout_curve(metrics["fit"], out_dir / "heldout_curve.png")
+        if path is not None:
+            metrics["files"]["heldout_curve"] = str(path)
     except ImportError:  # matplotlib is optional
         pass
     metrics["files"]["metrics"] = str(out_dir / "metrics.json")

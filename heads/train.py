@@ -1,17 +1,34 @@
 """`fit_mixture`: train K linear BT heads (+ router) on a cache split, read top to bottom.
 
 All tensors go to the device once; each step gathers a batch of difference vectors and router inputs
-by index (router inputs stay deduplicated, so a 700K-pair cache does not hold a second [n, d] copy).
+by index (router inputs stay deduplicated, and the held-out slice is a set of row indices, so a 700K-pair
+cache does not hold a second [n, d] copy).
+
+Two schedules (MixtureConfig.epochs):
+- None (default): train until the held-out NLL stops improving. A slice of the training prompts (by
+  prompt, never splitting a prompt's pairs; never the test split) is held out; its mixture NLL is
+  evaluated every `eval_every` steps, the best weights are kept, the learning rate drops on a plateau and
+  the fit stops after the last plateau, between a minimum and a maximum number of steps that scale with
+  the cache (`step_plan`). For `micro`, `restarts` initialisations train side by side until the minimum
+  and the one with the lowest held-out NLL goes on.
+- an int: exactly that many passes with warm-up + cosine decay, no held-out slice (the earlier fixed
+  schedule).
+
+`micro` steps use a hand-written backward over stacked restarts (`MicroStack`): every product is one
+matrix multiply over all restarts, and the gradients are checked against autograd on `losses.py` in the
+tests; the baselines use autograd on the same losses.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
 import torch
+from torch.nn import functional as F
 
 from ..embedcache.store import CacheSplit, require_contexts
 from .config import MixtureConfig
@@ -57,28 +74,345 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+# ------------------------------------------------------------------------------------------------
+# held-out slice and step plan
+# ------------------------------------------------------------------------------------------------
+def heldout_rows(train: CacheSplit, fraction: float, max_pairs: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit rows, held-out rows) of `train`: whole prompts held out, in a seeded order, until `fraction`
+    of the pairs or `max_pairs` is reached (at least one prompt; at least one prompt left to fit on)."""
+    prompt = train.prompt_index.numpy()
+    prompts, counts = np.unique(prompt, return_counts=True)
+    if len(prompts) < 2:
+        raise ValueError(
+            "the training split has a single prompt, so no prompt can be held out for early stopping; "
+            "set a fixed number of epochs (--epochs)."
+        )
+    order = np.random.default_rng([seed, 0x4E1D]).permutation(len(prompts))
+    target = min(fraction * len(prompt), max_pairs)
+    take = int(np.searchsorted(np.cumsum(counts[order]), target, side="left")) + 1
+    held = prompts[order[: min(max(1, take), len(prompts) - 1)]]
+    mask = np.isin(prompt, held)
+    return torch.from_numpy(np.flatnonzero(~mask)), torch.from_numpy(np.flatnonzero(mask))
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Steps of an early-stopped fit: at least `min_steps`, at most `max_steps`, an evaluation every
+    `eval_every`, linear warm-up over `warmup_steps`."""
+
+    min_steps: int
+    max_steps: int
+    eval_every: int
+    warmup_steps: int
+
+
+def step_plan(n_fit: int, config: MixtureConfig) -> StepPlan:
+    """The plan for `n_fit` training pairs (see MixtureConfig.min_steps / max_steps / eval_every)."""
+    per_epoch = math.ceil(n_fit / config.batch_size)
+    lo = max(config.min_steps, int(round(config.min_epochs * per_epoch)))
+    hi = max(lo, config.max_steps, int(round(config.max_epochs * per_epoch)))
+    every = config.eval_every or int(min(500, max(50, per_epoch // 4)))
+    return StepPlan(min_steps=lo, max_steps=hi, eval_every=every, warmup_steps=max(1, int(round(config.warmup * lo))))
+
+
+# ------------------------------------------------------------------------------------------------
+# trainers: one optimiser step on a batch, held-out NLL, best-weight snapshots
+# ------------------------------------------------------------------------------------------------
+def _adamw(params: list[torch.Tensor], config: MixtureConfig) -> torch.optim.Optimizer:
+    try:  # the fused kernel: one op per step for all parameters
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+class FlatAdamW:
+    """AdamW over one flat buffer that every parameter is a view of (and one flat gradient buffer):
+    a single fused kernel call per step, without the Python overhead of `torch.optim` around it (at
+    batch 32 that overhead is as large as the update). Elementwise, so it equals AdamW per parameter;
+    falls back to torch.optim.AdamW where the fused op is missing."""
+
+    def __init__(self, flat: torch.Tensor, grad: torch.Tensor, config: MixtureConfig, state: dict | None = None):
+        self.flat, self.grad, self.config = flat, grad, config
+        state = state or {}
+        self.exp_avg = state.get("exp_avg", torch.zeros_like(flat))
+        self.exp_avg_sq = state.get("exp_avg_sq", torch.zeros_like(flat))
+        self.steps = state.get("step", torch.zeros((), dtype=torch.float32, device=flat.device))
+        self.fused = hasattr(torch, "_fused_adamw_") and flat.device.type in ("cpu", "cuda")
+        if not self.fused:
+            self.opt = _adamw([self.flat], config)
+            self.opt.state[self.flat] = {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+    def step(self, lr: float) -> None:
+        if not self.fused:
+            self.flat.grad = self.grad
+            _set_lr(self.opt, lr)
+            self.opt.step()
+            return
+        self.steps += 1
+        torch._fused_adamw_([self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps], lr=lr,
+                            beta1=0.9, beta2=0.999, weight_decay=self.config.weight_decay, eps=1e-8, amsgrad=False, maximize=False)
+
+    def state(self) -> dict:
+        return {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+
+class MicroStack:
+    """R `micro` models (K heads + router) trained side by side with a hand-written backward.
+
+    Layout (R restarts, K heads, H router width, d inputs): heads [d, R*K], first router layer [d, R*H]
+    (or [d, R*K] for the linear router) + bias, second layer [R, H, K] + bias [R, K], all views of one
+    flat buffer (gradients likewise). Every pair-level product is one matmul over all restarts; the loss
+    of restart r depends on its own slice only, and AdamW is elementwise, so the stack is exactly R
+    independent fits on the same batches.
+    """
+
+    def __init__(self, models: list[MixtureRewardModel], config: MixtureConfig, device: torch.device):
+        self.config, self.k, self.mlp = config, models[0].k, config.router == "mlp"
+        linears = [[m for m in model.router.net if isinstance(m, torch.nn.Linear)] for model in models]
+        values = [torch.cat([m.heads.detach().T for m in models], 1), torch.cat([ls[0].weight.detach().T for ls in linears], 1),
+                  torch.cat([ls[0].bias.detach() for ls in linears])]
+        if self.mlp:
+            values += [torch.stack([ls[1].weight.detach().T for ls in linears]), torch.stack([ls[1].bias.detach() for ls in linears])]
+        self.templates = models
+        self._build([v.to(device, torch.float32) for v in values], None)
+
+    def _build(self, values: list[torch.Tensor], state: dict | None) -> None:
+        shapes = [v.shape for v in values]
+        sizes = [v.numel() for v in values]
+        flat = torch.cat([v.reshape(-1) for v in values])
+        grad = torch.zeros_like(flat)
+        self.params = [t.view(shape) for t, shape in zip(flat.split(sizes), shapes)]
+        self.grads = [t.view(shape) for t, shape in zip(grad.split(sizes), shapes)]
+        self.opt = FlatAdamW(flat, grad, self.config, state)
+
+    @property
+    def restarts(self) -> int:
+        return self.params[0].shape[1] // self.k
+
+    def _margins(self, d: torch.Tensor) -> torch.Tensor:
+        """[R, n, K] head margins of difference vectors d [n, d]."""
+        return (d @ self.params[0]).view(d.shape[0], self.restarts, self.k).transpose(0, 1)
+
+    def _router(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(hidden [R, n, H] after ReLU or None, log weights [R, n, K]) of router inputs x [n, d]."""
+        n = x.shape[0]
+        first = torch.addmm(self.params[2], x, self.params[1])
+        if self.mlp:
+            hidden = first.clamp_min_(0).view(n, self.restarts, -1).transpose(0, 1)
+            logits = torch.baddbmm(self.params[4].unsqueeze(1), hidden, self.params[3])
+        else:
+            hidden, logits = None, first.view(n, self.restarts, self.k).transpose(0, 1)
+        return hidden, torch.log_softmax(logits, dim=-1)
+
+    @torch.no_grad()
+    def step(self, d: torch.Tensor, x: torch.Tensor, lr: float, want_loss: bool = True) -> torch.Tensor | None:
+        """One AdamW step of every restart on the batch (d [B, d] differences, x [B, d] router inputs);
+        returns the mean over restarts of the batch loss (NLL + regulariser) as a 0-d tensor, or None
+        without `want_loss` (a few small ops fewer per step)."""
+        config, (r, k), n = self.config, (self.restarts, self.k), d.shape[0]
+        margins = self._margins(d)
+        hidden, log_w = self._router(x)
+        joint = log_w + F.logsigmoid(margins)
+        top = joint.amax(-1, keepdim=True)
+        post = (joint - top).exp_()
+        total = post.sum(-1, keepdim=True)
+        post /= total  # posterior over heads of each pair
+        loss = -(top.sum() + total.log().sum()) / n if want_loss else None
+        weights = log_w.exp()
+        g_log_w = post.mul_(-1.0 / n)
+        g_margins = g_log_w * torch.sigmoid(margins.neg_())
+        if config.alpha:
+            if config.balance == "batch":
+                log_fbar = (weights.sum(1, keepdim=True) / n).log_()
+                if want_loss:
+                    loss = loss + config.alpha * (log_fbar.exp() * log_fbar).sum()
+                g_log_w += weights * (log_fbar + 1.0) * (config.alpha / n)
+            else:
+                if want_loss:
+                    loss = loss + config.alpha * (weights * log_w).sum() / n
+                g_log_w += weights * (log_w + 1.0) * (config.alpha / n)
+        g_logits = g_log_w - weights * g_log_w.sum(-1, keepdim=True)
+        torch.mm(d.T, g_margins.transpose(0, 1).reshape(n, r * k), out=self.grads[0])
+        if self.mlp:
+            g_hidden = torch.bmm(g_logits, self.params[3].transpose(1, 2)).mul_(hidden > 0)
+            g_first = g_hidden.transpose(0, 1).reshape(n, -1)
+            torch.bmm(hidden.transpose(1, 2), g_logits, out=self.grads[3])
+            torch.sum(g_logits, 1, out=self.grads[4])
+        else:
+            g_first = g_logits.transpose(0, 1).reshape(n, r * k)
+        torch.mm(x.T, g_first, out=self.grads[1])
+        torch.sum(g_first, 0, out=self.grads[2])
+        self.opt.step(lr)
+        return loss / r if want_loss else None
+
+    @torch.no_grad()
+    def heldout_nll(self, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        """[R] mixture NLL (no regulariser) on held-out pairs: d [m, d]; router inputs table[inverse]
+        (the held-out slice's distinct router rows, so the router runs once per row)."""
+        _, log_w = self._router(table)
+        return -torch.logsumexp(log_w[:, inverse] + F.logsigmoid(self._margins(d)), dim=-1).mean(1)
+
+    def _pick(self, r: int) -> list:
+        """Functions taking restart r's slice of each parameter (same layout for the optimiser state)."""
+        k, h = self.k, (self.params[1].shape[1] // self.restarts)
+        pick = [lambda t: t[:, r * k : (r + 1) * k], lambda t: t[:, r * h : (r + 1) * h], lambda t: t[r * h : (r + 1) * h]]
+        return pick + ([lambda t: t[r : r + 1], lambda t: t[r : r + 1]] if self.mlp else [])
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        sizes = [p.numel() for p in self.params]
+        return [t.view(p.shape) for t, p in zip(flat.split(sizes), self.params)]
+
+    def snapshot(self, r: int) -> list[torch.Tensor]:
+        """Restart r's parameters (cloned)."""
+        return [f(p).clone() for f, p in zip(self._pick(r), self.params)]
+
+    def keep(self, r: int) -> None:
+        """Drop every restart but r; its optimiser state goes on unchanged."""
+        pick, old = self._pick(r), self.opt.state()
+        state = {"step": old["step"]}
+        for name in ("exp_avg", "exp_avg_sq"):
+            state[name] = torch.cat([f(v).reshape(-1) for f, v in zip(pick, self._views(old[name]))])
+        self._build([f(p) for f, p in zip(pick, self.params)], state)
+        self.templates = [self.templates[r]]
+
+    def to_model(self, weights: list[torch.Tensor], r: int) -> MixtureRewardModel:
+        """Restart r's template model with `weights` (a snapshot) loaded."""
+        model = self.templates[r if len(self.templates) > 1 else 0]
+        linears = [m for m in model.router.net if isinstance(m, torch.nn.Linear)]
+        with torch.no_grad():
+            model.heads.copy_(weights[0].T)
+            linears[0].weight.copy_(weights[1].T)
+            linears[0].bias.copy_(weights[2])
+            if self.mlp:
+                linears[1].weight.copy_(weights[3].reshape(linears[1].weight.T.shape).T)
+                linears[1].bias.copy_(weights[4].reshape(-1))
+        return model
+
+
+def batch_loss(model: MixtureRewardModel, config: MixtureConfig, d: torch.Tensor, x: torch.Tensor | None, diff_rms: float) -> torch.Tensor:
+    """The training loss of a batch for any method, by autograd (the reference for `MicroStack.step`)."""
+    margins = d @ model.head_vectors().T
+    if config.method in ("micro", "static"):
+        log_w = model.log_weights(x if x is not None else margins)
+        loss = mixture_nll(log_w, margins)
+        if config.alpha:
+            loss = loss + config.alpha * weight_regulariser(log_w, config.balance)
+        return loss
+    loss = per_head_bt(margins)
+    if config.method == "ensemble" and config.prior_l2:
+        loss = loss + 0.5 * config.prior_l2 * diff_rms**2 * model.heads.pow(2).sum()
+    return loss
+
+
+class AutogradTrainer:
+    """One model of any method, trained by autograd on `batch_loss` (single, static, ensemble; micro as the reference)."""
+
+    restarts = 1
+
+    def __init__(self, model: MixtureRewardModel, config: MixtureConfig, diff_rms: float):
+        self.model, self.config, self.diff_rms = model, config, diff_rms
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = _adamw(self.params, config)
+
+    def step(self, d: torch.Tensor, x: torch.Tensor | None, lr: float, want_loss: bool = True) -> torch.Tensor:
+        loss = batch_loss(self.model, self.config, d, x, self.diff_rms)
+        _set_lr(self.opt, lr)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def heldout_nll(self, d: torch.Tensor, table: torch.Tensor | None, inverse: torch.Tensor | None) -> torch.Tensor:
+        """[1] held-out NLL: the mixture's for micro / static, the mean per-head BT loss for single / ensemble."""
+        margins = d @ self.model.head_vectors().T
+        if self.config.method == "micro":
+            return mixture_nll(self.model.log_weights(table)[inverse], margins).reshape(1)
+        if self.config.method == "static":
+            return mixture_nll(self.model.log_weights(margins), margins).reshape(1)
+        return (per_head_bt(margins) / margins.shape[1]).reshape(1)
+
+    def snapshot(self, r: int) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.params]
+
+    def keep(self, r: int) -> None:
+        pass
+
+    def to_model(self, weights: list[torch.Tensor], r: int) -> MixtureRewardModel:
+        with torch.no_grad():
+            for p, w in zip(self.params, weights):
+                p.copy_(w)
+        return self.model
+
+
+# ------------------------------------------------------------------------------------------------
+# the fit
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class FitRecord:
+    """What a fit did: written to metrics.json under "fit" and kept on the model as `fit_record`."""
+
+    schedule: str  # "early-stopping" | "fixed-epochs"
+    steps: int = 0
+    best_step: int = 0
+    stop_reason: str = ""  # "patience" | "max_steps" | "epochs"
+    train_pairs: int = 0
+    heldout_pairs: int = 0
+    plan: dict = field(default_factory=dict)
+    restarts: int = 1
+    chosen_restart: int = 0
+    restart_nll: list = field(default_factory=list)  # best held-out NLL of each restart at the choice
+    curve: list = field(default_factory=list)  # [{"step", "heldout_nll": [per live restart], "train_loss", "lr"}]
+    # train_loss: with early stopping, the mean NLL over live restarts on a fixed sample of fit pairs as
+    # large as the held-out slice (comparable with the held-out NLL); with fixed epochs, the epoch's mean loss
+    best_heldout_nll: float | None = None  # of the kept weights of the search (before any refit)
+    refit_steps: int = 0  # steps of the refit on all pairs (0: the kept weights are the returned model)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
 def fit_mixture(
     train: CacheSplit,
     config: MixtureConfig | None = None,
     *,
     log: Callable[[dict], None] | None = None,
+    reference: bool = False,
 ) -> MixtureRewardModel:
     """Fit stage 1 (or a baseline) on `train`; deterministic for `config.seed` on a given device.
 
-    `log`, if given, receives {"epoch", "loss", "seconds"} after each epoch. The returned model is on
-    the CPU in eval mode; `model.train_history` holds the per-epoch mean losses.
+    `reference=True` trains `micro` by autograd on `batch_loss` instead of the hand-written stacked step
+    (one restart; the slow reference the tests and benchmarks/fit_mixture_speed.py compare against).
+
+    `log`, if given, receives {"step", "epoch", "loss", "heldout_nll" (None with fixed epochs), "best_step",
+    "lr", "seconds"} after each held-out evaluation (or each epoch with fixed epochs). The returned model is
+    on the CPU in eval mode; `model.fit_record` (a FitRecord) says how it stopped, `model.train_history`
+    holds the logged training losses and `model.train_steps` the steps run.
     """
     config = (config or MixtureConfig()).resolved(train)
     threads = torch.get_num_threads()
     if config.threads and config.device == "cpu":
         torch.set_num_threads(config.threads)
+    # Subnormal floats (router weights of unused heads, exp(-90)) make every CPU product they enter
+    # many times slower; flushing them to zero changes no result beyond float tolerance.
+    flushed = config.device == "cpu" and torch.set_flush_denormal(True)
     try:
-        return _fit(train, config, log)
+        return _fit(train, config, log, reference)
     finally:
         torch.set_num_threads(threads)
+        if flushed:
+            torch.set_flush_denormal(False)
 
 
-def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] | None) -> MixtureRewardModel:
+def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] | None, reference: bool = False,
+         steps: int | None = None) -> MixtureRewardModel:
+    """The fit; `steps` (with config.epochs None) runs exactly that many steps of the fixed warm-up +
+    cosine schedule on all pairs (the refit after early stopping)."""
     device = torch.device(config.device)
     n, d = train.diff.shape
     if n == 0:
@@ -86,63 +420,139 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
 
     diff = train.diff.to(device, torch.float32)
     diff_rms = float(train.diff[: min(n, 4096)].pow(2).mean().sqrt())
+    early = config.epochs is None and steps is None
+    fit_rows, held_rows = heldout_rows(train, config.holdout, config.holdout_max_pairs, config.seed) if early else (torch.arange(n), torch.zeros(0, dtype=torch.long))
+    fit_rows = None if not early else fit_rows.to(device)
+
     prior_unit = diff_rms
     if config.method == "ensemble" and config.prior_calibration == "single-head":
         # The priors' margins should be of the size of a fitted head's margins, whatever the data: on a
         # weak-signal cache fitted margins are ~0.05 and priors of margin ~1 would drown every head.
-        reference = _fit(train, replace(config, method="single"), None).head_vectors()[0].detach().to(device)
-        margin_std = float((diff[: min(n, 4096)] @ reference).std())
+        single = replace(config, method="single", epochs=config.epochs)
+        reference_head = _fit(train, single, None).head_vectors()[0].detach().to(device)
+        margin_std = float((diff[: min(n, 4096)] @ reference_head).std())
         prior_unit = diff_rms / max(margin_std, 1e-6)
-    model = build_model(config, d, prior_unit).to(device)
-    model.train()
+
     uses_router = config.method == "micro"
+    table = index = None
     if uses_router:
         table, index = router_table(train, config.router_input)
         table, index = table.to(device, torch.float32), index.to(device)
+    restarts = max(1, config.restarts) if (uses_router and early and not reference) else 1
+    models = [build_model(replace(config, seed=config.seed + 7919 * r), d, prior_unit) for r in range(restarts)]
+    if uses_router and not reference:
+        trainer = MicroStack(models, config, device)
+    else:
+        trainer = AutogradTrainer(models[0].to(device).train(), config, diff_rms)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    try:  # the fused kernel saves ~15 % per step at batch 32, where per-step overhead dominates
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total = config.epochs * steps_per_epoch
-    schedule = [config.lr * lr_factor(s, total, config.warmup) for s in range(total)]
+    n_fit = n if fit_rows is None else len(fit_rows)
+    record = FitRecord(schedule="early-stopping" if early else "fixed-epochs", train_pairs=n_fit, heldout_pairs=len(held_rows), restarts=restarts)
+    if early:
+        plan = step_plan(n_fit, config)
+        record.plan = plan.__dict__.copy()
+
+        def probe(rows: torch.Tensor) -> tuple:
+            """(differences, distinct router rows, inverse) of some pairs, for `trainer.heldout_nll`."""
+            rows = rows.to(device)
+            if not uses_router:
+                return diff[rows], None, None
+            distinct, inverse = torch.unique(index[rows], return_inverse=True)
+            return diff[rows], table[distinct], inverse
+
+        held = probe(held_rows)
+        # the training NLL on as many fit pairs, for the curve (the steps themselves skip the loss value)
+        seen = probe(fit_rows[torch.randperm(n_fit, generator=torch.Generator().manual_seed(config.seed))[: len(held_rows)].to(device)])
+        total = plan.max_steps
+    else:
+        total = steps if steps is not None else config.epochs * math.ceil(n / config.batch_size)
+        schedule = [config.lr * lr_factor(s, total, config.warmup) for s in range(total)]
     gen = torch.Generator().manual_seed(config.seed)
 
-    history, step, start = [], 0, time.perf_counter()
-    for epoch in range(config.epochs):
-        order = torch.randperm(n, generator=gen).to(device)
-        running = torch.zeros((), device=device)
-        for lo in range(0, n, config.batch_size):
+    best = [float("inf")] * restarts
+    best_weights: list = [None] * restarts
+    best_step = [0] * restarts
+    lr_scale, drops, since_best = 1.0, 0, 0
+    history, step, start, running, count = [], 0, time.perf_counter(), 0.0, 0
+    stop = ""
+    while not stop:
+        order = torch.randperm(n_fit, generator=gen).to(device)
+        if fit_rows is not None:
+            order = fit_rows[order]
+        for lo in range(0, n_fit, config.batch_size):
             batch = order[lo : lo + config.batch_size]
-            margins = diff[batch] @ model.head_vectors().T
-            if config.method in ("micro", "static"):
-                log_w = model.log_weights(table[index[batch]] if uses_router else margins)
-                loss = mixture_nll(log_w, margins)
-                if config.alpha:
-                    loss = loss + config.alpha * weight_regulariser(log_w, config.balance)
+            if early:
+                lr = config.lr * lr_scale * min(1.0, (step + 1) / plan.warmup_steps)
             else:
-                loss = per_head_bt(margins)
-                if config.method == "ensemble" and config.prior_l2:
-                    loss = loss + 0.5 * config.prior_l2 * diff_rms**2 * model.heads.pow(2).sum()
-            for group in opt.param_groups:
-                group["lr"] = schedule[step]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += loss.detach() * len(batch)
+                lr = schedule[step]
+            x = table.index_select(0, index.index_select(0, batch)) if uses_router else None
+            loss = trainer.step(diff.index_select(0, batch), x, lr, want_loss=not early)
+            if loss is not None:
+                running, count = running + loss, count + 1
             step += 1
-        history.append(float(running) / n)
-        if not math.isfinite(history[-1]):
-            raise ValueError(
-                f"the {config.method} fit diverged: its loss became {history[-1]} in epoch {epoch + 1} (lr {config.lr}); "
-                "lower --lr, or check the cache for extreme embedding values."
-            )
-        if log is not None:
-            log({"epoch": epoch + 1, "loss": history[-1], "seconds": time.perf_counter() - start})
+            if early and (step % plan.eval_every == 0 or step >= total):
+                nll = trainer.heldout_nll(*held).tolist()
+                _check_finite(config, min(nll), f"step {step}")
+                mean_loss = float(trainer.heldout_nll(*seen).mean())
+                improved = False
+                for r, value in enumerate(nll):
+                    if not math.isfinite(best[r]) or value < best[r] - config.min_delta * abs(best[r]):
+                        best[r], best_step[r], best_weights[r] = value, step, trainer.snapshot(r)
+                        improved = True
+                record.curve.append({"step": step, "heldout_nll": [round(v, 6) for v in nll], "train_loss": round(mean_loss, 6), "lr": lr})
+                history.append(mean_loss)
+                if log is not None:
+                    log({"step": step, "epoch": step * config.batch_size / n_fit, "loss": mean_loss, "heldout_nll": min(nll),
+                         "best_nll": min(best), "best_step": best_step[int(np.argmin(best))], "lr": lr, "restarts": trainer.restarts,
+                         "seconds": time.perf_counter() - start})
+                since_best = 0 if improved else since_best + 1
+                if trainer.restarts > 1 and step >= min(config.restart_steps, plan.min_steps):
+                    keep = int(np.argmin(best))
+                    record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in best]
+                    trainer.keep(keep)
+                    best, best_weights, best_step = [best[keep]], [best_weights[keep]], [best_step[keep]]
+                if step >= total:
+                    stop = "max_steps"
+                elif since_best >= config.patience and step >= plan.min_steps:
+                    if drops < config.lr_drops:
+                        drops, lr_scale, since_best = drops + 1, lr_scale * config.lr_drop_factor, 0
+                    else:
+                        stop = "patience"
+            if not early and step >= total:
+                stop = "epochs"
+            if stop:
+                break
+        if not early and count:
+            history.append(float(running) / count)
+            _check_finite(config, history[-1], f"step {step}")
+            if log is not None:
+                log({"step": step, "epoch": step * config.batch_size / n, "loss": history[-1], "heldout_nll": None,
+                     "best_step": step, "lr": schedule[step - 1], "seconds": time.perf_counter() - start})
+            running, count = 0.0, 0
 
+    record.steps = step
+    record.stop_reason = stop
+    if early:
+        model = trainer.to_model(best_weights[0], record.chosen_restart)
+        record.best_step, record.best_heldout_nll = best_step[0], round(best[0], 6)
+        if config.refit and n <= config.refit_max_pairs:
+            # The held-out slice has decided how long to train; train the chosen initialisation again on every
+            # pair for as many epochs' worth of steps, with warm-up + cosine decay (which settles the weights
+            # better than the constant rate of the search).
+            record.refit_steps = max(1, int(round(best_step[0] * n / n_fit)))
+            seed = config.seed + 7919 * record.chosen_restart
+            model = _fit(train, replace(config, seed=seed), None, reference, steps=record.refit_steps)
+    else:
+        model = trainer.to_model(trainer.snapshot(0), 0)
+        record.best_step = step
     model = model.cpu().eval()
     model.train_history = history
-    model.train_steps = total
+    model.train_steps = step + record.refit_steps
+    model.fit_record = record
     return model
+
+
+def _check_finite(config: MixtureConfig, loss: float, where: str) -> None:
+    """Stop a diverged fit with the fix, instead of saving NaN weights."""
+    if not math.isfinite(loss):
+        raise ValueError(f"the {config.method} fit diverged: its loss became {loss} at {where} (lr {config.lr}); "
+                         "lower --lr, or check the cache for extreme embedding values.")

@@ -54,6 +54,18 @@ def test_report_numbers_match_the_saved_results(demo_run):
         )
 
 
+def test_zero_label_line_scores_every_left_out_group(demo_run):
+    out, output = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    zero = summary["zero_label"]
+    groups = json.loads((out / "adapt" / "results.json").read_text())["attributes"]
+    assert set(zero) == {"micro", "single"} and set(zero["micro"]) == set(groups) | {"Average"}
+    assert all(0.0 <= v <= 1.0 for v in zero["micro"].values())
+    row = _cells((out / "report.md").read_text(), "routed by the unseen group's context")
+    assert float(row[-1]) == pytest.approx(zero["micro"]["Average"], abs=5e-4)
+    assert "zero labels" in output
+
+
 def test_micro_with_context_beats_the_single_head(demo_run):
     out, _ = demo_run
     summary = json.loads((out / "adapt" / "results.json").read_text())["summary"]["25"]

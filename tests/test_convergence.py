@@ -1,0 +1,130 @@
+"""Stage 1 trains until it converges: the hand-written step against autograd, the held-out slice, early
+stopping with kept best weights, restarts picked by held-out NLL, and what a run records."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from micro.cli import app
+from micro.embedcache import load_split
+from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, simulate
+from micro.heads.train import MicroStack, batch_loss, build_model, heldout_rows, step_plan
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """600 pairs, d = 64, 3 planted groups (the smallest cache size the defaults must handle)."""
+    path = tmp_path_factory.mktemp("conv") / "small.h5"
+    truth = simulate(path, pairs=700, seed=2)
+    return path, truth, load_split(path, "train"), load_split(path, "test")
+
+
+@pytest.mark.parametrize("router, balance, alpha", [("mlp", "batch", 0.5), ("mlp", "example", 0.5), ("linear", "batch", 0.5), ("mlp", "batch", 0.0)])
+def test_hand_written_step_has_autograds_gradients(small, router, balance, alpha):
+    _, _, train, _ = small
+    config = MixtureConfig(k=3, router=router, balance=balance, alpha=alpha, hidden=16, lr=1e-9)
+    make = lambda: [build_model(MixtureConfig(k=3, router=router, hidden=16, seed=s), train.hidden_size) for s in (0, 1)]  # noqa: E731
+    models, stack = make(), MicroStack(make(), config, torch.device("cpu"))
+    d, x = train.diff[:32], train.context_inputs()[:32]
+    loss = stack.step(d, x, lr=0.0)
+    k, h = 3, (16 if router == "mlp" else 3)
+    ref_losses = []
+    for r, model in enumerate(models):
+        ref = batch_loss(model, config, d, x, 1.0)
+        ref.backward()
+        ref_losses.append(float(ref.detach()))
+        lin = [m for m in model.router.net if isinstance(m, torch.nn.Linear)]
+        expect = [model.heads.grad.T, lin[0].weight.grad.T, lin[0].bias.grad]
+        got = [stack.grads[0][:, r * k : (r + 1) * k], stack.grads[1][:, r * h : (r + 1) * h], stack.grads[2][r * h : (r + 1) * h]]
+        if router == "mlp":
+            expect += [lin[1].weight.grad.T, lin[1].bias.grad]
+            got += [stack.grads[3][r], stack.grads[4][r]]
+        for e, g in zip(expect, got):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+    assert float(loss) == pytest.approx(np.mean(ref_losses), rel=1e-5)
+
+
+def test_fixed_epochs_match_the_autograd_fit(small):
+    """Same init, same batches, same schedule: the hand-written fit and the autograd reference agree."""
+    _, _, train, test = small
+    config = MixtureConfig(k=3, epochs=3)
+    fast, slow = fit_mixture(train, config), fit_mixture(train, config, reference=True)
+    for (name, a), (_, b) in zip(fast.state_dict().items(), slow.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+    assert fast.fit_record.schedule == "fixed-epochs" and fast.train_steps == 3 * -(-len(train) // 32)
+    assert evaluate(fast, test, "context")["average"] == pytest.approx(evaluate(slow, test, "context")["average"], abs=0.01)
+
+
+def test_heldout_rows_hold_out_whole_prompts(small):
+    _, _, train, _ = small
+    fit, held = heldout_rows(train, 0.1, 10_000, seed=0)
+    assert len(fit) + len(held) == len(train) and not set(fit.tolist()) & set(held.tolist())
+    prompts_fit, prompts_held = set(train.prompt_index[fit].tolist()), set(train.prompt_index[held].tolist())
+    assert not prompts_fit & prompts_held
+    assert 0.08 * len(train) <= len(held) <= 0.15 * len(train)
+    _, capped = heldout_rows(train, 0.5, 40, seed=0)  # the cap wins over the fraction
+    assert len(capped) <= 40 + 10
+
+
+def test_step_plan_scales_with_the_cache():
+    config = MixtureConfig()
+    small, mid, big = step_plan(600, config), step_plan(23_500, config), step_plan(700_000, config)
+    assert small.min_steps == mid.min_steps == 1000 and big.min_steps == 5469  # a quarter epoch of 700K
+    assert small.max_steps == mid.max_steps == 20_000 and big.max_steps == 87_500  # 4 epochs of 700K
+    assert (small.eval_every, mid.eval_every, big.eval_every) == (50, 183, 500)
+
+
+def test_early_stopping_keeps_the_best_weights_and_records_the_curve(small):
+    _, _, train, _ = small
+    config = MixtureConfig(k=3, restarts=2, refit=False)
+    model = fit_mixture(train, config)
+    rec = model.fit_record
+    assert rec.schedule == "early-stopping" and rec.stop_reason == "patience", rec.stop_reason
+    assert rec.plan["min_steps"] <= rec.steps < rec.plan["max_steps"]
+    assert rec.best_step <= rec.steps and rec.best_step % rec.plan["eval_every"] == 0
+    # restarts: both curves until the choice, the chosen one had the lower held-out NLL there
+    assert len(rec.curve[0]["heldout_nll"]) == 2 and len(rec.curve[-1]["heldout_nll"]) == 1
+    assert rec.restart_nll[rec.chosen_restart] == min(rec.restart_nll)
+    # the returned weights are the best evaluation's: their held-out NLL is the curve's minimum
+    fit, held = heldout_rows(train, config.holdout, config.holdout_max_pairs, config.seed)
+    held_split = train.subset(held)
+    nll = evaluate(model, held_split, "context")["overall"]["loss"]
+    assert nll == pytest.approx(rec.best_heldout_nll, abs=1e-4)
+    chosen = [c["heldout_nll"][rec.chosen_restart if len(c["heldout_nll"]) > 1 else 0] for c in rec.curve]
+    assert rec.best_heldout_nll == pytest.approx(min(chosen), abs=1e-6)
+
+
+def test_refit_trains_the_chosen_start_on_all_pairs_for_the_found_length(small):
+    _, _, train, _ = small
+    searched = fit_mixture(train, MixtureConfig(k=3, refit=False))
+    refit = fit_mixture(train, MixtureConfig(k=3))
+    rec = refit.fit_record
+    assert rec.refit_steps == round(rec.best_step * len(train) / rec.train_pairs) > 0
+    assert refit.train_steps == rec.steps + rec.refit_steps
+    assert not torch.equal(refit.heads, searched.heads)
+
+
+def test_default_fit_recovers_planted_groups_on_a_small_cache(tmp_path):
+    """The defaults alone (no epoch count) recover the planted directions at 6K pairs, d = 64."""
+    path = tmp_path / "six.h5"
+    truth = simulate(path, pairs=6000, seed=11)
+    model = fit_mixture(load_split(path, "train"), MixtureConfig())
+    assert min(match_heads(truth, model.head_vectors())["cosine"]) >= 0.9, match_heads(truth, model.head_vectors())
+
+
+def test_run_records_the_fit_and_plots_the_curve(small, tmp_path):
+    path = small[0]
+    result = CliRunner().invoke(app, ["fit-mixture", str(path), "--out", str(tmp_path / "run"), "--k", "3", "--restarts", "1"])
+    assert result.exit_code == 0, result.output
+    assert "held-out NLL" in result.stderr and "early stopping:" in result.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    fit = metrics["fit"]
+    assert {"steps", "best_step", "stop_reason", "curve", "best_heldout_nll", "heldout_pairs"} <= set(fit)
+    assert metrics["train_steps"] == fit["steps"] + fit["refit_steps"] and (tmp_path / "run" / "heldout_curve.png").stat().st_size > 0
+    quiet = CliRunner().invoke(app, ["fit-mixture", str(path), "--out", str(tmp_path / "q"), "--k", "3", "--restarts", "1", "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
