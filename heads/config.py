@@ -168,8 +168,11 @@ class MixtureConfig:
     optimum is already behind by then (benchmarks/README.md, "Convergence")."""
 
     def __post_init__(self) -> None:
-        check_numbers(self, integers=("k", "epochs", "batch_size", "hidden", "seed", "threads"),
-                      reals=("alpha", "lr", "warmup", "weight_decay", "prior_scale", "prior_l2"))
+        check_numbers(self, integers=("k", "batch_size", "hidden", "seed", "threads", "holdout_max_pairs", "eval_every",
+                                      "patience", "lr_drops", "min_steps", "max_steps", "restarts", "refit_max_pairs",
+                                      "restart_steps") + (("epochs",) if self.epochs is not None else ()),
+                      reals=("alpha", "lr", "warmup", "weight_decay", "prior_scale", "prior_l2", "holdout", "min_delta",
+                             "lr_drop_factor", "min_epochs", "max_epochs"))
         for name in ("alpha", "weight_decay", "prior_scale", "prior_l2", "seed", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")

@@ -164,7 +164,7 @@ def test_a_cache_missing_a_dataset_is_refused_naming_it(sim, tmp_path):
 
 def test_a_fit_whose_loss_diverges_stops_with_a_message(sim):
     _, cache, _ = sim
-    with pytest.raises(ValueError, match="diverged: its loss became nan in epoch 1.*lower --lr"):
+    with pytest.raises(ValueError, match="diverged: its loss became nan at step .*lower --lr"):
         fit_mixture(load_split(cache, "train"), MixtureConfig(k=2, epochs=2, lr=1e38))
     with pytest.raises(ValueError, match="diverged"):
         fit_mixture(load_split(cache, "train"), MixtureConfig(method="single", epochs=1, lr=1e38))
