@@ -61,7 +61,9 @@ def write_csv(results: dict, path: Path) -> None:
     import pandas as pd
 
     cols = ["budget", "seed", "attribute", "method", "accuracy", "pairs"]
-    pd.DataFrame(results["records"], columns=cols).to_csv(path, index=False)
+    frame = pd.DataFrame(results["records"], columns=cols)
+    frame.insert(0, "run_id", results.get("run_id"))  # one id per result: several results concatenate cleanly
+    frame.to_csv(path, index=False)
 
 
 def plot_budget_curve(results: dict, path: Path) -> bool:

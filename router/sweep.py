@@ -14,6 +14,7 @@ Heads are frozen, so every head margin is computed once up front; only routers a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -283,10 +284,17 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
 
     attributes = [test.attributes[a] for a in attr_ids]
     timings["total"] = time.perf_counter() - t0
+    inputs = {  # what the results were computed from, by content: a moved file keeps its run id
+        "cache_sha256": meta.get("source_sha256"),
+        "eval_cache_sha256": eval_meta.get("source_sha256"),
+        "run_model_sha256": _file_sha256(run_dir / "model.safetensors"),
+    }
     results = {
-        "cache": str(cache),
-        "eval_cache": str(eval_path),
-        "run_dir": str(run_dir),
+        "run_id": hashlib.sha256(json.dumps({**inputs, "config": config.to_dict()}, sort_keys=True).encode()).hexdigest()[:12],
+        "cache": str(cache.resolve()),
+        "eval_cache": str(eval_path.resolve()),
+        "run_dir": str(run_dir.resolve()),
+        "inputs": inputs,
         "config": config.to_dict(),
         "stage1_config": mix_config.to_dict(),
         "head_input": "context" if augmented else "response",
@@ -303,3 +311,11 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
 
     results["files"] = write_outputs(results, out, plot=config.plot)
     return results
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -309,7 +309,7 @@ def _fill(mnt: Path, leave: int):
 def test_a_full_disk_gives_one_line_and_leaves_no_partial_output(small_disk, cache):
     _one_line_refusal(["simulate", "--out", small_disk / "big.h5", "--pairs", "6000"], "needs about", "free some space")
     _fill(small_disk, 24 * 1024)
-    _one_line_refusal(["fit-mixture", cache, "--out", small_disk / "run", "--k", "10", "--epochs", "1"],
+    _one_line_refusal(["fit-mixture", cache, "--out", small_disk / "run", "--k", "10", "--epochs", "1", "--quiet"],
                       "No space left on device")
     _one_line_refusal(["simulate", "--out", small_disk / "s.h5", "--pairs", "600", "--dim", "16"], "free some space")
     left = sorted(p.name for p in small_disk.iterdir())
@@ -328,7 +328,7 @@ def test_a_read_only_folder_gives_one_line(small_disk, cache, tmp_path):
     run = tmp_path / "run"
     _ok(["fit-mixture", cache, "--out", run, "--k", "3", "--epochs", "1"])
     assert subprocess.run(["mount", "-o", "remount,ro", str(small_disk)]).returncode == 0
-    _one_line_refusal(["fit-mixture", cache, "--out", small_disk / "run", "--k", "3", "--epochs", "1"], "Read-only file system")
+    _one_line_refusal(["fit-mixture", cache, "--out", small_disk / "run", "--k", "3", "--epochs", "1", "--quiet"], "Read-only file system")
     _one_line_refusal(["adapt", cache, run, "--out", small_disk / "ad", "--budget", "5", "--seeds", "1", "--no-baselines"],
                       "Read-only file system")
     _one_line_refusal(["simulate", "--out", small_disk / "s.h5", "--pairs", "600", "--dim", "16"], "Read-only file system")
