@@ -38,7 +38,7 @@ FORMAT = "micro-embedcache"
 FORMAT_VERSION = 1
 
 #: Fields that must agree for two embeddings to be comparable (same backbone, same view of the text).
-IDENTITY_FIELDS = ("model_id", "model_revision", "pooling", "hidden_size", "max_length", "template")
+IDENTITY_FIELDS = ("model_id", "model_revision", "pooling", "hidden_size", "max_length", "template", "compute_dtype")
 
 PAIR_FIELDS = (
     "chosen",
