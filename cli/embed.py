@@ -8,17 +8,30 @@ from ._app import app, fail
 from ._common import AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SourceArg, SplitKey, SplitOpt, _load_source
 
 # ---- embed commands ----
+def _help(name: str) -> str:
+    from ..embedcache.config import EmbedConfig
+
+    return EmbedConfig.help(name)
+
+
+def _default(name: str):
+    from ..embedcache.config import EmbedConfig
+
+    return getattr(EmbedConfig(), name)
+
+
 @app.command("embed")
 def embed(
     source: SourceArg,
-    model: str = typer.Option("Ray2333/GRM-Llama3.2-3B-rewardmodel-ft", "--model", help="Backbone: hub id or local path of a decoder reward/causal model or a sentence-transformers encoder; `minilm` = the packaged all-MiniLM-L6-v2."),
     out: str = typer.Option(..., "--out", help="The HDF5 cache to write (e.g. cache.h5)."),
-    max_length: int = typer.Option(None, "--max-length", help="Truncate sequences over this many tokens (prompt first, from its start). Default: the model's maximum (4096 for decoders)."),
-    batch_tokens: int = typer.Option(None, "--batch-tokens", help="Padded tokens per batch (rows x longest). Default 32768 on GPU, 2048 on CPU."),
-    dtype: str = typer.Option(None, "--dtype", help="Compute dtype: bf16, fp16 or fp32 (default bf16 on GPU, fp32 on CPU). The cache stores float16."),
-    device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu ... (default: cuda when available; under torchrun each rank takes its local GPU)."),
-    context_in_sequence: bool = typer.Option(False, "--context-in-sequence", help="Also embed (context + prompt, response) for pairs with a context."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub repository."),
+    model: str = typer.Option(_default("model"), "--model", help=_help("model")),
+    max_length: int = typer.Option(_default("max_length"), "--max-length", help=_help("max_length")),
+    batch_tokens: int = typer.Option(_default("batch_tokens"), "--batch-tokens", help=_help("batch_tokens")),
+    dtype: str = typer.Option(_default("dtype"), "--dtype", help=_help("dtype")),
+    device: str = typer.Option(_default("device"), "--device", help=_help("device")),
+    context_in_sequence: bool = typer.Option(_default("context_in_sequence"), "--context-in-sequence", help=_help("context_in_sequence")),
+    trust_remote_code: bool = typer.Option(_default("trust_remote_code"), "--trust-remote-code", help=_help("trust_remote_code")),
+    compile_model: bool = typer.Option(_default("compile"), "--compile", help=_help("compile")),
     path: PathOpt = None,
     split: SplitOpt = None,
     prompt_key: PromptKey = "prompt",
@@ -34,20 +47,21 @@ def embed(
 
     Crash-safe and resumable: rerun the same command after a crash to finish; a finished cache is
     left alone. Several GPUs: `torchrun --nproc_per_node=N -m micro.cli embed ...` (same flags).
+    Defaults live in micro.embedcache.EmbedConfig; flags given here override them.
     """
     import json
     import os
 
     from ..data import PreferenceDataError, table_sha256
-    from ..embedcache import CacheError, embed_table
+    from ..embedcache import CacheError, EmbedConfig, embed_table
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
+        config = EmbedConfig(model=model, max_length=max_length, batch_tokens=batch_tokens, dtype=dtype, device=device,
+                             context_in_sequence=context_in_sequence, trust_remote_code=trust_remote_code,
+                             compile=compile_model)
         df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
-        report = embed_table(df, model=model, out=out, max_length=max_length, batch_tokens=batch_tokens,
-                             dtype=dtype, device=device, context_in_sequence=context_in_sequence,
-                             trust_remote_code=trust_remote_code, source_sha256=table_sha256(df),
-                             log=lambda msg: typer.echo(msg, err=True))
+        report = embed_table(df, config, out=out, source_sha256=table_sha256(df), log=lambda msg: typer.echo(msg, err=True))
     except (PreferenceDataError, CacheError, ValueError, OSError) as exc:
         fail(exc)
     if not rank0:

@@ -24,10 +24,10 @@ class EmbedConfig:
 
     max_length: int | None = None
     """Truncate sequences over this many tokens (the prompt first, from its start). None: the model's
-    maximum, at most DEFAULT_DECODER_MAX_LENGTH for decoders."""
+    maximum, at most {DEFAULT_DECODER_MAX_LENGTH} for decoders."""
 
     batch_tokens: int | None = None
-    """Padded tokens per batch (rows x longest). None: GPU_BATCH_TOKENS on a GPU, CPU_BATCH_TOKENS on a CPU."""
+    """Padded tokens per batch (rows x longest). None: {GPU_BATCH_TOKENS} on a GPU, {CPU_BATCH_TOKENS} on a CPU."""
 
     dtype: str | None = None
     """Compute dtype: bf16, fp16 or fp32. None: bf16 on a GPU, fp32 on a CPU. The cache stores float16 and
@@ -74,8 +74,10 @@ class EmbedConfig:
 
     @classmethod
     def help(cls, name: str) -> str:
-        """The field's documentation as one line (for the CLI's --help)."""
-        return " ".join(_FIELD_DOCS.get(name, "").split())
+        """The field's documentation as one line (for the CLI's --help), with the default constants filled in."""
+        constants = {"DEFAULT_DECODER_MAX_LENGTH": DEFAULT_DECODER_MAX_LENGTH, "GPU_BATCH_TOKENS": GPU_BATCH_TOKENS,
+                     "CPU_BATCH_TOKENS": CPU_BATCH_TOKENS}
+        return " ".join(_FIELD_DOCS.get(name, "").format(**constants).split())
 
 
 def _field_docs() -> dict[str, str]:

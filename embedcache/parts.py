@@ -30,6 +30,8 @@ from .plan import CTX_PROMPT, CTX_SEQ, GROUPS, PROMPT, SEQ, Plan
 from .store import CacheError, write_cache
 
 STAGING = "merge.h5"
+#: Seconds to sleep after each embedded batch and each merge window; tests use it to kill a run midway.
+SLOW_ENV = "MICRO_EMBED_SLOW_TEST"
 #: Parts read into memory per merge window (the merge's peak beyond the plan itself).
 MERGE_WINDOW_BYTES = 64 << 20
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -232,12 +234,14 @@ def merge_parts(
     reused: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
     old_cache: Path | None = None,
     window_bytes: int = MERGE_WINDOW_BYTES,
-) -> None:
+) -> int:
     """Write the cache `out` from the parts (and rows reused from `old_cache`) in bounded memory.
 
     `reused[group] = (new rows, old rows)`: embeddings copied from the old cache. `key` names this run's
-    plan: a staging file left by another plan is started over.
+    plan: a staging file left by another plan is started over. Returns how many batches an earlier,
+    killed merge had already written (0 for a fresh merge).
     """
+    slow = float(os.environ.get(SLOW_ENV, "0") or 0)
     staging = parts / STAGING
     f, merged = _open_staging(staging, plan, meta, hidden, key)
     try:
@@ -276,6 +280,8 @@ def merge_parts(
             f.flush()  # the data of this window is in the file before the counter says so
             f.attrs["merged_batches"] = b
             f.flush()
+            if slow:
+                time.sleep(slow)
         for g, ok in filled.items():
             if not ok.all():
                 raise CacheError(f"{int((~ok).sum())} {GROUPS[g]} rows were never embedded (internal error)")
@@ -284,6 +290,7 @@ def merge_parts(
     finally:
         f.close()
     os.replace(staging, out)
+    return merged
 
 
 def _copy_reused(src: h5py.Dataset, dst: h5py.Dataset, new_rows: np.ndarray, old_rows: np.ndarray, window_bytes: int) -> None:

@@ -33,6 +33,7 @@ from ..data import table_sha256
 from .backbone import Backbone, load_backbone
 from .config import EmbedConfig
 from .parts import (
+    SLOW_ENV,
     PartWriter,
     atomic_write_bytes,
     finished_batches,
@@ -47,8 +48,6 @@ from .store import IDENTITY_FIELDS, CacheError, check_compatible, read_meta
 
 __all__ = ["EmbedReport", "embed_table", "parts_dir"]
 
-#: Seconds to sleep after each batch; tests use it to kill a run midway.
-SLOW_ENV = "MICRO_EMBED_SLOW_TEST"
 #: Fields of the manifest that must match for parts to be reused (beyond the backbone identity).
 PLAN_FIELDS = ("context_in_sequence", "batch_tokens", "bucketed", "plan_sha256")
 
@@ -71,6 +70,7 @@ class EmbedReport:
     reused_from_cache: int = 0
     batches: int = 0
     resumed_batches: int = 0
+    merge_resumed_batches: int = 0  # batches an earlier, killed merge had already written into the cache
     tokens: int = 0
     padded_tokens: int = 0
     padding_fraction: float = 0.0
@@ -241,7 +241,7 @@ def _embed(table, config: EmbedConfig, backbone: Backbone | None, out: Path, sou
         "truncated_responses": plan.stats["truncated_responses"],
         "truncated_router_inputs": plan.stats["truncated_router_inputs"],
     }
-    merge_parts(out, parts, n_batches, plan, meta, int(identity["hidden_size"]), setup.manifest["plan_sha256"],
+    report.merge_resumed_batches = merge_parts(out, parts, n_batches, plan, meta, int(identity["hidden_size"]), setup.manifest["plan_sha256"],
                 reused=setup.reused, old_cache=setup.reuse_from)
     shutil.rmtree(parts, ignore_errors=True)
     report.seconds = round(time.perf_counter() - t0, 2)
