@@ -68,6 +68,11 @@ def make_table(n_prompts=6, seed=0, with_context=True, long_prompt=False):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+def build_tiny_llama(out: Path) -> Path:
+    """A 2-layer random Llama reward model with a Llama-3-style tokenizer and chat template, saved in `out`."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
@@ -89,7 +94,6 @@ def tiny_llama(tmp_path_factory) -> Path:
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, num_labels=1,
                       pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
     model = LlamaForSequenceClassification(cfg)  # a reward model: AutoModel must find its backbone
-    out = tmp_path_factory.mktemp("tiny_llama")
     model.save_pretrained(out)
     fast.save_pretrained(out)
     return out
