@@ -59,12 +59,15 @@ def rank_device(ranks: Ranks, requested: str | None) -> tuple[str | None, str | 
     device = torch.device(requested)
     if device.type != "cuda":
         return str(device), None
-    mine = f"cuda:{ranks.local_rank}"
-    torch.cuda.set_device(ranks.local_rank)
+    count = max(torch.cuda.device_count(), 1)
+    index = ranks.local_rank % count  # more ranks than GPUs (a smoke test on one card): ranks share them
+    torch.cuda.set_device(index)
     note = None
-    if device.index is not None and device.index != ranks.local_rank:
+    if device.index is not None and device.index != index:
         note = f"--device {requested} under torchrun: each rank uses its local GPU (LOCAL_RANK), cuda:0 .. cuda:N-1"
-    return mine, note
+    elif ranks.local_rank >= count:
+        note = f"{ranks.local_rank + 1} local ranks on {count} GPU(s): ranks share GPUs"
+    return f"cuda:{index}", note
 
 
 def broadcast_json(ranks: Ranks, value: Any) -> Any:

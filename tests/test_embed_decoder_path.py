@@ -130,12 +130,15 @@ def test_from_pretrained_gets_the_dtype_keyword_of_the_installed_transformers(mo
 def test_under_torchrun_cuda_0_becomes_the_local_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     rank1 = dist.Ranks(rank=1, world_size=2, local_rank=1)
     device, note = dist.rank_device(rank1, "cuda:0")
     assert device == "cuda:1" and "local GPU" in note
     assert dist.rank_device(rank1, None) == ("cuda:1", None)
     assert dist.rank_device(rank1, "cpu") == ("cpu", None)
     assert dist.rank_device(dist.Ranks(), "cuda:0") == ("cuda:0", None)  # one process: as asked
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # 2 ranks on one card (a smoke test)
+    assert dist.rank_device(rank1, None)[0] == "cuda:0"
 
 
 def test_embed_config_is_the_one_place_for_defaults(tiny_llama, tmp_path):
