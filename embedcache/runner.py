@@ -179,7 +179,7 @@ def _embed(table, config: EmbedConfig, backbone: Backbone | None, out: Path, sou
         try:
             setup = _prepare(table, config, backbone, identity, batch_tokens, out, parts, source_sha256, ranks)
             decision = {"noop": setup.noop, "token": setup.token, "n_batches": len(setup.batches or [])}
-        except (CacheError, ValueError) as exc:
+        except Exception as exc:  # the other ranks raise it too instead of waiting for a plan
             dist.broadcast_json(ranks, {"error": str(exc), "cache_error": isinstance(exc, CacheError)})
             raise
         decision = dist.broadcast_json(ranks, decision)

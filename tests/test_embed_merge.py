@@ -22,7 +22,7 @@ HIDDEN = 64
 ROWS_PER_PART = 32
 
 
-def synthetic_run(folder: Path, n_parts: int, seed: int = 0, write: bool = True) -> tuple[Plan, dict]:
+def synthetic_run(folder: Path, n_parts: int, seed: int = 0, write: bool = True, hidden: int = HIDDEN) -> tuple[Plan, dict]:
     """A plan of n_parts * ROWS_PER_PART sequences (+ their prompts), its parts in `folder` (rows in
     shuffled order) and the embeddings the merged cache must hold."""
     rng = np.random.default_rng(seed)
@@ -40,12 +40,12 @@ def synthetic_run(folder: Path, n_parts: int, seed: int = 0, write: bool = True)
     )
     folder.mkdir(parents=True, exist_ok=True)
     seq_rows, prompt_rows = rng.permutation(n_seq), rng.permutation(n_prompts)
-    expected = {SEQ: np.zeros((n_seq, HIDDEN), np.float16), PROMPT: np.zeros((n_prompts, HIDDEN), np.float16)}
+    expected = {SEQ: np.zeros((n_seq, hidden), np.float16), PROMPT: np.zeros((n_prompts, hidden), np.float16)}
     per_prompt = -(-n_prompts // n_parts)
     for b in range(n_parts):
         s = seq_rows[b * ROWS_PER_PART : (b + 1) * ROWS_PER_PART]
         p = prompt_rows[b * per_prompt : (b + 1) * per_prompt]
-        emb = rng.standard_normal((len(s) + len(p), HIDDEN)).astype(np.float16)
+        emb = rng.standard_normal((len(s) + len(p), hidden)).astype(np.float16)
         expected[SEQ][s], expected[PROMPT][p] = emb[: len(s)], emb[len(s) :]
         group = np.concatenate([np.full(len(s), SEQ), np.full(len(p), PROMPT)]).astype(np.int8)
         if write:
