@@ -9,6 +9,10 @@ current code is faster). Two backbones: the packaged MiniLM (encoder path) and a
 Table: random pairs of the shared HelpSteer2 subset.
 
     python benchmarks/decoder_path.py --pairs 60 --rounds 3
+    python benchmarks/decoder_path.py --forward-only --pairs 60 --rounds 5
+
+`--forward-only`: one process, the small Llama's batches through `Backbone.forward`, interleaved: the
+previous decoder path (attention mask + KV cache) against the current one (no mask, no cache).
 """
 
 from __future__ import annotations
@@ -73,6 +77,45 @@ def run_side(pythonpath: Path | None, model: str, args) -> dict:
     return json.loads(done.stdout.split("RESULT", 1)[1])
 
 
+def forward_only(args, llama: str) -> dict:
+    import time
+
+    import torch
+
+    from micro.data import load_preferences
+    from micro.embedcache import build_plan, load_backbone, make_batches
+
+    torch.set_num_threads(args.threads)
+    table = load_preferences("helpsteer2", path=str(args.data)).sample(n=args.pairs, random_state=0).reset_index(drop=True)
+    bb = load_backbone(llama, device="cpu")
+    plan = build_plan(table, bb)
+    batches = make_batches(plan.lengths, args.batch_tokens)
+    model = bb.model
+    plain_forward = model.forward
+
+    def with_cache(*a, **k):
+        return plain_forward(*a, **{**k, "use_cache": True})
+
+    def run(previous: bool):
+        bb.mask_free = not previous
+        model.forward = with_cache if previous else plain_forward
+        t0 = time.perf_counter()
+        for b in batches:
+            sel = np.isin(plan.out_job, b)
+            owners = np.searchsorted(b, plan.out_job[sel]) if np.all(np.diff(b) > 0) else np.argsort(b)[np.searchsorted(np.sort(b), plan.out_job[sel])]
+            bb.forward([plan.ids[j] for j in b], None, plan.out_pos[sel], owners)
+        return time.perf_counter() - t0
+
+    run(False), run(True)  # warm-up
+    ratios = []
+    for r in range(args.rounds):
+        prev, cur = run(True), run(False)
+        ratios.append(prev / cur)
+        print(f"forward round {r}: masked + KV cache {prev:.2f}s  mask-free, no cache {cur:.2f}s  ratio {ratios[-1]:.2f}x", flush=True)
+    return {"tokens": int(plan.lengths.sum()), "batches": len(batches), "speedup_median": round(float(np.median(ratios)), 3),
+            "speedup_min": round(min(ratios), 3), "speedup_max": round(max(ratios), 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default=None, help="git ref of the baseline (default: merge base with main)")
@@ -83,7 +126,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-tokens", type=int, default=2048)
     ap.add_argument("--models", default="minilm,llama", help="comma list of minilm, llama")
+    ap.add_argument("--forward-only", action="store_true", help="the decoder forward alone, previous vs current path")
     args = ap.parse_args()
+    if args.forward_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = importlib.util.spec_from_file_location("_embed_fixtures", ROOT / "tests" / "test_embed.py")
+            fixtures = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(fixtures)
+            llama = str(fixtures.build_tiny_llama(Path(tmp) / "llama", hidden=256, layers=4, positions=512))
+            print(json.dumps({"pairs": args.pairs, "rounds": args.rounds, "forward_only": forward_only(args, llama)}, indent=1))
+        return
     ref = args.baseline or subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
                                           capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
