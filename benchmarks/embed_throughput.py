@@ -84,7 +84,7 @@ def main() -> None:
     bb.model  # load now, not inside the timed region
     plan = build_plan(table, bb)
     # the same inputs for sentence-transformers: text pairs for sequences, plain text for router inputs
-    cp_text = {q: bb.render_prompt(plan.prompt_text[p], plan.contexts[c]) for q, (p, c) in enumerate(zip(plan.cp_prompt, plan.cp_context))}
+    cp_text = {q: bb.render_prompt(plan.prompt_text[p], plan.contexts[c]) for q, (p, c) in enumerate(zip(plan.context_prompt_prompt, plan.context_prompt_context))}
     inputs = [[plan.prompt_text[p], t] for p, t in zip(plan.seq_prompt, plan.seq_text)] + list(plan.prompt_text) + [cp_text[q] for q in range(len(cp_text))]
     n_seq, tokens = len(inputs), int(plan.lengths.sum())
     st = SentenceTransformer(str(minilm.get_model_path()), device="cpu")

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import typer
 
+from ..embedcache.config import EmbedConfig
 from ._app import app, fail
 from ._common import (AttributeKey, ChosenKey, ContextKey, DatasetConfigOpt, LimitOpt, OverwriteOpt, PathOpt, PromptKey,
                       RejectedKey, RevisionOpt, SkipInvalidOpt, SourceArg, SplitKey, SplitOpt, _load_source)
+from ._options import config_options
 
 # ---- embed commands ----
 @app.command("embed")
+@config_options(EmbedConfig, exclude=("progress",))
 def embed(
     source: SourceArg,
-    model: str = typer.Option("Ray2333/GRM-Llama3.2-3B-rewardmodel-ft", "--model", help="Backbone: hub id or local path of a decoder reward/causal model or a sentence-transformers encoder; `minilm` = the packaged all-MiniLM-L6-v2."),
     out: str = typer.Option(..., "--out", help="The HDF5 cache to write (e.g. cache.h5)."),
-    max_length: int = typer.Option(None, "--max-length", help="Truncate sequences over this many tokens (prompt first, from its start). Default: the model's maximum (4096 for decoders)."),
-    batch_tokens: int = typer.Option(None, "--batch-tokens", help="Padded tokens per batch (rows x longest). Default 32768 on GPU, 2048 on CPU."),
-    dtype: str = typer.Option(None, "--dtype", help="Compute dtype: bf16, fp16 or fp32 (default bf16 on GPU, fp32 on CPU). The cache stores float16."),
-    device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu ... (default: cuda when available; under torchrun each rank takes its local GPU)."),
-    context_in_sequence: bool = typer.Option(False, "--context-in-sequence", help="Also embed (context + prompt, response) for pairs with a context."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub repository."),
     path: PathOpt = None,
     split: SplitOpt = None,
     dataset_config: DatasetConfigOpt = None,
@@ -34,11 +30,13 @@ def embed(
     skip_invalid: SkipInvalidOpt = False,
     overwrite: OverwriteOpt = False,
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    overrides: dict = None,
 ) -> None:
     """Embed every distinct (prompt, response), prompt and (context + prompt) of SOURCE once into an HDF5 cache.
 
     Crash-safe and resumable: rerun the same command after a crash to finish; a finished cache is
     left alone. Several GPUs: `torchrun --nproc_per_node=N -m micro.cli embed ...` (same flags).
+    Every option from --config on is a field of micro.embedcache.EmbedConfig (its one default is shown).
     """
     import json
     import os
@@ -49,14 +47,13 @@ def embed(
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
+        config = EmbedConfig(**overrides)
         df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit,
                           dataset_config=dataset_config, revision=revision, skip_invalid=skip_invalid)
         for warning in df.attrs.get("warnings", []) if skip_invalid and rank0 else []:
             typer.echo(f"warning: {warning}", err=True)
-        report = embed_table(df, model=model, out=out, max_length=max_length, batch_tokens=batch_tokens,
-                             dtype=dtype, device=device, context_in_sequence=context_in_sequence,
-                             trust_remote_code=trust_remote_code, source_sha256=table_sha256(df),
-                             log=lambda msg: typer.echo(msg, err=True), overwrite=overwrite)
+        report = embed_table(df, config, out=out, source_sha256=table_sha256(df), log=lambda msg: typer.echo(msg, err=True),
+                             overwrite=overwrite)
     except (PreferenceDataError, CacheError, ValueError, OSError) as exc:
         fail(error_line(exc, out))
     if not rank0:

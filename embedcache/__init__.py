@@ -1,52 +1,48 @@
 """The embedding cache: run the frozen backbone once, then read its tensors for training.
 
 `load_split(path, split)` is what later stages use; `write_cache` is the one writer of the format;
-`embed_table(table, model=..., out=...)` builds a cache from a preference table (what `micro embed` runs).
+`embed_table(table, EmbedConfig(...), out=...)` builds a cache from a preference table (what `micro embed`
+runs); `EmbedConfig` holds every default of that command.
 """
 
-from .store import (
-    BACKBONE_FIELDS,
-    FORMAT_VERSION,
-    IDENTITY_FIELDS,
-    RUN_FIELDS,
-    CacheError,
-    CacheSplit,
-    cache_identity,
-    check_compatible,
-    check_same_table,
-    load_split,
-    missing_contexts,
-    require_contexts,
-    load_texts,
-    read_meta,
-    write_cache,
-)
-from .backbone import DEFAULT_MODEL, Backbone, load_backbone
-from .plan import Plan, build_plan, make_batches
-from .runner import EmbedReport, embed_table
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "Backbone",
-    "EmbedReport",
-    "Plan",
-    "build_plan",
-    "embed_table",
-    "load_backbone",
-    "make_batches",
-    "BACKBONE_FIELDS",
-    "FORMAT_VERSION",
-    "IDENTITY_FIELDS",
-    "RUN_FIELDS",
-    "CacheError",
-    "CacheSplit",
-    "cache_identity",
-    "check_compatible",
-    "check_same_table",
-    "load_split",
-    "missing_contexts",
-    "require_contexts",
-    "load_texts",
-    "read_meta",
-    "write_cache",
-]
+# Names load on first use, so `import micro.embedcache.config` (what the CLI reads its options from)
+# does not import torch.
+_EXPORTS = {
+    "BACKBONE_FIELDS": ".store",
+    "FORMAT_VERSION": ".store",
+    "IDENTITY_FIELDS": ".store",
+    "RUN_FIELDS": ".store",
+    "CacheError": ".store",
+    "CacheSplit": ".store",
+    "cache_identity": ".store",
+    "check_compatible": ".store",
+    "check_same_table": ".store",
+    "load_split": ".store",
+    "missing_contexts": ".store",
+    "require_contexts": ".store",
+    "load_texts": ".store",
+    "read_meta": ".store",
+    "write_cache": ".store",
+    "DEFAULT_MODEL": ".config",
+    "EmbedConfig": ".config",
+    "Backbone": ".backbone",
+    "load_backbone": ".backbone",
+    "Jobs": ".plan",
+    "Plan": ".plan",
+    "build_plan": ".plan",
+    "make_batches": ".plan",
+    "EmbedReport": ".runner",
+    "embed_table": ".runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

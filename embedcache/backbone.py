@@ -9,6 +9,9 @@ Two kinds, one interface:
   `1_Pooling/config.json` (mean for sentence-transformers), normalised when the model says so; a
   (prompt, response) sequence is the tokenizer's text pair (`template="pair"`).
 
+Decoder batches are right-padded and run without an attention mask and without a KV cache when that is
+exact (`mask_free_is_exact`): the real tokens' states do not change, and SDPA takes its causal fast path.
+
 Weights load lazily: identity checks (model, revision, template, max length) need only the config and the
 tokenizer, so a no-op rerun or a refused cache costs no model load.
 """
@@ -18,17 +21,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-DEFAULT_MODEL = "Ray2333/GRM-Llama3.2-3B-rewardmodel-ft"
+from .config import DEFAULT_DECODER_MAX_LENGTH, DEFAULT_MODEL
+
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 #: Short names for models we ship or use often.
 ALIASES = {"minilm": MINILM_ID, "all-minilm-l6-v2": MINILM_ID, "grm-3b": DEFAULT_MODEL}
-DEFAULT_DECODER_MAX_LENGTH = 4096
 #: Fixed date for templates that print "Today Date" (Llama 3.x): a cache must not depend on the day it was built.
 TEMPLATE_DATE = "26 Jul 2024"
 _ENCODER_TYPES = {
@@ -64,6 +68,49 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
         return _DTYPES[dtype.lower()]
     except KeyError:
         raise ValueError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}") from None
+
+
+def _transformers_version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def load_kwargs(dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    """`from_pretrained` keywords for a dtype and a device, across transformers versions.
+
+    The dtype keyword is `dtype` since 4.56 and `torch_dtype` before (older versions ignore an unknown
+    `dtype` and silently load float32). Weights go straight to a GPU with `device_map` where that needs no
+    extra package (transformers 5, or accelerate installed), instead of a CPU copy first.
+    """
+    version = _transformers_version()
+    kwargs: dict[str, Any] = {("dtype" if version >= (4, 56) else "torch_dtype"): dtype}
+    if device.type != "cpu":
+        import importlib.util
+
+        if version >= (5, 0) or importlib.util.find_spec("accelerate") is not None:
+            kwargs["device_map"] = {"": device}
+    return kwargs
+
+
+def mask_free_is_exact(config: Any, trust_remote_code: bool = False) -> bool:
+    """Whether a right-padded decoder batch gives the same last-token states without an attention mask.
+
+    Under causal attention a real token attends only to itself and earlier tokens, which right padding
+    leaves all real (and at positions 0..len-1), so the mask changes nothing the cache reads; without it
+    SDPA takes its causal fast path. True for the built-in causal-LM architectures of transformers; False
+    for remote code, encoder-decoders and configs that declare bidirectional attention.
+    """
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "use_bidirectional_attention", False):
+        return False
+    if getattr(config, "is_causal", True) is False or (trust_remote_code and getattr(config, "auto_map", None)):
+        return False
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:
+        return False
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and config.model_type not in _ENCODER_TYPES
 
 
 def _local_fingerprint(path: Path) -> str:
@@ -139,7 +186,10 @@ class Backbone:
     dtype: torch.dtype
     trust_remote_code: bool = False
     normalize: bool = False
+    #: Decoder batches run without an attention mask (see `mask_free_is_exact`); False forces the mask.
+    mask_free: bool = True
     _model: Any = field(default=None, repr=False)
+    _compiled: Any = field(default=None, repr=False)
 
     # ---- identity -------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -158,25 +208,92 @@ class Backbone:
     # ---- model ----------------------------------------------------------------------------------
     @property
     def model(self):
+        """The weights, loaded on first use straight onto `device` (no CPU copy first)."""
         if self._model is None:
-            from transformers import AutoModel
-
             # CPU bf16: float32 weights under bf16 autocast (matmuls on AMX / avx512_bf16; layer norms,
             # softmax and pooling stay float32), closer to the float32 result than casting the whole model
             load_dtype = torch.float32 if self._cpu_autocast else self.dtype
-            kwargs = dict(dtype=load_dtype, trust_remote_code=self.trust_remote_code)
+            kwargs = {**load_kwargs(load_dtype, self.device), "trust_remote_code": self.trust_remote_code}
+            from transformers import AutoModel
+
             try:
                 model = AutoModel.from_pretrained(self.load_path, attn_implementation="sdpa", **kwargs)
             except (ValueError, ImportError):  # architectures without an SDPA path
                 model = AutoModel.from_pretrained(self.load_path, **kwargs)
-            self._model = model.to(self.device).eval()
+            self._model = model.to(self.device).eval()  # a no-op when device_map placed it already
         return self._model
+
+    def compile(self) -> None:
+        """Run forwards through torch.compile (callers keep batch shapes to a few buckets, see plan.bucket_width)."""
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model, dynamic=False)
 
     @property
     def _cpu_autocast(self) -> bool:
         return self.device.type == "cpu" and self.dtype == torch.bfloat16
 
+    @property
+    def _drop_mask(self) -> bool:
+        return self.mask_free and self.kind == "decoder" and self._causal
+
+    @cached_property
+    def _causal(self) -> bool:
+        return mask_free_is_exact(self.config, self.trust_remote_code)
+
+    def prepare(self, ids: list[np.ndarray], type_ids: list[np.ndarray] | None, positions: np.ndarray,
+                owners: np.ndarray, *, width: int | None = None, rows: int | None = None) -> dict[str, torch.Tensor]:
+        """One padded batch as host tensors (pinned when the device is a GPU, so copies overlap compute).
+
+        Right padding: real tokens keep positions 0..len-1. `width` / `rows` pad the batch further to a
+        fixed shape (compiled models); extra rows are all padding and give no output.
+        """
+        n = len(ids)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+        width = max(int(lengths.max()), width or 0)
+        rows = max(n, rows or 0)
+        lengths = np.concatenate([lengths, np.zeros(rows - n, dtype=np.int64)])
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        real = np.arange(width)[None, :] < lengths[:, None]
+        batch = np.full((rows, width), pad, dtype=np.int64)
+        batch[real] = np.concatenate(ids)
+        host = {"input_ids": batch, "owners": np.asarray(owners, dtype=np.int64)}
+        if not self._drop_mask:
+            host["attention_mask"] = real.astype(np.int64)
+        if type_ids is not None:
+            tt = np.zeros((rows, width), dtype=np.int64)
+            tt[real] = np.concatenate(type_ids)
+            host["token_type_ids"] = tt
+        if self.kind == "decoder" or self.pooling == "last":
+            host["positions"] = np.asarray(positions, dtype=np.int64)
+        pin = self.device.type == "cuda"
+        return {k: (torch.from_numpy(v).pin_memory() if pin else torch.from_numpy(v)) for k, v in host.items()}
+
     @torch.inference_mode()
+    def run(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Embeddings of a prepared batch: float32 [outputs, hidden] on the device, computed asynchronously."""
+        on = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        owners, positions = on.pop("owners"), on.pop("positions", None)
+        if self.kind == "decoder":
+            on["use_cache"] = False  # no KV cache: nothing is generated
+        autocast = (self.device.type == "cuda" and self.dtype != torch.float32) or self._cpu_autocast
+        model = self._compiled if self._compiled is not None else self.model
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
+            hidden = model(**on).last_hidden_state
+        if positions is not None:
+            out = hidden[owners, positions].float()
+        else:
+            m = on["attention_mask"].unsqueeze(-1)
+            if self.pooling.startswith("cls"):
+                pooled = hidden[:, 0].float()
+            elif self.pooling.startswith("max"):
+                pooled = hidden.float().masked_fill(m == 0, float("-inf")).amax(1)
+            else:
+                pooled = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)
+            out = pooled[owners]
+        if self.normalize:
+            out = torch.nn.functional.normalize(out, dim=-1)
+        return out
+
     def forward(self, ids: list[np.ndarray], type_ids: list[np.ndarray] | None, positions: np.ndarray, owners: np.ndarray) -> np.ndarray:
         """Embed one padded batch.
 
@@ -185,40 +302,7 @@ class Backbone:
         response end and prompt end). For encoders, output k is the pooled sequence `owners[k]`.
         Returns float32 [len(owners), hidden].
         """
-        n = len(ids)
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
-        width = int(lengths.max())
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batch = np.full((n, width), pad, dtype=np.int64)
-        mask = np.arange(width)[None, :] < lengths[:, None]
-        batch[mask] = np.concatenate(ids)  # right padding: real tokens keep positions 0..len-1
-        inputs = {
-            "input_ids": torch.from_numpy(batch).to(self.device, non_blocking=True),
-            "attention_mask": torch.from_numpy(mask.astype(np.int64)).to(self.device, non_blocking=True),
-        }
-        if type_ids is not None:
-            tt = np.zeros((n, width), dtype=np.int64)
-            tt[mask] = np.concatenate(type_ids)
-            inputs["token_type_ids"] = torch.from_numpy(tt).to(self.device, non_blocking=True)
-        autocast = (self.device.type == "cuda" and self.dtype != torch.float32) or self._cpu_autocast
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
-            hidden = self.model(**inputs).last_hidden_state
-        owners_t = torch.from_numpy(np.asarray(owners, dtype=np.int64)).to(self.device)
-        if self.kind == "decoder" or self.pooling == "last":
-            pos = torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(self.device)
-            out = hidden[owners_t, pos].float()
-        else:
-            m = inputs["attention_mask"].unsqueeze(-1)
-            if self.pooling.startswith("cls"):
-                pooled = hidden[:, 0].float()
-            elif self.pooling.startswith("max"):
-                pooled = hidden.float().masked_fill(m == 0, float("-inf")).amax(1)
-            else:
-                pooled = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)
-            out = pooled[owners_t]
-        if self.normalize:
-            out = torch.nn.functional.normalize(out, dim=-1)
-        return out.cpu().numpy()
+        return self.run(self.prepare(ids, type_ids, positions, owners)).cpu().numpy()
 
     # ---- text rendering -------------------------------------------------------------------------
     @staticmethod

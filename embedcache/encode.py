@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .backbone import Backbone
+from .config import EmbedConfig
 from .plan import CTX_PROMPT, PROMPT, SEQ, Plan, build_plan, make_batches
 
 
@@ -77,8 +78,6 @@ def embed_texts(
     give the wanted embeddings run. on_batch(sequences in the batch, sequences in all) is called after
     each batch (progress bars).
     """
-    from .runner import default_batch_tokens
-
     if router_input not in (None, "prompt", "context"):
         raise ValueError(f"router_input must be None, 'prompt' or 'context', not {router_input!r}")
     n = len(prompts)
@@ -90,7 +89,7 @@ def embed_texts(
     groups = [SEQ] + ([PROMPT] if router_input else []) + ([CTX_PROMPT] if router_input == "context" else [])
     wanted = np.isin(plan.out_group, groups)
     jobs = np.unique(plan.out_job[wanted])
-    batches = make_batches(plan.lengths, int(batch_tokens or default_batch_tokens(bb.device)), jobs)
+    batches = make_batches(plan.lengths, int(batch_tokens or EmbedConfig().batch_tokens_for(bb.device.type)), jobs)
     tables = {g: np.zeros((plan.n_rows(g), d), dtype=np.float32) for g in groups}
     order, starts = outputs_by_job(plan)
     for batch in batches:

@@ -46,7 +46,7 @@ FORMAT = "micro-embedcache"
 FORMAT_VERSION = 1
 
 #: Fields that must agree for two embeddings to be comparable (same backbone, same view of the text).
-IDENTITY_FIELDS = ("model_id", "model_revision", "pooling", "hidden_size", "max_length", "template")
+IDENTITY_FIELDS = ("model_id", "model_revision", "pooling", "hidden_size", "max_length", "template", "compute_dtype")
 #: Fields that must agree before heads trained on one cache may score another cache's embeddings.
 BACKBONE_FIELDS = ("model_id", "model_revision", "pooling", "hidden_size")
 #: The hash of the preference table a cache was built from (`micro.data.table_sha256`).

@@ -68,6 +68,12 @@ def make_table(n_prompts=6, seed=0, with_context=True, long_prompt=False):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+def build_tiny_llama(out: Path, hidden: int = 32, layers: int = 2, positions: int = 128) -> Path:
+    """A small random Llama reward model (default: hidden 32, 2 layers) with a Llama-3-style tokenizer and
+    chat template, saved in `out` (benchmarks/decoder_path.py builds a larger one with it)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
@@ -82,14 +88,13 @@ def tiny_llama(tmp_path_factory) -> Path:
     corpus = [" ".join(WORDS)] * 5 + ["user assistant system \n\n hello there hi, how can I help earlier turn text final?"]
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                                   pad_token="<|pad|>", model_max_length=128)
+                                   pad_token="<|pad|>", model_max_length=positions)
     fast.chat_template = LLAMA3_TEMPLATE
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, num_labels=1,
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions, num_labels=1,
                       pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
     model = LlamaForSequenceClassification(cfg)  # a reward model: AutoModel must find its backbone
-    out = tmp_path_factory.mktemp("tiny_llama")
     model.save_pretrained(out)
     fast.save_pretrained(out)
     return out
