@@ -3,7 +3,7 @@
 #   1. benchmarks/gpu_embed.py: Llama-3.2-3B-shaped decoder, the whole `micro embed` path and the forward
 #      alone, tokens/s and MFU against the card's peak (gpu_embed.json);
 #   2. the same with --compile (bucketed batch shapes), under a time limit (gpu_embed_compile.json);
-#   3. the text-scoring path (`micro score`), skipped with a message when this checkout has no such command;
+#   3. the text-scoring path (`micro score` with a run fitted on the smoke cache);
 #   4. a torchrun smoke shaped like an 8-rank run: 2 ranks, `--device cuda:0` (each rank must still take
 #      its own GPU, or share the one card), the cache compared with a one-process run.
 #
@@ -60,12 +60,6 @@ fixtures.build_tiny_llama(out / "llama", hidden=64, layers=2, positions=256)
 fixtures.make_table(n_prompts=24, seed=1).to_json(out / "pairs.jsonl", orient="records", lines=True)
 PYEOF
 
-if "$PY" -m micro.cli score --help > /dev/null 2>&1; then
-  step score 120 "$PY" -m micro.cli score "$SMOKE/pairs.jsonl" --model "$SMOKE/llama" ${SCORE_ARGS:-}
-else
-  echo "score: skipped (this checkout has no \`micro score\` command)" | tee -a "$OUT/summary.txt"
-fi
-
 step torchrun_2_ranks 180 "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 -m micro.cli embed \
   "$SMOKE/pairs.jsonl" --model "$SMOKE/llama" --out "$SMOKE/dist.h5" --device "$DEVICE" --batch-tokens 256 --json
 step one_process 120 "$PY" -m micro.cli embed "$SMOKE/pairs.jsonl" --model "$SMOKE/llama" --out "$SMOKE/one.h5" \
@@ -82,6 +76,9 @@ with h5py.File(sys.argv[1]) as a, h5py.File(sys.argv[2]) as b:
         np.testing.assert_array_equal(a["pairs"][name][()], b["pairs"][name][()])
 print("equal")
 PYEOF
+# the text-scoring path: a run fitted on the one-process cache scores the same pairs from text
+step fit_for_score 120 "$PY" -m micro.cli fit-mixture "$SMOKE/one.h5" --out "$SMOKE/run" --k 2 --epochs 2 --quiet
+step score 120 "$PY" -m micro.cli score "$SMOKE/run" "$SMOKE/pairs.jsonl" --out "$SMOKE/scored.jsonl" --device "$DEVICE" ${SCORE_ARGS:-}
 rm -f "$SMOKE"/llama/*.safetensors  # keep $OUT small: the logs, JSON and caches are what come back
 
 echo "done: $( [ $failed -eq 0 ] && echo all steps passed || echo some steps failed, see the logs )" | tee -a "$OUT/summary.txt"
