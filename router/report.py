@@ -60,7 +60,7 @@ def markdown_table(results: dict) -> str:
 def write_csv(results: dict, path: Path) -> None:
     import pandas as pd
 
-    cols = ["budget", "seed", "attribute", "method", "accuracy", "pairs"]
+    cols = ["budget", "seed", "attribute", "method", "accuracy", "pairs", "acquire"]
     pd.DataFrame(results["records"], columns=cols).to_csv(path, index=False)
 
 
