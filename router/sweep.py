@@ -202,7 +202,7 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
             fixed.append(("oracle", s, None, oracle_margins))
     timings["fixed_baselines"] = time.perf_counter() - t
 
-    # -- per budget: adapt routers (all seeds at once), budget-bt, micro-refine ---------------------------
+    # -- per budget: (acquire pairs,) adapt routers (all seeds at once), budget-bt, micro-refine, drm, lore ---
     timings["adapt"] = timings["budget_bt"] = timings["refine"] = timings["evaluate"] = timings["peers"] = 0.0
     t = time.perf_counter()
     drm = drm_heads(train.diff, config.drm_components)  # peers (micro.router.peers): fitted once on the train split
