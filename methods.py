@@ -43,6 +43,8 @@ _REGISTRY = (
     Method("budget-bt", "Budget BT", "Fresh BT head per group on the budget pairs only", 2, "budget", None, True),
     Method("micro", "MiCRo", "MiCRo: stage-2 router with the user context", 2, "budget", "micro", False),
     Method("micro-refine", "MiCRo-refine", "MiCRo + refined head per context", 2, "budget", "micro", True),
+    Method("drm", "DRM", "Decomposed reward models: PCA heads of the diffs, weighted on the budget pairs (Luo et al. 2025)", 2, "budget", None, True),
+    Method("lore", "LoRe", "LoRe: low-rank basis from the training groups, user weights on the budget pairs (Bose et al. 2025)", 2, "budget", None, True),
     Method("stage1-best", "MiCRo best head (oracle selection)", "MiCRo stage-1 best head per group (oracle choice)", 1, "upper", "micro", True),
     Method("oracle", "Oracle BT (all train pairs)", "BT head per group on all its training pairs (upper line)", 1, "upper", None, True),
 )

@@ -9,6 +9,7 @@ from typing import Any
 from ..heads.config import check_numbers
 
 HYRE_VARIANTS = ("posterior", "best")
+ACQUIRE_RULES = ("random", "uncertainty", "disagreement")
 
 
 @dataclass
@@ -109,11 +110,37 @@ class AdaptConfig:
     """Stage-1 heads given zero weight (paper section 8: heads a safety audit flagged). The router adapts
     with the mask in place (masked heads get no Hedge label mass) and every method scores without them."""
 
+    drm_components: int = 8
+    """drm (micro.router.peers): principal directions of the training difference embeddings kept as
+    heads; each is used with both signs (2 x this heads), as in the DRM code."""
+
+    drm_temperature: float = 1.0
+    """drm: a user's head weights are softmax(-summed BT loss / this) on the user's budget pairs (DRM: 1)."""
+
+    lore_rank: int = 4
+    """lore (micro.router.peers): rank r of the shared basis V [d, r] learned from the training groups."""
+
+    lore_steps: int = 300
+    """lore: full-batch Adam steps of the joint basis fit, and again of each new user's weights."""
+
+    lore_lr: float = 0.05
+    """lore: Adam learning rate of both fits (differences are scaled to unit rms norm)."""
+
+    acquire: str = "random"
+    """Which train pairs of each attribute to ask for (micro.router.acquire): 'random' (the seeded
+    draw, nested across budgets), 'uncertainty' (smallest |routed margin| of the re-adapted router) or
+    'disagreement' (largest weighted disagreement among the heads' signs); active rules ask in batches
+    of acquire_batch from the current adapted router and are not nested across budgets."""
+
+    acquire_batch: int = 5
+    """Pairs per attribute asked per round by an active rule (the first round is the seeded random draw)."""
+
     def __post_init__(self) -> None:
         if isinstance(self.budgets, (str, bytes)) or not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in self.budgets):
             raise ValueError(f"budgets must be a list of positive integers, not {self.budgets!r}")
-        check_numbers(self, integers=("seeds", "seed", "epochs", "batch_size", "hyre_shots"),
-                      reals=("tau", "lr", "weight_decay", "refine_scale_precision"))
+        check_numbers(self, integers=("seeds", "seed", "epochs", "batch_size", "hyre_shots", "drm_components",
+                                       "lore_rank", "lore_steps", "acquire_batch"),
+                      reals=("tau", "lr", "weight_decay", "refine_scale_precision", "drm_temperature", "lore_lr"))
         for name in ("seed", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
@@ -126,7 +153,12 @@ class AdaptConfig:
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError(f"budgets must be distinct, not {self.budgets!r}")
         self.budgets = sorted(self.budgets)
-        for name in ("seeds", "epochs", "batch_size"):
+        if self.acquire not in ACQUIRE_RULES:
+            raise ValueError(f"acquire must be one of {', '.join(ACQUIRE_RULES)}, not {self.acquire!r}")
+        for name in ("drm_temperature", "lore_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
+        for name in ("seeds", "epochs", "batch_size", "drm_components", "lore_rank", "lore_steps", "acquire_batch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
         if self.hyre_shots < 0:

@@ -60,7 +60,7 @@ def markdown_table(results: dict) -> str:
 def write_csv(results: dict, path: Path) -> None:
     import pandas as pd
 
-    cols = ["budget", "seed", "attribute", "method", "accuracy", "pairs"]
+    cols = ["budget", "seed", "attribute", "method", "accuracy", "pairs", "acquire"]
     frame = pd.DataFrame(results["records"], columns=cols)
     frame.insert(0, "run_id", results.get("run_id"))  # one id per result: several results concatenate cleanly
     frame.to_csv(path, index=False)

@@ -3,10 +3,11 @@
 Read top to bottom:
  1. load the stage-1 MiCRo run and the cache(s); refuse another backbone; load the baselines
     (micro.router.stage1_baselines: explicit runs, or fits on the stage-1 data);
- 2. per seed, draw each attribute's budget pairs from the train split (nested across budgets) and its
-    HyRe shots from the test split (micro.router.draws);
+ 2. per seed, draw each attribute's budget pairs from the train split (nested across budgets; or asked
+    for by an active rule, micro.router.acquire) and its HyRe shots from the test split (micro.router.draws);
  3. per budget, adapt one router per seed (all seeds at once) on the pooled budget pairs of all
-    attributes (Algorithm 1), fit budget-bt and micro-refine heads;
+    attributes (Algorithm 1), fit budget-bt and micro-refine heads, and the peers drm and lore
+    (micro.router.peers) on the same pairs;
  4. score every method per (budget, seed, attribute) (micro.router.scores: all test pairs, HyRe's
     methods minus their shots) and write results.json / results.csv / table.md / budget_curve.png / routers.
 Heads are frozen, so every head margin is computed once up front; only routers are trained.
@@ -27,12 +28,14 @@ from ..embedcache.store import CacheError, check_same_table, load_split, read_me
 from ..heads import MixtureConfig, check_cache_matches, load_run
 from ..methods import METHODS
 from ..outputs import atomic_dir, check_dir_target, diff_fields, is_empty_dir, lock, refuse_existing, relocate
+from .acquire import SCORES, acquire_pairs
 from .api import PersonalizedRewardModel, save_router
 from .baselines import fit_budget_bt, fit_oracle_head
 from .config import AdaptConfig
 from .draws import attribute_rows, check_budgets, draw_budget_pairs, draw_shots
 from .hedge import adapt_routers, head_losses
 from .hyre import hyre_margins, hyre_weights
+from .peers import drm_heads, drm_margins, drm_weights, fit_lore, fit_lore_users
 from .refine import fit_refinement
 from .scores import Scores, summarise
 from .stage1_baselines import load_baselines
@@ -154,7 +157,8 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
     # -- frozen margins, once ---------------------------------------------------------------------
     with torch.no_grad():
         # masked heads: infinite loss, so the Hedge labels give them no mass (the router adapts with the mask)
-        train_losses = head_losses(model.head_margins(train.diff)).masked_fill(model.head_mask, float("inf"))  # [n_train, K]
+        train_margins = model.head_margins(train.diff)  # [n_train, K]
+        train_losses = head_losses(train_margins).masked_fill(model.head_mask, float("inf"))
         test_margins = model.head_margins(test.diff)  # [n_test, K]
         kept_margins = test_margins[:, ~model.head_mask]  # the heads the best-head / HyRe baselines may pick
     base_models = (load_baselines(run_dir, run_config, config.baseline_runs, cache, meta, None if augmented else train, out, log)
@@ -204,18 +208,33 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
             fixed.append(("oracle", s, None, oracle_margins))
     timings["fixed_baselines"] = time.perf_counter() - t
 
-    # -- per budget: adapt routers (all seeds at once), budget-bt, micro-refine ---------------------------
-    timings["adapt"] = timings["budget_bt"] = timings["refine"] = timings["evaluate"] = 0.0
-    for budget in config.budgets:
-        draws = [draw_budget_pairs(train, s, budget) for s in seeds]
+    # -- per budget: (acquire pairs,) adapt routers (all seeds at once), budget-bt, micro-refine, drm, lore ---
+    timings["adapt"] = timings["budget_bt"] = timings["refine"] = timings["evaluate"] = timings["peers"] = 0.0
+    t = time.perf_counter()
+    drm = drm_heads(train.diff, config.drm_components)  # peers (micro.router.peers): fitted once on the train split
+    lore = fit_lore(train.diff, train.attribute, config.lore_rank, steps=config.lore_steps, lr=config.lore_lr, seed=config.seed)
+    timings["peers"] += time.perf_counter() - t
+
+    def adapt(draws: list[dict], history: list | None = None) -> list:
         idx = torch.as_tensor(np.stack([np.concatenate([d[a] for a in sorted(d)]) for d in draws]))  # [S, A*B]
-        t = time.perf_counter()
-        history: list = []
-        routers = adapt_routers(
+        return adapt_routers(
             model.router, train_inputs[idx].to(device), train_losses[idx].to(device), seeds,
             tau=config.tau, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
             weight_decay=config.weight_decay, history=history,
         )
+
+    def informativeness(draws: list[dict]) -> list:  # active acquisition (micro.router.acquire)
+        score = SCORES[config.acquire]
+        return [lambda rows, m=PersonalizedRewardModel(model, r): score(m.weights(train_inputs[rows]), train_margins[rows])
+                for r in adapt(draws)]
+
+    for budget in config.budgets:
+        t = time.perf_counter()
+        draws = acquire_pairs(config.acquire, train, seeds, budget, config.acquire_batch, informativeness)
+        timings["acquire"] = timings.get("acquire", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        history: list = []
+        routers = adapt(draws, history)
         timings["adapt"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -235,6 +254,10 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
             bt_heads = bt.delta.reshape(len(seeds), len(eval_attrs), -1)
             timings["budget_bt"] += time.perf_counter() - t
             t = time.perf_counter()
+            drm_w, drm_scale = drm_weights(diff @ drm.T, config.drm_temperature)  # [S*A', 2m] each
+            lore_w = fit_lore_users(lore, diff, steps=config.lore_steps, lr=config.lore_lr)  # [S*A', r]
+            timings["peers"] += time.perf_counter() - t
+            t = time.perf_counter()
             # The prior of each context's head is ONE vector: the stage-1 heads mixed by the adapted router's
             # weights averaged over the context's budget pairs. (Per-pair routed margins on the very pairs the
             # router was trained on fit them in-sample, and cross-validation then trusts a prior that fails on
@@ -251,14 +274,15 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
                              + ref.delta.reshape(len(seeds), len(eval_attrs), -1))  # [S, A', d]
             timings["refine"] += time.perf_counter() - t
             for i, s in enumerate(seeds):
-                bt_m = torch.zeros(len(test))
-                ref_m = torch.zeros(len(test))
+                bt_m, ref_m, drm_m, lore_m = (torch.zeros(len(test)) for _ in range(4))
                 for j, a in enumerate(eval_attrs):
-                    rows = test_rows[a]
+                    rows, u = test_rows[a], i * len(eval_attrs) + j
                     bt_m[rows] = test.diff[rows] @ bt_heads[i, j]
                     ref_m[rows] = test.diff[rows] @ heads_refined[i, j]
-                scores.add("budget-bt", budget, s, bt_m, eval_attrs)
-                scores.add("micro-refine", budget, s, ref_m, eval_attrs)
+                    drm_m[rows] = drm_margins(test.diff[rows], drm, drm_w[u], drm_scale[u])
+                    lore_m[rows] = lore.margins(test.diff[rows], lore_w[u])
+                for name, margins in (("budget-bt", bt_m), ("micro-refine", ref_m), ("drm", drm_m), ("lore", lore_m)):
+                    scores.add(name, budget, s, margins, eval_attrs)
                 refine_heads[s] = {"head": heads_refined[i], "attributes": [test.attributes[a] for a in eval_attrs],
                                    "scale": ref.scale.reshape(len(seeds), len(eval_attrs))[i].tolist(),
                                    "precision": ref.precision.reshape(len(seeds), len(eval_attrs))[i].tolist()}
@@ -282,6 +306,10 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
                 save_router(out / "routers" / f"b{budget}_s{s}.safetensors", r, info,
                             refine={k: refined[k] for k in ("head", "attributes")} if refined else None)
 
+    if config.acquire != "random" and eval_train is not None and eval_train is not train:
+        notes.append(f"--acquire {config.acquire} chooses the adapt cache's pairs; the eval cache's budget pairs are the seeded random draw.")
+    for r in scores.records:
+        r["acquire"] = config.acquire
     attributes = [test.attributes[a] for a in attr_ids]
     timings["total"] = time.perf_counter() - t0
     inputs = {  # what the results were computed from, by content: a moved file keeps its run id
@@ -298,6 +326,7 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
         "config": config.to_dict(),
         "stage1_config": mix_config.to_dict(),
         "head_input": "context" if augmented else "response",
+        "acquire": config.acquire,
         "attributes": attributes,
         "methods": [m for m in METHODS if any(r["method"] == m for r in scores.records)],
         "test_pairs": {test.attributes[a]: int(len(test_rows[a])) for a in attr_ids},
