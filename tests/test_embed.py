@@ -309,6 +309,7 @@ def _env(**extra):
     return env
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_equals_an_uninterrupted_run(tiny_llama, tmp_path):
     table = make_table(n_prompts=8, seed=2)
     data = tmp_path / "t.jsonl"
@@ -334,6 +335,7 @@ def test_killed_run_resumes_and_equals_an_uninterrupted_run(tiny_llama, tmp_path
     _assert_same_cache(out, tmp_path / "ref.h5", atol=1e-3)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process(tiny_llama, tmp_path):
     import torch.distributed as tdist
 
