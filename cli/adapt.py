@@ -38,7 +38,7 @@ def adapt_cmd(
     from ..evaluate import resolve_mask
     from ..router import run_adapt
     from ..router.presets import paper_adapt_config
-    from ..router.report import table_rows
+    from ..router.report import print_results
 
     try:
         if budget is not None:
@@ -65,20 +65,6 @@ def adapt_cmd(
     if as_json:
         typer.echo(json.dumps({"summary": results["summary"], "files": results["files"]}))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Stage-2 accuracy on {results['eval_cache']} (mean ± std over {config.seeds} seeds)")
-    table.add_column("Method")
-    for name in results["attributes"] + ["Average"]:
-        table.add_column(name, justify="right")
-    for label, cells in table_rows(results):
-        table.add_row(label, *cells)
-    console = Console()
-    console.print(table)
-    for note in results["notes"]:
-        console.print(f"note: {note}", style="yellow", markup=False)
-    for name, path in results["files"].items():
-        console.print(f"{name}: {path}", markup=False)
+    print_results(results)
 # ---- end stage-2 commands ----
 

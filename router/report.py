@@ -119,3 +119,22 @@ def write_outputs(results: dict, out: Path, *, plot: bool = True) -> dict:
     listing = {k: str(v) for k, v in files.items()}
     files["results.json"].write_text(json.dumps({**results, "files": listing}, indent=1) + "\n")
     return listing
+
+
+def print_results(results: dict) -> None:
+    """Print the summary table, notes and files of a `micro adapt` result as the command shows them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Stage-2 accuracy on {results['eval_cache']} (mean ± std over {results['config']['seeds']} seeds)")
+    table.add_column("Method")
+    for name in results["attributes"] + ["Average"]:
+        table.add_column(name, justify="right")
+    for label, cells in table_rows(results):
+        table.add_row(label, *cells)
+    console = Console()
+    console.print(table)
+    for note in results["notes"]:
+        console.print(f"note: {note}", style="yellow", markup=False)
+    for name, path in results["files"].items():
+        console.print(f"{name}: {path}", markup=False)
