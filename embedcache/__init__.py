@@ -5,8 +5,7 @@
 runs); `EmbedConfig` holds every default of that command.
 """
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 # Names load on first use, so `import micro.embedcache.config` (what the CLI reads its options from)
 # does not import torch.
@@ -39,10 +38,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

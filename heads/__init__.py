@@ -3,8 +3,7 @@
     from micro.heads import MixtureConfig, run_fit_mixture, fit_mixture, evaluate, load_run
 """
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 # Names load on first use, so `import micro.heads.config` (what the CLI reads its options from)
 # does not import torch.
@@ -31,10 +30,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

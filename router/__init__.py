@@ -2,8 +2,7 @@
 (eq. 6, Algorithm 1), score it beside HyRe and per-attribute baselines over budgets x seeds, and score
 new pairs for a user context from embeddings."""
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 # Names load on first use, so `import micro.router.config` (what the CLI reads its options from)
 # does not import torch.
@@ -35,10 +34,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
