@@ -6,12 +6,12 @@ from typing import List, Optional
 
 import typer
 
+from ..evaluate.config import AuditConfig, EvalConfig
 from ._app import app, fail
 from ._common import AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SplitKey, SplitOpt, _load_source
+from ._options import config_options
 
 EvalSource = typer.Argument(..., help="Recipe, data file/folder or hub id (as for `micro embed`), or a finished cache .h5 made with the run's backbone.")
-CacheOpt = typer.Option(None, "--cache", help="Embedding cache of SOURCE, reused across runs (default OUT/cache.h5); only what it lacks is embedded.")
-MaskHeads = typer.Option(None, "--mask-heads", help="Heads to give zero weight, e.g. 3,7 (the rest renormalise).")
 MaskFrom = typer.Option(None, "--mask-from", help="Mask the heads flagged in this audit.json (`micro audit`); repeat for several audits.")
 
 
@@ -37,17 +37,12 @@ def _print(title: str, header: list[str], rows: list[tuple[str, list[str]]], fir
 
 
 @app.command("eval")
+@config_options(EvalConfig)
 def eval_cmd(
     run_dir: str = typer.Argument(..., help="stage-1 run directory (`micro fit-mixture`)"),
     source: str = EvalSource,
     out: str = typer.Option(..., "--out", help="output directory (results.json, results.csv, table.md, rewardbench/)"),
-    router: Optional[str] = typer.Option(None, "--router", help="adapted router from `micro adapt` (OUT/routers/bB_sS.safetensors)"),
-    attribute: Optional[str] = typer.Option(None, "--attribute", help="with --router: route with this attribute's context from the adapt cache"),
-    context: Optional[str] = typer.Option(None, "--context", help="context text for every pair (the user's instruction or profile)"),
-    cache: Optional[str] = CacheOpt,
-    mask_heads: Optional[str] = MaskHeads,
     mask_from: Optional[List[str]] = MaskFrom,
-    device: Optional[str] = typer.Option(None, "--device", help="backbone device for embedding (default: cuda when available)"),
     path: PathOpt = None,
     split: SplitOpt = None,
     prompt_key: PromptKey = "prompt",
@@ -59,6 +54,7 @@ def eval_cmd(
     limit: LimitOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing OUT/results.json"),
     as_json: bool = typer.Option(False, "--json", help="print results.json instead of the table"),
+    overrides: dict = None,
 ) -> None:
     """Score a run on any preference data: every stage-1 head, the routed mixture (stage-1 router, or an
     adapted router with a context), the single baseline when the run has a sibling; RewardBench section
@@ -68,14 +64,15 @@ def eval_cmd(
 
     from ..data import PreferenceDataError
     from ..embedcache import CacheError
-    from ..evaluate import EvalConfig, resolve_mask, run_eval
+    from ..evaluate import resolve_mask, run_eval
     from ..evaluate.report import section_rows, subset_rows
 
     if (Path(out) / "results.json").exists() and not overwrite:
         fail(f"{Path(out) / 'results.json'} exists; pass --overwrite to replace it or choose another --out")
     try:
-        config = EvalConfig(router=router, attribute=attribute, context=context, cache=cache, device=device,
-                            mask_heads=resolve_mask(mask_heads, mask_from))
+        if mask_from:
+            overrides["mask_heads"] = sorted(set(overrides.get("mask_heads", [])) | set(resolve_mask(None, mask_from)))
+        config = EvalConfig(**overrides)
         data = _source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
         results = run_eval(run_dir, data, out, config, source_name=source, log=lambda msg: typer.echo(msg, err=True))
     except (PreferenceDataError, CacheError, ValueError, FileNotFoundError, OSError) as exc:
@@ -93,14 +90,11 @@ def eval_cmd(
 
 
 @app.command("audit")
+@config_options(AuditConfig)
 def audit_cmd(
     run_dir: str = typer.Argument(..., help="stage-1 run directory (`micro fit-mixture`)"),
     source: str = EvalSource,
     out: str = typer.Option(..., "--out", help="output directory (audit.json)"),
-    threshold: float = typer.Option(None, "--threshold", help="flag a head whose rejected-preference rate exceeds the single head's by more than this, at the confidence below  [default: 0.05]"),
-    confidence: float = typer.Option(None, "--confidence", help="family-wise confidence over the K heads  [default: 0.95]"),
-    cache: Optional[str] = CacheOpt,
-    device: Optional[str] = typer.Option(None, "--device", help="backbone device for embedding (default: cuda when available)"),
     path: PathOpt = None,
     split: SplitOpt = None,
     prompt_key: PromptKey = "prompt",
@@ -112,6 +106,7 @@ def audit_cmd(
     limit: LimitOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing OUT/audit.json"),
     as_json: bool = typer.Option(False, "--json", help="print audit.json instead of the table"),
+    overrides: dict = None,
 ) -> None:
     """Safety audit (paper section 8): score every head on safety pairs (safe response chosen, e.g. recipes
     `hh-rlhf` harmless or `pku-saferlhf`) and flag heads that prefer the unsafe response clearly more often
@@ -121,13 +116,12 @@ def audit_cmd(
 
     from ..data import PreferenceDataError
     from ..embedcache import CacheError
-    from ..evaluate import AuditConfig, run_audit
+    from ..evaluate import run_audit
 
     if (Path(out) / "audit.json").exists() and not overwrite:
         fail(f"{Path(out) / 'audit.json'} exists; pass --overwrite to replace it or choose another --out")
     try:
-        given = {"threshold": threshold, "confidence": confidence}
-        config = AuditConfig(cache=cache, device=device, **{k: v for k, v in given.items() if v is not None})
+        config = AuditConfig(**overrides)
         data = _source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
         result = run_audit(run_dir, data, out, config, source_name=source, log=lambda msg: typer.echo(msg, err=True))
     except (PreferenceDataError, CacheError, ValueError, FileNotFoundError, OSError) as exc:

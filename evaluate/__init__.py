@@ -5,29 +5,26 @@ that prefer unsafe responses, to mask them).
     from micro.evaluate import EvalConfig, run_eval, AuditConfig, run_audit, resolve_mask
 """
 
-from .audit import flag_heads, paired_difference_bounds, run_audit, wilson
-from .config import AuditConfig, EvalConfig
-from .masks import read_audit, resolve_mask
-from .rewardbench import EXAMPLE_COUNTS, SUBSET_MAPPING, rewardbench_scores, section_scores
-from .run import accuracy_table, run_eval, score_pairs
-from .source import load_pairs, prepare_cache
+from ..lazy import lazy_exports
 
-__all__ = [
-    "AuditConfig",
-    "EXAMPLE_COUNTS",
-    "EvalConfig",
-    "SUBSET_MAPPING",
-    "accuracy_table",
-    "flag_heads",
-    "load_pairs",
-    "paired_difference_bounds",
-    "prepare_cache",
-    "read_audit",
-    "resolve_mask",
-    "rewardbench_scores",
-    "run_audit",
-    "run_eval",
-    "score_pairs",
-    "section_scores",
-    "wilson",
-]
+_EXPORTS = {
+    "flag_heads": ".audit",
+    "paired_difference_bounds": ".audit",
+    "run_audit": ".audit",
+    "wilson": ".audit",
+    "AuditConfig": ".config",
+    "EvalConfig": ".config",
+    "read_audit": ".masks",
+    "resolve_mask": ".masks",
+    "EXAMPLE_COUNTS": ".rewardbench",
+    "SUBSET_MAPPING": ".rewardbench",
+    "rewardbench_scores": ".rewardbench",
+    "section_scores": ".rewardbench",
+    "accuracy_table": ".run",
+    "run_eval": ".run",
+    "score_pairs": ".run",
+    "load_pairs": ".source",
+    "prepare_cache": ".source",
+}
+
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
