@@ -1,5 +1,7 @@
 """`micro demo`: the whole pipeline offline on the project's demo data, ending in one readable report."""
 
-from .pipeline import DemoConfig, run_demo
+from ..lazy import lazy_exports
 
-__all__ = ["DemoConfig", "run_demo"]
+_EXPORTS = {"DemoConfig": ".config", "run_demo": ".pipeline"}
+
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

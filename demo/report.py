@@ -148,3 +148,32 @@ def write_report(summary: dict, out: Path) -> dict[str, Path]:
         paths["html"] = out / "report.html"
         paths["html"].write_text("\n".join(parts))
     return paths
+
+
+def print_headline(summary: dict, seeds: int) -> None:
+    """Print the demo's headline table (means only on a narrow terminal, so no cell is cut), the zero-label
+    line, the timings and where the report is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows, budget = headline_rows(summary, short=True)
+    console = Console()
+    width = 4 + max(len(r[0]) for r in rows) + sum(3 + max(len(h), 11) for h in header[1:])
+    if console.width < width:
+        rows = [[r[0]] + [c.split("±")[0] for c in r[1:]] for r in rows]
+    title = f"Demo: test accuracy per user group, {budget} labelled pairs per group, {seeds} seeds"
+    table = Table(title=title + (" (mean ± std)" if console.width >= width else " (mean; ± std in report.md)"))
+    table.add_column(header[0], no_wrap=True, min_width=max(len(r[0]) for r in rows))
+    for name in header[1:]:
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print("methods: " + "; ".join(f"{m}: {label}" for m, label in HEADLINE), markup=False)
+    zero = summary.get("zero_label") or {}
+    if zero.get("micro"):
+        console.print(f"zero labels (each group left out of stage 1, routed by its context): micro {zero['micro']['Average']:.3f}, "
+                      f"single head {zero['single']['Average']:.3f} (average over groups)", markup=False)
+    console.print(f"timings: {summary['timings_s']}", markup=False)
+    for kind, path in summary["report"].items():
+        console.print(f"report ({kind}): {path}", markup=False)
