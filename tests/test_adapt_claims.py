@@ -29,7 +29,17 @@ from micro.heads.run import cache_identity
 from micro.router import AdaptConfig, BudgetError, hyre_weights, load_adapted, run_adapt
 from micro.router.draws import draw_shots
 
-torch.set_num_threads(1)  # batch-32 steps gain nothing from a second thread; on a shared box it only waits
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread while this module runs (batch-32 steps gain nothing from a second), set here and not
+    at import: a module-level call is overridden by whichever test module pytest imports last, and the
+    claims below are measured with one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 K = 10
 
 
