@@ -33,21 +33,45 @@ def option_error(exc: Exception, config_class: type) -> str:
     return f"--{name.replace('_', '-')} {rest}" if sep and name in {f.name for f in fields(config_class)} else str(exc)
 
 
-def parse_int_list(value: str, flag: str) -> list[int]:
-    """'10,25,50' -> [10, 25, 50]; anything else is refused naming the flag."""
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} must be comma-separated integers such as 10,25,50, not {value!r}") from None
+#: The options every command that reads preference data takes, in order, with their defaults.
+SOURCE_OPTIONS = (
+    ("path", PathOpt, None), ("split", SplitOpt, None), ("dataset_config", DatasetConfigOpt, None),
+    ("revision", RevisionOpt, None), ("prompt_key", PromptKey, "prompt"), ("chosen_key", ChosenKey, "chosen"),
+    ("rejected_key", RejectedKey, "rejected"), ("attribute_key", AttributeKey, "attribute"),
+    ("context_key", ContextKey, "context"), ("split_key", SplitKey, "split"), ("limit", LimitOpt, None),
+    ("skip_invalid", SkipInvalidOpt, False),
+)
 
 
-def _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit,
-                 dataset_config=None, revision=None, skip_invalid=False):
+def source_options(command):
+    """Decorate `command(..., source_opts: dict)`: the command gains the SOURCE_OPTIONS and receives them as
+    one dict, which `load_source(name, source_opts)` reads."""
+    import functools
+    import inspect
+    import typing
+
+    signature = inspect.signature(command)
+    resolved = typing.get_type_hints(command, include_extras=True)
+    own = [p.replace(annotation=resolved.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "source_opts"]
+    names = [name for name, _, _ in SOURCE_OPTIONS]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann) for name, ann, default in SOURCE_OPTIONS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        return command(source_opts={name: kwargs.pop(name) for name in names}, **kwargs)
+
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD else p for p in own]
+    wrapper.__signature__ = signature.replace(parameters=params + extra)
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+    del wrapper.__wrapped__  # typer must read the new signature
+    return wrapper
+
+
+def load_source(name: str, options: dict):
+    """The preference table of SOURCE `name` with the source options a command received."""
     from ..data import load_preferences
 
-    return load_preferences(source, path=path, split=split, dataset_config=dataset_config, revision=revision,
-                            prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key,
-                            attribute_key=attribute_key, context_key=context_key, split_key=split_key, limit=limit,
-                            skip_invalid=skip_invalid)
+    return load_preferences(name, **options)
+
 
 

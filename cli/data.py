@@ -5,8 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._app import app, fail
-from ._common import (AttributeKey, ChosenKey, ContextKey, DatasetConfigOpt, LimitOpt, PathOpt, PromptKey, RejectedKey,
-                      RevisionOpt, SkipInvalidOpt, SourceArg, SplitKey, SplitOpt, _load_source)
+from ._common import SourceArg, load_source, source_options
 
 # ---- data commands (micro data ...) ----
 data_app = typer.Typer(help="Inspect preference data: built-in recipes, local files, hub ids.", no_args_is_help=True)
@@ -14,21 +13,11 @@ app.add_typer(data_app, name="data")
 
 
 @data_app.command("preview")
+@source_options
 def data_preview(
     source: SourceArg,
-    path: PathOpt = None,
-    split: SplitOpt = None,
-    dataset_config: DatasetConfigOpt = None,
-    revision: RevisionOpt = None,
-    prompt_key: PromptKey = "prompt",
-    chosen_key: ChosenKey = "chosen",
-    rejected_key: RejectedKey = "rejected",
-    attribute_key: AttributeKey = "attribute",
-    context_key: ContextKey = "context",
-    split_key: SplitKey = "split",
-    limit: LimitOpt = None,
-    skip_invalid: SkipInvalidOpt = False,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    source_opts: dict = None,
 ) -> None:
     """Load SOURCE into the preference table and show its format, counts, distinct texts, a sample row and warnings."""
     import json
@@ -36,8 +25,7 @@ def data_preview(
     from ..data import PreferenceDataError, summarize
 
     try:
-        df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit,
-                          dataset_config=dataset_config, revision=revision, skip_invalid=skip_invalid)
+        df = load_source(source, source_opts)
     except PreferenceDataError as exc:
         fail(exc)
     summary = summarize(df)

@@ -6,31 +6,20 @@ import typer
 
 from ..embedcache.config import EmbedConfig
 from ._app import app, fail
-from ._common import (AttributeKey, ChosenKey, ContextKey, DatasetConfigOpt, LimitOpt, OverwriteOpt, PathOpt, PromptKey,
-                      RejectedKey, RevisionOpt, SkipInvalidOpt, SourceArg, SplitKey, SplitOpt, _load_source)
+from ._common import OverwriteOpt, SourceArg, load_source, source_options
 from ._options import config_options
 
 # ---- embed commands ----
 @app.command("embed")
 @config_options(EmbedConfig, exclude=("progress",))
+@source_options
 def embed(
     source: SourceArg,
     out: str = typer.Option(..., "--out", help="The HDF5 cache to write (e.g. cache.h5)."),
-    path: PathOpt = None,
-    split: SplitOpt = None,
-    dataset_config: DatasetConfigOpt = None,
-    revision: RevisionOpt = None,
-    prompt_key: PromptKey = "prompt",
-    chosen_key: ChosenKey = "chosen",
-    rejected_key: RejectedKey = "rejected",
-    attribute_key: AttributeKey = "attribute",
-    context_key: ContextKey = "context",
-    split_key: SplitKey = "split",
-    limit: LimitOpt = None,
-    skip_invalid: SkipInvalidOpt = False,
     overwrite: OverwriteOpt = False,
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
     overrides: dict = None,
+    source_opts: dict = None,
 ) -> None:
     """Embed every distinct (prompt, response), prompt and (context + prompt) of SOURCE once into an HDF5 cache.
 
@@ -48,9 +37,8 @@ def embed(
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
         config = EmbedConfig(**overrides)
-        df = _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit,
-                          dataset_config=dataset_config, revision=revision, skip_invalid=skip_invalid)
-        for warning in df.attrs.get("warnings", []) if skip_invalid and rank0 else []:
+        df = load_source(source, source_opts)
+        for warning in df.attrs.get("warnings", []) if source_opts["skip_invalid"] and rank0 else []:
             typer.echo(f"warning: {warning}", err=True)
         report = embed_table(df, config, out=out, source_sha256=table_sha256(df), log=lambda msg: typer.echo(msg, err=True),
                              overwrite=overwrite)

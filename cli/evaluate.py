@@ -8,19 +8,18 @@ import typer
 
 from ..evaluate.config import AuditConfig, EvalConfig
 from ._app import app, fail
-from ._common import AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SplitKey, SplitOpt, _load_source
+from ._common import load_source, source_options
 from ._options import config_options
 
 EvalSource = typer.Argument(..., help="Recipe, data file/folder or hub id (as for `micro embed`), or a finished cache .h5 made with the run's backbone.")
 MaskFrom = typer.Option(None, "--mask-from", help="Mask the heads flagged in this audit.json (`micro audit`); repeat for several audits.")
 
 
-def _source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit):
+def _source(source: str, options: dict):
+    """A finished cache is used as it is; anything else is read as preference data."""
     from ..evaluate.source import is_cache
 
-    if is_cache(source):
-        return source
-    return _load_source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
+    return source if is_cache(source) else load_source(source, options)
 
 
 def _print(title: str, header: list[str], rows: list[tuple[str, list[str]]], first: str = "Method") -> None:
@@ -38,23 +37,16 @@ def _print(title: str, header: list[str], rows: list[tuple[str, list[str]]], fir
 
 @app.command("eval")
 @config_options(EvalConfig)
+@source_options
 def eval_cmd(
     run_dir: str = typer.Argument(..., help="stage-1 run directory (`micro fit-mixture`)"),
     source: str = EvalSource,
     out: str = typer.Option(..., "--out", help="output directory (results.json, results.csv, table.md, rewardbench/)"),
     mask_from: Optional[List[str]] = MaskFrom,
-    path: PathOpt = None,
-    split: SplitOpt = None,
-    prompt_key: PromptKey = "prompt",
-    chosen_key: ChosenKey = "chosen",
-    rejected_key: RejectedKey = "rejected",
-    attribute_key: AttributeKey = "attribute",
-    context_key: ContextKey = "context",
-    split_key: SplitKey = "split",
-    limit: LimitOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing OUT/results.json"),
     as_json: bool = typer.Option(False, "--json", help="print results.json instead of the table"),
     overrides: dict = None,
+    source_opts: dict = None,
 ) -> None:
     """Score a run on any preference data: every stage-1 head, the routed mixture (stage-1 router, or an
     adapted router with a context), the single baseline when the run has a sibling; RewardBench section
@@ -73,7 +65,7 @@ def eval_cmd(
         if mask_from:
             overrides["mask_heads"] = sorted(set(overrides.get("mask_heads", [])) | set(resolve_mask(None, mask_from)))
         config = EvalConfig(**overrides)
-        data = _source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
+        data = _source(source, source_opts)
         results = run_eval(run_dir, data, out, config, source_name=source, log=lambda msg: typer.echo(msg, err=True))
     except (PreferenceDataError, CacheError, ValueError, FileNotFoundError, OSError) as exc:
         fail(exc)
@@ -91,22 +83,15 @@ def eval_cmd(
 
 @app.command("audit")
 @config_options(AuditConfig)
+@source_options
 def audit_cmd(
     run_dir: str = typer.Argument(..., help="stage-1 run directory (`micro fit-mixture`)"),
     source: str = EvalSource,
     out: str = typer.Option(..., "--out", help="output directory (audit.json)"),
-    path: PathOpt = None,
-    split: SplitOpt = None,
-    prompt_key: PromptKey = "prompt",
-    chosen_key: ChosenKey = "chosen",
-    rejected_key: RejectedKey = "rejected",
-    attribute_key: AttributeKey = "attribute",
-    context_key: ContextKey = "context",
-    split_key: SplitKey = "split",
-    limit: LimitOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing OUT/audit.json"),
     as_json: bool = typer.Option(False, "--json", help="print audit.json instead of the table"),
     overrides: dict = None,
+    source_opts: dict = None,
 ) -> None:
     """Safety audit (paper section 8): score every head on safety pairs (safe response chosen, e.g. recipes
     `hh-rlhf` harmless or `pku-saferlhf`) and flag heads that prefer the unsafe response clearly more often
@@ -122,7 +107,7 @@ def audit_cmd(
         fail(f"{Path(out) / 'audit.json'} exists; pass --overwrite to replace it or choose another --out")
     try:
         config = AuditConfig(**overrides)
-        data = _source(source, path, split, prompt_key, chosen_key, rejected_key, attribute_key, context_key, split_key, limit)
+        data = _source(source, source_opts)
         result = run_audit(run_dir, data, out, config, source_name=source, log=lambda msg: typer.echo(msg, err=True))
     except (PreferenceDataError, CacheError, ValueError, FileNotFoundError, OSError) as exc:
         fail(exc)
