@@ -20,6 +20,7 @@ from .metrics import evaluate
 from .model import save_model
 from .run import cache_identity, train_and_eval_splits
 from .train import fit_mixture
+from .plots import save_figure
 
 
 def sweep_k(cache_path: str | os.PathLike, out_dir: str | os.PathLike, ks: list[int], config: MixtureConfig | None = None, *,
@@ -92,12 +93,5 @@ def plot_k(results: dict[str, Any], path: Path) -> Path:
         pts = [(r["k"], r["best_accuracy"]) for r in results["rows"] if r["attribute"] == a]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", lw=2.5 if a == "Average" else 1,
                 color="k" if a == "Average" else None, alpha=1 if a == "Average" else 0.6, label=a)
-    ax.set_xlabel("number of heads K")
-    ax.set_ylabel("best-head accuracy")
-    ax.set_title("Stage-1 K ablation")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, xlabel="number of heads K", ylabel="best-head accuracy", title="Stage-1 K ablation",
+                       legend_size=7)

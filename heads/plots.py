@@ -102,3 +102,18 @@ def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def save_figure(fig, ax, path, *, xlabel: str, ylabel: str, title: str, legend_size: int = 8):
+    """Label, grid and legend an axes the project's way, save the figure at 120 dpi and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

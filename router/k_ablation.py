@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from .config import AdaptConfig
 from .sweep import run_adapt
+from ..heads.plots import save_figure
 
 
 def adapt_k_runs(cache: str | Path, runs: dict[int, str], out: str | Path, config: AdaptConfig, *,
@@ -38,13 +39,7 @@ def adapt_k_runs(cache: str | Path, runs: dict[int, str], out: str | Path, confi
         x = [int(b) for b in budgets]
         ax.plot(x, mean, "o-", label=f"K = {k}")
         ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.15)
-    ax.set_xlabel("labelled context pairs per attribute (budget B)")
-    ax.set_ylabel("MiCRo average test accuracy")
-    ax.set_title("Stage 2 vs budget for several K")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "k_budget.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, out / "k_budget.png", xlabel="labelled context pairs per attribute (budget B)",
+                ylabel="MiCRo average test accuracy", title="Stage 2 vs budget for several K")
     files["plot"] = str(out / "k_budget.png")
     return {"curves": curves, "files": files}

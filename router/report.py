@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..methods import REGISTRY, in_block
+from ..heads.plots import save_figure
 
 LABELS = {name: m.label for name, m in REGISTRY.items()}
 FIXED_ORDER = in_block("fixed")
@@ -92,14 +93,8 @@ def plot_budget_curve(results: dict, path: Path) -> bool:
         entry = summary[budgets[0]].get(m, {}).get("Average")
         if entry:
             ax.axhline(entry["mean"], color=color, linestyle=style, label=LABELS[m])
-    ax.set_xlabel("labelled context pairs per attribute (budget B)")
-    ax.set_ylabel("average test accuracy")
-    ax.set_title("Stage-2 adaptation vs budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, path, xlabel="labelled context pairs per attribute (budget B)", ylabel="average test accuracy",
+                title="Stage-2 adaptation vs budget")
     return True
 
 
