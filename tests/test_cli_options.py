@@ -103,3 +103,24 @@ def test_compare_puts_results_side_by_side_naming_what_differs(planted, tmp_path
     assert again.exit_code == 2 and "--overwrite" in again.output
     missing = runner.invoke(app, ["compare", str(outs[0]), str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "no results.json" in missing.output
+
+
+def test_main_maps_project_errors_to_one_line_and_exit_2_and_keeps_bugs_loud(monkeypatch, capsys):
+    import micro.cli as cli
+    from micro.embedcache.store import CacheError
+
+    def refuse():
+        raise CacheError("cache x.h5 is unfinished; rerun the same `micro embed` command")
+
+    monkeypatch.setattr(cli, "app", refuse)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: cache x.h5 is unfinished; rerun the same `micro embed` command\n"
+
+    def bug():
+        raise ValueError("not a project error")
+
+    monkeypatch.setattr(cli, "app", bug)
+    with pytest.raises(ValueError, match="not a project error"):
+        cli.main()
