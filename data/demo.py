@@ -10,7 +10,7 @@ for every seed and an embedding cache can be shared).
 Four user groups (:data:`DEMO_GROUPS`) each prefer one style and reject every other one, so their
 preferences conflict. A fifth style, ``rambling``, is preferred by no group (a shared "bad" answer).
 
-Identifiability (see DESIGN.md): the stage-1 router sees only the prompt, so the group must depend on
+Identifiability (see docs/design.md): the stage-1 router sees only the prompt, so the group must depend on
 the prompt. Every prompt has a home group (topics lean towards groups, and the wording hints at the
 asker: "Quick:" for busy professionals, jargon for experts, "lol"/emojis for casual fans, "I'm new to"
 for newcomers). Each prompt is labeled by 1-3 groups, drawn without replacement with weight

@@ -125,7 +125,7 @@ class MixtureConfig:
     router_input: str = "auto"
     """What the router sees: 'prompt' (the paper's stage 1), 'context' (context + prompt embedding), or
     'auto' (default): 'context' when every training pair carries a context, else 'prompt'. When groups
-    share prompts, only a router that sees the context can tell them apart (DESIGN.md,
+    share prompts, only a router that sees the context can tell them apart (docs/design.md,
     "Identifiability"); benchmarks/README.md, "Beyond the paper", has the evidence."""
 
     balance: str = "batch"

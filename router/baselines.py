@@ -9,7 +9,7 @@ materialising the mirrored copies.
 Small budgets (B pairs, B << d) are solved exactly in the span of the pairs (representer theorem): with
 G = D D^T = U diag(e) U^T, margins are Z b with Z = U diag(sqrt(e)) and ||w||^2 = ||b||^2, so Newton runs
 in at most B dimensions for any hidden size, batched over attributes x seeds x grid values. The prior
-precision is chosen per attribute by 3-fold cross-validated BT loss on its budget pairs. (The Laplace evidence was tried first: on simulated data it kept micro-refine at its
+precision is chosen per attribute by 5-fold cross-validated BT loss on its budget pairs. (The Laplace evidence was tried first: on simulated data it kept micro-refine at its
 prior even where budget-bt gained 10 points at B = 100, so it is not used.)
 
 Units: lambda = c * mean_i ||d_i||^2, so c is the inverse variance of a prior margin w . d and the grid

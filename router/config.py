@@ -62,7 +62,7 @@ class AdaptConfig:
     refine_grid: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 1000.0)
     """Candidate prior precisions for budget-bt and micro-refine, in units of 1/mean||d||^2 (so
     lambda = c / prior margin variance and the grid is embedding-scale free). Each attribute's c is
-    chosen by 3-fold cross-validated BT loss on its budget pairs, so the budget decides how far a head
+    chosen by 5-fold cross-validated BT loss on its budget pairs, so the budget decides how far a head
     moves from its prior."""
 
     refine_scale_precision: float = 1.0

@@ -1,5 +1,5 @@
 """The built-in demo dataset (micro.data.demo): shape, determinism, splits, group preferences, and
-identifiability measured with real MiniLM embeddings (DESIGN.md, "Identifiability")."""
+identifiability measured with real MiniLM embeddings (docs/design.md, "Identifiability")."""
 
 import os
 

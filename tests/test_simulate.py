@@ -1,5 +1,5 @@
 """`micro simulate`: the planted truth is stored and consistent, and the identifiability limits of
-stage 1 (DESIGN.md) show up where they should."""
+stage 1 (docs/design.md) show up where they should."""
 
 import numpy as np
 import pytest
