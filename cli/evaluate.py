@@ -22,6 +22,22 @@ def _source(source: str, options: dict):
     return source if is_cache(source) else load_source(source, options)
 
 
+def _run_on_source(run, run_dir: str, source: str, source_opts: dict, out: str, written: str, overwrite: bool,
+                   make_config) -> dict:
+    """The part `micro eval` and `micro audit` share: refuse an existing result, build the config, read the
+    source (or use a finished cache), run; every project error is one line and exit 2."""
+    from pathlib import Path
+
+    if (Path(out) / written).exists() and not overwrite:
+        fail(f"{Path(out) / written} exists; pass --overwrite to replace it or choose another --out")
+    try:
+        config = make_config()
+        return run(run_dir, _source(source, source_opts), out, config, source_name=source,
+                   log=lambda msg: typer.echo(msg, err=True))
+    except (ValueError, OSError) as exc:  # the project's errors are ValueErrors; OSError: unreadable files
+        fail(exc)
+
+
 def _print(title: str, header: list[str], rows: list[tuple[str, list[str]]], first: str = "Method") -> None:
     from rich.console import Console
     from rich.table import Table
@@ -52,23 +68,16 @@ def eval_cmd(
     adapted router with a context), the single baseline when the run has a sibling; RewardBench section
     scores when the subsets are RewardBench's (the `rewardbench` recipe, or a `subset` attribute)."""
     import json
-    from pathlib import Path
 
-    from ..data import PreferenceDataError
-    from ..embedcache import CacheError
     from ..evaluate import resolve_mask, run_eval
     from ..evaluate.report import section_rows, subset_rows
 
-    if (Path(out) / "results.json").exists() and not overwrite:
-        fail(f"{Path(out) / 'results.json'} exists; pass --overwrite to replace it or choose another --out")
-    try:
+    def make_config():
         if mask_from:
             overrides["mask_heads"] = sorted(set(overrides.get("mask_heads", [])) | set(resolve_mask(None, mask_from)))
-        config = EvalConfig(**overrides)
-        data = _source(source, source_opts)
-        results = run_eval(run_dir, data, out, config, source_name=source, log=lambda msg: typer.echo(msg, err=True))
-    except (PreferenceDataError, CacheError, ValueError, FileNotFoundError, OSError) as exc:
-        fail(exc)
+        return EvalConfig(**overrides)
+
+    results = _run_on_source(run_eval, run_dir, source, source_opts, out, "results.json", overwrite, make_config)
     if as_json:
         typer.echo(json.dumps(results))
         return
@@ -97,20 +106,11 @@ def audit_cmd(
     `hh-rlhf` harmless or `pku-saferlhf`) and flag heads that prefer the unsafe response clearly more often
     than the single head. Mask them with `--mask-from OUT/audit.json`."""
     import json
-    from pathlib import Path
 
-    from ..data import PreferenceDataError
-    from ..embedcache import CacheError
     from ..evaluate import run_audit
 
-    if (Path(out) / "audit.json").exists() and not overwrite:
-        fail(f"{Path(out) / 'audit.json'} exists; pass --overwrite to replace it or choose another --out")
-    try:
-        config = AuditConfig(**overrides)
-        data = _source(source, source_opts)
-        result = run_audit(run_dir, data, out, config, source_name=source, log=lambda msg: typer.echo(msg, err=True))
-    except (PreferenceDataError, CacheError, ValueError, FileNotFoundError, OSError) as exc:
-        fail(exc)
+    result = _run_on_source(run_audit, run_dir, source, source_opts, out, "audit.json", overwrite,
+                            lambda: AuditConfig(**overrides))
     if as_json:
         typer.echo(json.dumps(result))
         return
