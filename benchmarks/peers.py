@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import torch
-
+from _common import add_output_options, finish, start_clock, work_folder
 from micro.demo.pipeline import DemoConfig
 from micro.embedcache import read_meta
 from micro.heads import MixtureConfig, run_fit_mixture, simulate
@@ -86,13 +84,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--demo-cache", default=None, help="MiniLM cache of the demo data (`micro embed demo --model minilm`)")
     p.add_argument("--hs2-cache", default=None, help="MiniLM cache of the HelpSteer2 subset")
-    p.add_argument("--out", default=None, help="also write the Markdown tables here")
-    p.add_argument("--workdir", default=None, help="keep caches and runs here (default: a temporary folder)")
+    add_output_options(p)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(args.workdir or tmp)
+    start = start_clock(args)
+    with work_folder(args) as work:
         caches = {}
         for regime in REGIMES:
             caches[f"planted '{regime}'"] = (work / f"{regime}.h5", MixtureConfig(seed=0))
@@ -103,11 +98,8 @@ def main() -> None:
             caches["HelpSteer2 subset (MiniLM)"] = (Path(args.hs2_cache), MixtureConfig(seed=0))
         results = {name: run_cache(name.split()[0] + str(i), cache, stage1, args.seeds, work)
                    for i, (name, (cache, stage1)) in enumerate(caches.items())}
-    text = tables(results) + (f"\nPlanted: {args.pairs} pairs, d = {args.dim}, G = 3; K = 10, {args.seeds} stage-2 seeds; "
-                              f"{time.perf_counter() - start:.0f} s on {args.threads} thread(s).\n")
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    finish(tables(results) + f"\nPlanted: {args.pairs} pairs, d = {args.dim}, G = 3; K = 10, {args.seeds} stage-2 seeds; ",
+           args, start)
 
 
 if __name__ == "__main__":

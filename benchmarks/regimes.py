@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import torch
-
+from _common import add_output_options, finish, start_clock, work_folder
 from micro.embedcache import load_split, read_meta
 from micro.heads import MixtureConfig, bayes_accuracy, evaluate, fit_mixture, match_heads, simulate
 from micro.heads.model import save_model
@@ -99,14 +97,11 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=18000, help="labeled pairs per cache (shared: pairs/3 triples x 3 groups)")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=None, help="also write the Markdown tables here")
-    p.add_argument("--workdir", default=None, help="keep caches and runs here (default: a temporary folder)")
+    add_output_options(p)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     seeds = list(range(args.seeds))
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(args.workdir or tmp)
+    start = start_clock(args)
+    with work_folder(args) as work:
         results = {}
         for regime in REGIMES:
             results[regime] = {}
@@ -117,12 +112,7 @@ def main() -> None:
                 print(f"{regime} seed {s}: default micro {r['default']['micro']:.3f} refine {r['default']['micro-refine']:.3f} "
                       f"| paper micro {r['paper']['micro']:.3f} | oracle {r['default']['oracle']:.3f} ({time.perf_counter() - t:.1f}s)",
                       file=sys.stderr, flush=True)
-    text = tables(results, seeds)
-    text += (f"\n{args.pairs} pairs, d = {args.dim}, G = 3, K = 10; "
-             f"{time.perf_counter() - start:.0f} s on {args.threads} thread(s).\n")
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    finish(tables(results, seeds) + f"\n{args.pairs} pairs, d = {args.dim}, G = 3, K = 10; ", args, start)
 
 
 if __name__ == "__main__":

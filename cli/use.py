@@ -6,54 +6,48 @@ from typing import List, Optional
 
 import typer
 
+from ..reward.config import ExportConfig, ScoreConfig, ServeConfig
 from ._app import app, fail
-from ._common import AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SplitKey, SplitOpt
+from ._common import (AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SplitKey, SplitOpt,
+                      option_error)
+from ._options import config_options
 
 RunArg = typer.Argument(..., help="run directory of `micro fit-mixture` (its cache names the backbone)")
-RouterOpt = typer.Option(None, "--router", help="adapted router from `micro adapt` (e.g. OUT/routers/b50_s0.safetensors)")
-AttributeOpt = typer.Option(None, "--attribute", help="score as this attribute's user with its micro-refine head (needs --router)")
-MaskOpt = typer.Option(None, "--mask-heads", help="give these stage-1 heads zero weight, e.g. 3,7 (the others renormalise)")
 MaskFromOpt = typer.Option(None, "--mask-from", help="also mask the heads flagged in this audit.json (`micro audit`); repeatable")
-DeviceOpt = typer.Option(None, "--device", help="cuda, cpu ... (default: cuda when available)")
-BackboneOpt = typer.Option(None, "--backbone", help="load the backbone from this path instead of the one the cache names (a local copy)")
+OverwriteOutOpt = typer.Option(False, "--overwrite", help="replace an existing --out")
 
 
-def parse_mask(value: str | None, mask_from: list[str] | None = None) -> list[int] | None:
-    """--mask-heads 3,7 and the heads flagged by every --mask-from audit.json, as one list (None: no mask)."""
+def resolve_config(cls, overrides: dict, mask_from: list[str] | None):
+    """`cls(**overrides)` with the heads flagged by every --mask-from audit.json added to mask_heads; a bad
+    value is one line naming its flag."""
     from ..evaluate import resolve_mask
 
     try:
-        heads = resolve_mask(value, mask_from)
-    except ValueError as exc:
-        fail(exc)
-    return heads or None
+        if mask_from:
+            overrides["mask_heads"] = sorted(set(overrides.get("mask_heads", [])) | set(resolve_mask(None, mask_from)))
+        return cls(**overrides)
+    except (ValueError, OSError) as exc:
+        fail(option_error(exc, cls))
 
 
-def load_model(run, router, attribute, mask, device, backbone=None, head=None, mask_from=None):
+def load_model(run: str, config):
+    """The model `config` (a reward.config.ModelConfig) picks from `run`; a load error is one line."""
     from ..embedcache import CacheError
-    from ..reward import PersonalizedRewardModel
 
     try:
-        return PersonalizedRewardModel.from_run(run, router=router, attribute=attribute, heads_mask=parse_mask(mask, mask_from),
-                                                device=device, head=head, backbone=backbone)
+        return config.load_model(run)
     except (CacheError, ValueError, OSError) as exc:
         fail(exc)
 
 
 @app.command("score")
+@config_options(ScoreConfig)
 def score_cmd(
     run: str = RunArg,
     source: str = typer.Argument(..., help="pairs (prompt/chosen/rejected: any source `micro data` reads) or a file with prompt + response rows"),
     out: str = typer.Option(..., "--out", help="JSONL to write: one line per input row with its id and rewards"),
-    router: Optional[str] = RouterOpt,
-    attribute: Optional[str] = AttributeOpt,
-    context: Optional[str] = typer.Option(None, "--context", help="score every row for this user context (replaces the rows' own)"),
-    mask_heads: Optional[str] = MaskOpt,
     mask_from: Optional[List[str]] = MaskFromOpt,
-    device: Optional[str] = DeviceOpt,
-    backbone: Optional[str] = BackboneOpt,
-    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="padded tokens per batch (as `micro embed`)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+    overwrite: bool = OverwriteOutOpt,
     path: PathOpt = None,
     split: SplitOpt = None,
     prompt_key: PromptKey = "prompt",
@@ -65,9 +59,12 @@ def score_cmd(
     split_key: SplitKey = "split",
     id_key: str = typer.Option("id", "--id-key", help="column holding each row's id (default: the row's position)"),
     limit: LimitOpt = None,
+    overrides: dict = None,
 ) -> None:
     """Score text with a trained model: pairs give margin, reward_chosen, reward_rejected (and the accuracy);
-    prompt + response rows give reward."""
+    prompt + response rows give reward.
+
+    Every option after --config is a field of micro.reward.ScoreConfig (its one default is shown)."""
     import json
     import os
     from pathlib import Path
@@ -75,6 +72,7 @@ def score_cmd(
     from ..data import PreferenceDataError
     from ..reward.rows import read_rows
 
+    config = resolve_config(ScoreConfig, overrides, mask_from)
     out_path = Path(out)
     if out_path.exists() and not overwrite:
         fail(f"output {out_path} already exists; pass --overwrite to replace it")
@@ -86,9 +84,8 @@ def score_cmd(
         fail(exc)
     for note in rows.notes:
         typer.echo(f"note: {note}", err=True)
-    model = load_model(run, router, attribute, mask_heads, device, backbone, mask_from=mask_from)
-    model.batch_tokens = batch_tokens
-    contexts = [context] * len(rows) if context is not None else rows.contexts
+    model = load_model(run, config)
+    contexts = [config.context] * len(rows) if config.context is not None else rows.contexts
     if model.router_input == "context" and not any(contexts):
         typer.echo("note: no row has a context (give --context or a context column): the router reads the prompt alone", err=True)
 
@@ -125,74 +122,51 @@ def score_cmd(
 
 
 @app.command("export")
+@config_options(ExportConfig)
 def export_cmd(
     run: str = RunArg,
     out: str = typer.Option(..., "--out", help="directory to write"),
-    router: Optional[str] = RouterOpt,
-    attribute: Optional[str] = AttributeOpt,
-    head: Optional[int] = typer.Option(None, "--head", help="export stage-1 head N alone"),
-    method: Optional[str] = typer.Option(None, "--method", help="`single`: RUN is a --method single run (its one head)"),
-    fmt: str = typer.Option("hf", "--format", help="hf: a standard Hugging Face / sentence-transformers model for one fixed user; "
-                                                    "micro: the routed model in micro's own format (PersonalizedRewardModel.from_pretrained)"),
-    mask_heads: Optional[str] = MaskOpt,
     mask_from: Optional[List[str]] = MaskFromOpt,
-    device: Optional[str] = DeviceOpt,
-    backbone: Optional[str] = BackboneOpt,
-    check: bool = typer.Option(True, "--check/--no-check", help="reload the export and compare its rewards with micro's on probe rows"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+    overwrite: bool = OverwriteOutOpt,
+    overrides: dict = None,
 ) -> None:
     """Write one user's reward as a model that loads without micro (decoders: AutoModelForSequenceClassification;
-    sentence-transformers encoders: SentenceTransformer + a Dense head), with a model card."""
-    from ..reward.export import export_model
+    sentence-transformers encoders: SentenceTransformer + a Dense head), with a model card and the resolved
+    config (OUT/micro_export.json, a valid --config).
 
-    if fmt not in ("hf", "micro"):
-        fail(f"--format must be hf or micro, not {fmt!r}")
-    if method is not None:
-        import json
-        from pathlib import Path
+    Every option after --config is a field of micro.reward.ExportConfig (its one default is shown)."""
+    from ..embedcache import CacheError
+    from ..reward.export import run_export
 
-        if method != "single":
-            fail(f"--method {method!r}: only `single` names a fixed user; use --head N or --router R --attribute A")
-        cfg = Path(run) / "config.json"
-        found = json.loads(cfg.read_text()).get("config", {}).get("method") if cfg.exists() else None
-        if found != "single":
-            fail(f"--method single: {run} is a {found!r} run, not a `micro fit-mixture --method single` run")
-    model = load_model(run, router, attribute, mask_heads, device, backbone, head, mask_from=mask_from)
+    config = resolve_config(ExportConfig, overrides, mask_from)
     try:
-        if fmt == "micro":
-            model.save_pretrained(out, overwrite=overwrite)
-            typer.echo(f"wrote {out} (PersonalizedRewardModel.from_pretrained({out!r}))")
-            return
-        info = export_model(model, out, overwrite=overwrite, check=check)
-    except (ValueError, FileExistsError, OSError, ImportError) as exc:
+        info = run_export(run, out, config, overwrite=overwrite)
+    except (CacheError, ValueError, OSError, ImportError) as exc:
         fail(exc)
+    if config.format == "micro":
+        typer.echo(f"wrote {out} (PersonalizedRewardModel.from_pretrained({out!r}))")
+        return
     typer.echo(f"wrote {out}: {info['class']}" + (f"; check: max |reward difference| {info['check']['max_abs_diff']:.3g}" if "check" in info else ""))
 
 
 @app.command("serve")
+@config_options(ServeConfig)
 def serve_cmd(
     run: str = RunArg,
-    router: Optional[str] = RouterOpt,
-    attribute: Optional[str] = AttributeOpt,
-    context: Optional[str] = typer.Option(None, "--context", help="user context for requests that send none"),
-    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback by default)"),
-    port: int = typer.Option(5000, "--port", help="port (0: any free port)"),
-    mask_heads: Optional[str] = MaskOpt,
     mask_from: Optional[List[str]] = MaskFromOpt,
-    device: Optional[str] = DeviceOpt,
-    backbone: Optional[str] = BackboneOpt,
-    max_request_bytes: int = typer.Option(16 * 1024 * 1024, "--max-request-bytes", help="refuse larger requests (413)"),
+    overrides: dict = None,
 ) -> None:
     """Serve rewards over HTTP with OpenRLHF's remote reward-model protocol: POST /get_reward
-    {"query": [...], "prompts": [...]} or {"prompts": [...], "responses": [...], "contexts": [...]}."""
+    {"query": [...], "prompts": [...]} or {"prompts": [...], "responses": [...], "contexts": [...]}.
+
+    Every option after --config is a field of micro.reward.ServeConfig (its one default is shown)."""
     from ..reward.serve import serve
 
-    if attribute is not None and context is not None:
-        fail("--attribute and --context both pick the user; give one")
-    model = load_model(run, router, attribute, mask_heads, device, backbone, mask_from=mask_from)
+    config = resolve_config(ServeConfig, overrides, mask_from)
+    model = load_model(run, config)
     model.backbone.model  # load the weights before the first request
     try:
-        serve(model, host=host, port=port, context=context, max_request_bytes=max_request_bytes,
+        serve(model, host=config.host, port=config.port, context=config.context, max_request_bytes=config.max_request_bytes,
               log=lambda msg: typer.echo(msg, err=True))
     except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc}")
+        fail(f"cannot listen on {config.host}:{config.port}: {exc}")

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .config import ExportConfig
 from .model import PersonalizedRewardModel, prepare_output
 
 #: micro's rendering for a decoder without a chat template (Backbone.render_prompt / render_response with
@@ -37,6 +38,8 @@ PLAIN_TEMPLATE = (
     "{{- '\n\n' }}"
     "{%- if messages[-1]['role'] == 'assistant' %}{{- messages[-1]['content'] + (eos_token or '') }}{%- endif %}"
 )
+#: The file in an export directory that holds the resolved ExportConfig (`micro export --config` reads it).
+EXPORT_CONFIG = "micro_export.json"
 #: Probe rows the export checks itself on (reward from the written files == micro's reward).
 PROBE = [("What is the capital of France?", "Paris."), ("Write a haiku about rain.", "Soft rain on the roof,\nthe gutters hum a low tune.")]
 
@@ -77,6 +80,28 @@ def export_model(model: PersonalizedRewardModel, out: str | os.PathLike, *, over
         raise
     prepare_output(out, overwrite=overwrite, what="export directory")
     tmp.rename(out)
+    return info
+
+
+def run_export(run_dir: str | os.PathLike, out: str | os.PathLike, config: ExportConfig | None = None, *,
+               overwrite: bool = False) -> dict[str, Any]:
+    """`micro export`: the model `config` picks from run `run_dir`, written to `out` in `config.format`
+    (hf: `export_model`; micro: `PersonalizedRewardModel.save_pretrained`), with the resolved config in
+    `out/micro_export.json`. Returns what was written (the model card's facts for hf)."""
+    config = config or ExportConfig()
+    if config.method is not None:  # ExportConfig allows only `single`
+        cfg = Path(run_dir) / "config.json"
+        found = json.loads(cfg.read_text()).get("config", {}).get("method") if cfg.exists() else None
+        if found != "single":
+            raise ValueError(f"--method single: {run_dir} is a {found!r} run, not a `micro fit-mixture --method single` run")
+    model = config.load_model(str(run_dir))
+    if config.format == "micro":
+        model.save_pretrained(out, overwrite=overwrite)
+        info: dict[str, Any] = {"format": "micro"}
+    else:
+        info = export_model(model, out, overwrite=overwrite, check=config.check)
+    resolved = {"run": str(Path(run_dir).resolve()), "config": config.to_dict()}
+    (Path(out) / EXPORT_CONFIG).write_text(json.dumps(resolved, indent=2) + "\n")
     return info
 
 

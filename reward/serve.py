@@ -17,8 +17,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-#: Default request-size limit (bytes): ~16 MB of JSON is thousands of long responses.
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
+from .config import ServeConfig
+
+#: Default request-size limit (bytes), host and port: ServeConfig's.
+MAX_REQUEST_BYTES = ServeConfig.max_request_bytes
 
 
 class RequestError(ValueError):
@@ -77,7 +79,7 @@ def _same_length(a: list, b: list, name_a: str, name_b: str) -> None:
         raise RequestError(f"'{name_a}' has {len(a)} items but '{name_b}' has {len(b)}; they must match")
 
 
-def make_server(score: Callable[[list, list, list | None], list[float]], *, host: str = "127.0.0.1", port: int = 5000,
+def make_server(score: Callable[[list, list, list | None], list[float]], *, host: str = ServeConfig.host, port: int = ServeConfig.port,
                 context: str | None = None, max_request_bytes: int = MAX_REQUEST_BYTES, log: Callable[[str], None] | None = None) -> ThreadingHTTPServer:
     """A server (not started: call serve_forever) answering /get_reward with score(prompts, responses, contexts)."""
     lock = threading.Lock()
@@ -130,7 +132,7 @@ def make_server(score: Callable[[list, list, list | None], list[float]], *, host
     return ThreadingHTTPServer((host, port), Handler)
 
 
-def serve(model, *, host: str = "127.0.0.1", port: int = 5000, context: str | None = None,
+def serve(model, *, host: str = ServeConfig.host, port: int = ServeConfig.port, context: str | None = None,
           max_request_bytes: int = MAX_REQUEST_BYTES, log: Callable[[str], None] | None = print) -> None:
     """Serve `model` (a PersonalizedRewardModel) until interrupted."""
     server = make_server(lambda p, r, c: model.score(p, r, c).tolist(), host=host, port=port, context=context,

@@ -1,0 +1,48 @@
+"""What the planted-cache benchmark scripts share: the --out / --workdir options, the work folder, and
+printing (and saving) the tables followed by the time they took.
+
+    p.add_argument("--threads", type=int, default=1)
+    add_output_options(p)
+    args = p.parse_args()
+    start = start_clock(args)
+    with work_folder(args) as work:
+        ...
+    finish(tables(...) + "\\nsettings; ", args, start)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=None, help="also write the Markdown tables here")
+    parser.add_argument("--workdir", default=None, help="keep caches and runs here (default: a temporary folder)")
+
+
+def start_clock(args: argparse.Namespace) -> float:
+    """Use --threads torch threads; the time the run starts."""
+    torch.set_num_threads(args.threads)
+    return time.perf_counter()
+
+
+@contextlib.contextmanager
+def work_folder(args: argparse.Namespace) -> Iterator[Path]:
+    """--workdir, or a temporary folder removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(args.workdir or tmp)
+
+
+def finish(text: str, args: argparse.Namespace, start: float) -> None:
+    """Print `text` + the seconds since `start` on --threads thread(s); write the same to --out if given."""
+    text += f"{time.perf_counter() - start:.0f} s on {args.threads} thread(s).\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)

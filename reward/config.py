@@ -1,0 +1,110 @@
+"""`ScoreConfig`, `ExportConfig`, `ServeConfig`: every default of `micro score` / `export` / `serve` in one place.
+
+They share `ModelConfig`, the fields that pick the trained model and the user it scores for; each adds its
+own. The commands build their options from these fields (one docstring each: the option's help).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Which model of a `micro fit-mixture` run scores, for which user, on which device."""
+
+    router: str | None = None
+    """Adapted router from `micro adapt` (e.g. OUT/routers/b50_s0.safetensors); None: the run's stage-1 router."""
+
+    attribute: str | None = None
+    """Score as this attribute's user with its micro-refine head (needs `router`)."""
+
+    mask_heads: list[int] = field(default_factory=list)
+    """Stage-1 heads given zero weight, e.g. 3,7 (the others renormalise); `--mask-from` adds an audit's flagged heads."""
+
+    device: str | None = None
+    """Device of the backbone: cuda, cpu ... (None: cuda when available)."""
+
+    backbone: str | None = None
+    """Load the backbone from this path instead of the one the run's cache names (a local copy)."""
+
+    def __post_init__(self) -> None:
+        self.mask_heads = sorted({int(h) for h in self.mask_heads})
+        if any(h < 0 for h in self.mask_heads):
+            raise ValueError(f"mask_heads {self.mask_heads}: head numbers start at 0")
+
+    def load_model(self, run_dir: str, *, head: int | None = None, batch_tokens: int | None = None):
+        """The `PersonalizedRewardModel` of run `run_dir` these fields describe."""
+        from .model import PersonalizedRewardModel
+
+        return PersonalizedRewardModel.from_run(run_dir, router=self.router, attribute=self.attribute,
+                                                heads_mask=self.mask_heads or None, device=self.device, head=head,
+                                                backbone=self.backbone, batch_tokens=batch_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ScoreConfig(ModelConfig):
+    """How `micro score` scores pairs or prompt + response rows."""
+
+    context: str | None = None
+    """Score every row for this user context (replaces the rows' own)."""
+
+    batch_tokens: int | None = None
+    """Padded tokens per batch, as `micro embed` (None: the embedder's default)."""
+
+    def load_model(self, run_dir: str, **kwargs: Any):
+        return super().load_model(run_dir, batch_tokens=self.batch_tokens, **kwargs)
+
+
+@dataclass
+class ExportConfig(ModelConfig):
+    """How `micro export` writes one fixed user's reward as a standalone model."""
+
+    head: int | None = None
+    """Export stage-1 head N alone."""
+
+    method: str | None = None
+    """`single`: the run is a `micro fit-mixture --method single` run (its one head)."""
+
+    format: str = "hf"
+    """hf: a standard Hugging Face / sentence-transformers model for one fixed user; micro: the routed model in
+    micro's own format (PersonalizedRewardModel.from_pretrained)."""
+
+    check: bool = True
+    """Reload the export and compare its rewards with micro's on probe rows (format hf)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.format not in ("hf", "micro"):
+            raise ValueError(f"format must be hf or micro, not {self.format!r}")
+        if self.method is not None and self.method != "single":
+            raise ValueError(f"--method {self.method!r}: only `single` names a fixed user; use --head N or --router R --attribute A")
+
+    def load_model(self, run_dir: str, **kwargs: Any):
+        return super().load_model(run_dir, head=self.head, **kwargs)
+
+
+@dataclass
+class ServeConfig(ModelConfig):
+    """How `micro serve` answers reward requests over HTTP."""
+
+    context: str | None = None
+    """User context for requests that send none."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on (loopback by default)."""
+
+    port: int = 5000
+    """Port (0: any free port)."""
+
+    max_request_bytes: int = 16 * 1024 * 1024
+    """Refuse larger requests (413); 16 MiB of JSON is thousands of long responses."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.attribute is not None and self.context is not None:
+            raise ValueError("--attribute and --context both pick the user; give one")
