@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields
 
 import pytest
 from typer.testing import CliRunner
 
 from micro.cli import app
+from micro.cli._options import _default, _show
 from micro.heads import MixtureConfig
+from micro.reward.config import ExportConfig, ScoreConfig, ServeConfig
 from micro.router import AdaptConfig
 
 runner = CliRunner()
@@ -33,6 +36,18 @@ def test_every_config_field_is_an_option_showing_its_one_default(command, cls, s
         assert renamed.get(f.name, "--" + f.name.replace("_", "-")) in text, f.name
     defaults = cls()
     assert f"[default: {defaults.k if cls is MixtureConfig else defaults.seeds}]" in text
+
+
+@pytest.mark.parametrize(("command", "cls"), [("score", ScoreConfig), ("export", ExportConfig), ("serve", ServeConfig)])
+def test_use_commands_list_every_config_field_with_its_default(command, cls):
+    text = _help(command)
+    assert f"--config <str> JSON or YAML file of {cls.__name__} fields" in text
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        option = re.search(rf"│ {flag}(?: --no-{flag[2:]})? <", text)
+        assert option, f.name
+        rest = text[option.end():]
+        assert rest.index(f"[default: {_show(_default(f))}]") < rest.index("│ --"), f.name  # in this option's row
 
 
 def test_version():

@@ -245,6 +245,21 @@ def test_score_cli_on_pairs_and_on_prompt_response_rows(llama_run, tmp_path):
     assert res.exit_code == 2 and "--mask-heads" in res.output
 
 
+def test_score_reads_a_config_file_and_flags_override_it(llama_run, tmp_path):
+    _, run = llama_run
+    table = make_table().head(4)
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["chosen"]}) + "\n" for r in table.to_dict("records")))
+    cfg = tmp_path / "score.yaml"
+    cfg.write_text(f"context: {CONTEXTS['brief']}\nmask_heads: [0, 2]\ndevice: cpu\n")
+    out = tmp_path / "rewards.jsonl"
+    res = CliRunner().invoke(app, ["score", str(run), str(responses), "--out", str(out), "--config", str(cfg), "--mask-heads", "1"])
+    assert res.exit_code == 0, res.output
+    model = PersonalizedRewardModel.from_run(run, heads_mask=[1], device="cpu")  # the flag's mask, the file's context
+    expected = model.score(table["prompt"].tolist(), table["chosen"].tolist(), [CONTEXTS["brief"]] * 4)
+    np.testing.assert_allclose([json.loads(line)["reward"] for line in out.read_text().splitlines()], expected, atol=1e-5)
+
+
 # ---- export -----------------------------------------------------------------------------------------------
 def test_export_loads_in_plain_transformers_and_gives_micros_reward(llama_run, router_file, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -310,6 +325,26 @@ def test_export_refuses_a_routed_model_and_a_wrong_method(llama_run, tmp_path):
     # the routed model has its own format
     res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "m"), "--format", "micro"])
     assert res.exit_code == 0 and (tmp_path / "m" / "micro_reward.json").exists()
+
+
+def test_export_writes_its_resolved_config_which_is_a_valid_config_file(llama_run, tmp_path):
+    _, run = llama_run
+    cfg = tmp_path / "export.json"
+    cfg.write_text(json.dumps({"head": 0, "check": False, "device": "cpu"}))
+    out = tmp_path / "hf"
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(out), "--config", str(cfg), "--head", "1"])
+    assert res.exit_code == 0, res.output
+    assert "check:" not in res.output  # the file's check: false
+    saved = json.loads((out / "micro_export.json").read_text())
+    assert saved["run"] == str(run.resolve())
+    assert (saved["config"]["head"], saved["config"]["check"], saved["config"]["format"]) == (1, False, "hf")
+    # the export's own micro_export.json reproduces it; a flag still wins
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "m"), "--config", str(out / "micro_export.json"),
+                                   "--format", "micro"])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "m" / "micro_export.json").read_text())["config"]
+    assert again == {**saved["config"], "format": "micro"}
+    assert json.loads((tmp_path / "m" / "micro_reward.json").read_text())["head"] == 1
 
 
 def test_minilm_exports_as_sentence_transformers_with_a_dense_head(tmp_path):
@@ -390,3 +425,21 @@ def test_micro_serve_answers_openrlhf_requests(llama_run, router_file):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_reads_a_config_file_and_flags_override_it(llama_run, tmp_path, monkeypatch):
+    import micro.reward.serve
+
+    _, run = llama_run
+    calls = []
+    monkeypatch.setattr(micro.reward.serve, "serve", lambda model, **kwargs: calls.append((model, kwargs)))
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("port: 1234\ncontext: I like brief answers.\nmax_request_bytes: 100\nmask_heads: [2]\ndevice: cpu\n")
+    res = CliRunner().invoke(app, ["serve", str(run), "--config", str(cfg), "--port", "4321"])
+    assert res.exit_code == 0, res.output
+    (model, kwargs), = calls
+    assert model.heads_mask == [2]
+    assert {k: kwargs[k] for k in ("host", "port", "context", "max_request_bytes")} == {
+        "host": "127.0.0.1", "port": 4321, "context": "I like brief answers.", "max_request_bytes": 100}
+    res = CliRunner().invoke(app, ["serve", str(run), "--config", str(cfg), "--attribute", "brief"])
+    assert res.exit_code == 2 and "--attribute and --context both pick the user" in res.output and len(calls) == 1
