@@ -51,9 +51,15 @@ def _print(title: str, header: list[str], rows: list[tuple[str, list[str]]], fir
     Console().print(table)
 
 
-@app.command("eval")
-@config_options(EvalConfig)
-@source_options
+def _source_command(name: str, config_class: type):
+    """`micro NAME`: a command that reads a source (source_options) and takes config_class's fields (config_options)."""
+    def register(command):
+        return app.command(name)(config_options(config_class)(source_options(command)))
+
+    return register
+
+
+@_source_command("eval", EvalConfig)
 def eval_cmd(
     run_dir: str = typer.Argument(..., help="stage-1 run directory (`micro fit-mixture`)"),
     source: str = EvalSource,
@@ -90,9 +96,7 @@ def eval_cmd(
         typer.echo(f"{name}: {file}")
 
 
-@app.command("audit")
-@config_options(AuditConfig)
-@source_options
+@_source_command("audit", AuditConfig)
 def audit_cmd(
     run_dir: str = typer.Argument(..., help="stage-1 run directory (`micro fit-mixture`)"),
     source: str = EvalSource,

@@ -98,6 +98,11 @@ class Jobs:
         return cls(**arrays)
 
 
+def _from_jobs(name: str) -> property:
+    """A read-only Plan attribute that is its Jobs' attribute `name` (lengths, out_job, n_jobs ...)."""
+    return property(lambda plan: getattr(plan.jobs, name), doc=f"`jobs.{name}`")
+
+
 @dataclass
 class Plan:
     """Jobs (token sequences) and outputs (embeddings), plus the cache tables they fill.
@@ -130,29 +135,12 @@ class Plan:
     def type_ids(self) -> list[np.ndarray] | None:
         return None if self.jobs.type_ids is None else [self.jobs.types(j) for j in range(self.n_jobs)]
 
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.jobs.lengths
-
-    @property
-    def out_job(self) -> np.ndarray:
-        return self.jobs.out_job
-
-    @property
-    def out_group(self) -> np.ndarray:
-        return self.jobs.out_group
-
-    @property
-    def out_row(self) -> np.ndarray:
-        return self.jobs.out_row
-
-    @property
-    def out_pos(self) -> np.ndarray:
-        return self.jobs.out_pos
-
-    @property
-    def n_jobs(self) -> int:
-        return self.jobs.n_jobs
+    lengths = _from_jobs("lengths")
+    out_job = _from_jobs("out_job")
+    out_group = _from_jobs("out_group")
+    out_row = _from_jobs("out_row")
+    out_pos = _from_jobs("out_pos")
+    n_jobs = _from_jobs("n_jobs")
 
     def n_rows(self, group: int) -> int:
         return [len(self.seq_text), len(self.prompt_text), len(self.context_prompt_prompt), len(self.context_seq_text)][group]

@@ -17,3 +17,22 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA} (set MICRO_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def planted_run(tmp_path):
+    """`make(pairs, dim)` -> (cache, run): `micro simulate` a planted cache in tmp_path and fit a K = 3,
+    2-epoch `micro fit-mixture` run on it (tmp_path/sim.h5, tmp_path/run), both through the CLI."""
+    from typer.testing import CliRunner
+
+    from micro.cli import app
+
+    def make(pairs: int, dim: int) -> tuple[Path, Path]:
+        cache, run = tmp_path / "sim.h5", tmp_path / "run"
+        sim = CliRunner().invoke(app, ["simulate", "--out", str(cache), "--pairs", str(pairs), "--dim", str(dim)])
+        assert sim.exit_code == 0, sim.output
+        fit = CliRunner().invoke(app, ["fit-mixture", str(cache), "--out", str(run), "--k", "3", "--epochs", "2"])
+        assert fit.exit_code == 0, fit.output
+        return cache, run
+
+    return make

@@ -9,12 +9,9 @@ from typer.testing import CliRunner
 from micro.cli import app
 
 
-def test_adapt_cli_writes_results_and_evaluates_on_another_cache(tmp_path):
+def test_adapt_cli_writes_results_and_evaluates_on_another_cache(tmp_path, planted_run):
     run = CliRunner()
-    cache = tmp_path / "sim.h5"
-    assert run.invoke(app, ["simulate", "--out", str(cache), "--pairs", "1200", "--dim", "16"]).exit_code == 0
-    fit = run.invoke(app, ["fit-mixture", str(cache), "--out", str(tmp_path / "run"), "--k", "3", "--epochs", "2"])
-    assert fit.exit_code == 0, fit.output
+    cache, _ = planted_run(pairs=1200, dim=16)
     other = tmp_path / "other.h5"
     shutil.copy(cache, other)  # same backbone identity: the cross-dataset path accepts it
 

@@ -98,12 +98,9 @@ def test_acquisition_asks_only_train_pairs_reproducibly_and_by_its_rule(tmp_path
     assert disagreement(w, torch.tensor([[1.0, 2.0], [1.0, -2.0]])).tolist() == [0.0, 1.0]
 
 
-def test_adapt_cli_scores_peers_and_records_the_acquisition_rule(tmp_path):
+def test_adapt_cli_scores_peers_and_records_the_acquisition_rule(tmp_path, planted_run):
     run = CliRunner()
-    cache = tmp_path / "sim.h5"
-    assert run.invoke(app, ["simulate", "--out", str(cache), "--pairs", "900", "--dim", "12"]).exit_code == 0
-    fit = run.invoke(app, ["fit-mixture", str(cache), "--out", str(tmp_path / "run"), "--k", "3", "--epochs", "2"])
-    assert fit.exit_code == 0, fit.output
+    cache, _ = planted_run(pairs=900, dim=12)
     out = tmp_path / "adapt"
     res = run.invoke(app, ["adapt", str(cache), str(tmp_path / "run"), "--out", str(out), "--budgets", "5,12",
                            "--seeds", "2", "--no-baselines", "--acquire", "disagreement", "--drm-components", "3",
