@@ -94,7 +94,7 @@ def main() -> None:
 
     from micro.embedcache import EmbedConfig, build_plan, embed_table
     from micro.embedcache.backbone import Backbone, parse_dtype
-    from micro.embedcache.plan import batch_shape, make_batches
+    from micro.embedcache.batches import batch_shape, make_batches
 
     device = torch.device(args.device)
     dtype = parse_dtype(args.dtype, device)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from ..heads.config import MixtureConfig
+from ..router.config import AdaptConfig
 from ._app import app, fail
 
 
@@ -13,9 +15,9 @@ def sweep_k_cmd(
     out: str = typer.Option(..., "--out", help="output folder (k<K>/ runs, k_ablation.csv/md/png; with --budgets adapt_k<K>/, k_budget.png)"),
     k: str = typer.Option("1,3,5,10,20", "--k", help="comma-separated numbers of heads"),
     budgets: str = typer.Option(None, "--budgets", help="also adapt each K's run over these budgets (Figure 6), e.g. 10,25,50"),
-    seeds: int = typer.Option(None, "--seeds", help="stage-2 repetitions with --budgets  [default: AdaptConfig's 5]"),
-    epochs: int = typer.Option(None, help="stage-1 passes over the train pairs  [default: MixtureConfig's 4]"),
-    seed: int = typer.Option(None, help="stage-1 seed  [default: 0]"),
+    seeds: int = typer.Option(None, "--seeds", help=f"stage-2 repetitions with --budgets  \\[default: AdaptConfig's {AdaptConfig.seeds}]"),
+    epochs: int = typer.Option(None, help=f"stage-1 passes over the train pairs (None: until the held-out NLL stops improving)  \\[default: MixtureConfig's {MixtureConfig.epochs}]"),
+    seed: int = typer.Option(None, help=f"stage-1 seed  \\[default: MixtureConfig's {MixtureConfig.seed}]"),
     paper: bool = typer.Option(False, "--paper", help="the paper's stage 1 and stage 2 (tau of the cache's dataset)"),
     paper_dataset: str = typer.Option(None, "--paper-dataset", help="with --paper: use this dataset's preset"),
 ) -> None:
@@ -23,9 +25,7 @@ def sweep_k_cmd(
     with --budgets, adapt each K's run too and plot accuracy vs budget per K (Figure 6)."""
     from .. import paper as presets
     from ..embedcache.store import CacheError, read_meta
-    from ..heads import MixtureConfig
     from ..heads.ablation import sweep_k
-    from ..router import AdaptConfig
     from ..router.k_ablation import adapt_k_runs
 
     log = lambda msg: typer.echo(msg, err=True)  # noqa: E731

@@ -32,7 +32,7 @@ _EXPORTS = {
     "Jobs": ".plan",
     "Plan": ".plan",
     "build_plan": ".plan",
-    "make_batches": ".plan",
+    "make_batches": ".batches",
     "EmbedReport": ".runner",
     "embed_table": ".runner",
 }

@@ -224,7 +224,7 @@ class Backbone:
         return self._model
 
     def compile(self) -> None:
-        """Run forwards through torch.compile (callers keep batch shapes to a few buckets, see plan.bucket_width)."""
+        """Run forwards through torch.compile (callers keep batch shapes to a few buckets, see batches.bucket_width)."""
         if self._compiled is None:
             self._compiled = torch.compile(self.model, dynamic=False)
 

@@ -17,7 +17,8 @@ import pandas as pd
 
 from .backbone import Backbone
 from .config import EmbedConfig
-from .plan import CTX_PROMPT, PROMPT, SEQ, Plan, build_plan, make_batches
+from .batches import make_batches
+from .plan import CTX_PROMPT, PROMPT, SEQ, Plan, build_plan
 
 
 def outputs_by_job(plan: Plan) -> tuple[np.ndarray, np.ndarray]:

@@ -174,8 +174,8 @@ class Plan:
 
 class _Builder:
     def __init__(self, backbone, max_length: int):
-        self.bb = backbone
-        self.M = max_length
+        self.backbone = backbone
+        self.max_length = max_length
         self.tok = backbone.tokenizer
         self.special = set(self.tok.all_special_ids)
         self.ids: list[np.ndarray] = []
@@ -231,20 +231,20 @@ class _Builder:
         rest = max(n - lead, 0)
         return ids[:lead] + (ids[len(ids) - rest :] if rest else [])
 
-    def fit(self, p: list[int], r: list[int], budget: int, lead: int, n_tail: int) -> tuple[list[int], list[int]]:
-        if len(p) + len(r) <= budget:
-            return p, r
-        reserve = min(len(p), max(lead + MIN_PROMPT_TOKENS, budget // 8))
-        if len(r) <= budget - reserve:
+    def fit(self, prompt: list[int], response: list[int], budget: int, lead: int, n_tail: int) -> tuple[list[int], list[int]]:
+        if len(prompt) + len(response) <= budget:
+            return prompt, response
+        reserve = min(len(prompt), max(lead + MIN_PROMPT_TOKENS, budget // 8))
+        if len(response) <= budget - reserve:
             self.stats["truncated_prompts"] += 1
-            return self.keep_end(p, budget - len(r), lead), r
-        if len(p) > reserve:
+            return self.keep_end(prompt, budget - len(response), lead), response
+        if len(prompt) > reserve:
             self.stats["truncated_prompts"] += 1
         self.stats["truncated_responses"] += 1
-        pk = self.keep_end(p, reserve, lead)
-        room = budget - len(pk)
+        kept_prompt = self.keep_end(prompt, reserve, lead)
+        room = budget - len(kept_prompt)
         n_tail = min(n_tail, room)
-        return pk, r[: room - n_tail] + (r[len(r) - n_tail :] if n_tail else [])
+        return kept_prompt, response[: room - n_tail] + (response[len(response) - n_tail :] if n_tail else [])
 
 
 def build_plan(table, backbone, *, context_in_sequence: bool = False) -> Plan:
@@ -318,14 +318,14 @@ def build_plan(table, backbone, *, context_in_sequence: bool = False) -> Plan:
         lambda q: contexts[context_prompts[q][1]],
         lambda q: context_prompt_text[q],
     )
-    M = backbone.max_length
+    max_length = backbone.max_length
     if backbone.kind == "decoder":
-        _decoder_jobs(builder, M, prompt_ids, seqs, seq_parts, seq_ids, SEQ, PROMPT)
-        _decoder_jobs(builder, M, context_prompt_ids, context_seqs, context_seq_parts, context_seq_ids, CTX_SEQ, CTX_PROMPT)
+        _decoder_jobs(builder, max_length, prompt_ids, seqs, seq_parts, seq_ids, SEQ, PROMPT)
+        _decoder_jobs(builder, max_length, context_prompt_ids, context_seqs, context_seq_parts, context_seq_ids, CTX_SEQ, CTX_PROMPT)
         with_types = False
     else:
-        _encoder_jobs(builder, M, prompt_ids, seqs, seq_ids, SEQ, PROMPT)
-        _encoder_jobs(builder, M, context_prompt_ids, context_seqs, context_seq_ids, CTX_SEQ, CTX_PROMPT)
+        _encoder_jobs(builder, max_length, prompt_ids, seqs, seq_ids, SEQ, PROMPT)
+        _encoder_jobs(builder, max_length, context_prompt_ids, context_seqs, context_seq_ids, CTX_SEQ, CTX_PROMPT)
         with_types = backbone.skeleton()["has_tt"]
     return Plan(
         jobs=builder.jobs(with_types),
@@ -345,79 +345,44 @@ def build_plan(table, backbone, *, context_in_sequence: bool = False) -> Plan:
     )
 
 
-def _decoder_jobs(builder: _Builder, M: int, base_ids, rows, part_texts, resp_ids, seq_group, base_group) -> None:
-    """(prompt, response) passes; each also gives its prompt's router input when the prompt is uncut."""
-    provided = np.zeros(len(base_ids), dtype=bool)
-    for s, ((p, resp), part, r) in enumerate(zip(rows, part_texts, resp_ids)):
-        pi = base_ids[p]
-        lead = builder.lead(pi)
-        pk, rk = builder.fit(pi, r, M, lead, builder.tail(part, resp) if len(pi) + len(r) > M else 0)
-        outs = [(seq_group, s, len(pk) + len(rk) - 1)]
-        if not provided[p] and len(pk) == len(pi):
+def _decoder_jobs(builder: _Builder, max_length: int, prompt_ids, rows, part_texts, response_ids, seq_group, base_group) -> None:
+    """(prompt, response) passes; each also gives its prompt's router input when the prompt is uncut.
+
+    rows: (prompt row, response text) of each sequence of `seq_group`; prompt_ids: the tokens of each
+    prompt row (group `base_group`: the prompts, or the context prompts); part_texts / response_ids: each
+    sequence's rendered response part and its tokens."""
+    provided = np.zeros(len(prompt_ids), dtype=bool)
+    for s, ((p, response_text), part, response) in enumerate(zip(rows, part_texts, response_ids)):
+        prompt = prompt_ids[p]
+        lead = builder.lead(prompt)
+        n_tail = builder.tail(part, response_text) if len(prompt) + len(response) > max_length else 0
+        kept_prompt, kept_response = builder.fit(prompt, response, max_length, lead, n_tail)
+        outs = [(seq_group, s, len(kept_prompt) + len(kept_response) - 1)]
+        if not provided[p] and len(kept_prompt) == len(prompt):
             provided[p] = True
-            outs.append((base_group, p, len(pk) - 1))
-        builder.add(pk + rk, None, outs)
+            outs.append((base_group, p, len(kept_prompt) - 1))
+        builder.add(kept_prompt + kept_response, None, outs)
     for p in np.flatnonzero(~provided):  # prompts that every pass cut (or no pass used): a pass of their own
-        pi = base_ids[p]
-        if len(pi) > M:
+        prompt = prompt_ids[p]
+        if len(prompt) > max_length:
             builder.stats["truncated_router_inputs"] += 1
-        pk = builder.keep_end(pi, M, builder.lead(pi))
-        builder.add(pk, None, [(base_group, int(p), len(pk) - 1)])
+        kept_prompt = builder.keep_end(prompt, max_length, builder.lead(prompt))
+        builder.add(kept_prompt, None, [(base_group, int(p), len(kept_prompt) - 1)])
 
 
-def _encoder_jobs(builder: _Builder, M: int, base_ids, rows, resp_ids, seq_group, base_group) -> None:
+def _encoder_jobs(builder: _Builder, max_length: int, prompt_ids, rows, response_ids, seq_group, base_group) -> None:
     """Encoders see the whole sequence: a pair pass per (prompt, response), a single pass per prompt."""
-    sk = builder.bb.skeleton()
-    fixed = len(sk["pair_pre"]) + len(sk["pair_mid"]) + len(sk["pair_post"])
-    for s, ((p, _), r) in enumerate(zip(rows, resp_ids)):
-        pk, rk = builder.fit(base_ids[p], r, M - fixed, 0, 0)
-        ids = sk["pair_pre"] + pk + sk["pair_mid"] + rk + sk["pair_post"]
-        types = sk["pair_pre_tt"] + sk["type_a"] * len(pk) + sk["pair_mid_tt"] + sk["type_b"] * len(rk) + sk["pair_post_tt"]
+    skeleton = builder.backbone.skeleton()
+    fixed = len(skeleton["pair_pre"]) + len(skeleton["pair_mid"]) + len(skeleton["pair_post"])
+    for s, ((p, _), response) in enumerate(zip(rows, response_ids)):
+        kept_prompt, kept_response = builder.fit(prompt_ids[p], response, max_length - fixed, 0, 0)
+        ids = skeleton["pair_pre"] + kept_prompt + skeleton["pair_mid"] + kept_response + skeleton["pair_post"]
+        types = (skeleton["pair_pre_tt"] + skeleton["type_a"] * len(kept_prompt) + skeleton["pair_mid_tt"]
+                 + skeleton["type_b"] * len(kept_response) + skeleton["pair_post_tt"])
         builder.add(ids, types, [(seq_group, s, -1)])
-    budget = M - len(sk["pre"]) - len(sk["post"])
-    for p, pi in enumerate(base_ids):
-        if len(pi) > budget:
+    budget = max_length - len(skeleton["pre"]) - len(skeleton["post"])
+    for p, prompt in enumerate(prompt_ids):
+        if len(prompt) > budget:
             builder.stats["truncated_router_inputs"] += 1
-        ids = sk["pre"] + builder.keep_end(pi, budget) + sk["post"]
+        ids = skeleton["pre"] + builder.keep_end(prompt, budget) + skeleton["post"]
         builder.add(ids, [0] * len(ids), [(base_group, p, -1)])
-
-
-def bucket_width(width: int) -> int:
-    """`width` rounded up to one of 8 steps per power of two (at least 16): at most 1/8 extra padding, and
-    few enough distinct widths (~8 per doubling) that a compiled model is reused rather than recompiled."""
-    width = max(int(width), 1)
-    step = max((1 << max(width - 1, 1).bit_length()) // 16, 16)
-    return -(-width // step) * step
-
-
-def make_batches(lengths: np.ndarray, batch_tokens: int, jobs: np.ndarray | None = None, *, bucketed: bool = False) -> list[np.ndarray]:
-    """Greedy token-budget batches over jobs sorted longest first: padded size (rows x longest) <= budget.
-
-    Sorting makes neighbours nearly equal in length, so padding stays small; longest first makes an
-    out-of-memory batch show up at once, not at the end of a long run. `bucketed`: rows are counted
-    against the bucketed width (`bucket_width`), so every batch of a bucket can be padded to one shape.
-    """
-    jobs = np.arange(len(lengths)) if jobs is None else np.asarray(jobs)
-    if len(jobs) == 0:
-        return []
-    order = jobs[np.lexsort((jobs, -lengths[jobs]))]
-    widths = lengths[order]
-    if bucketed:  # non-increasing like the lengths; a batch never spans two buckets
-        unique, inverse = np.unique(widths, return_inverse=True)
-        widths = np.array([bucket_width(w) for w in unique], dtype=np.int64)[inverse]
-    descending = -widths  # ascending, for searchsorted
-    batches, start = [], 0
-    while start < len(order):
-        width = int(widths[start])
-        rows = max(1, batch_tokens // max(width, 1))
-        if bucketed:
-            rows = min(rows, int(np.searchsorted(descending, -width, side="right")) - start)
-        batches.append(order[start : start + rows])
-        start += rows
-    return batches
-
-
-def batch_shape(lengths: np.ndarray, batch: np.ndarray, batch_tokens: int) -> tuple[int, int]:
-    """(rows, width) a bucketed batch is padded to: the same for every batch of its bucket."""
-    width = bucket_width(int(lengths[batch].max()))
-    return max(1, batch_tokens // width), width

@@ -44,7 +44,8 @@ from .parts import (
     wait_for_ranks,
     write_done_flag,
 )
-from .plan import CTX_PROMPT, CTX_SEQ, PROMPT, SEQ, Jobs, Plan, batch_shape, build_plan, make_batches
+from .batches import batch_shape, make_batches
+from .plan import CTX_PROMPT, CTX_SEQ, PROMPT, SEQ, Jobs, Plan, build_plan
 from ..outputs import check_file_target, lock, refuse_existing
 from .store import IDENTITY_FIELDS, TABLE_FIELD, CacheError, cache_sizes, check_compatible, describe_difference, read_meta
 
@@ -107,9 +108,10 @@ def _reuse_lookup(old: Path, plan: Plan) -> dict[int, tuple[np.ndarray, np.ndarr
             g = f["context_prompts"]
             old_keys[CTX_PROMPT] = [(contexts[c], prompt_text[p]) for p, c in zip(g["prompt"][()], g["context"][()])]
             if "context_sequences" in f:
-                cs = f["context_sequences"]
+                context_seqs = f["context_sequences"]
                 context_prompt_keys = old_keys[CTX_PROMPT]
-                old_keys[CTX_SEQ] = [context_prompt_keys[q] + (t,) for q, t in zip(cs["context_prompt"][()], cs["text"].asstr()[()])]
+                old_keys[CTX_SEQ] = [context_prompt_keys[q] + (t,) for q, t in
+                                     zip(context_seqs["context_prompt"][()], context_seqs["text"].asstr()[()])]
     for group, keys in old_keys.items():
         index = {k: i for i, k in enumerate(keys)}
         hits = [(row, index[k]) for row, k in enumerate(plan.keys(group)) if k in index]

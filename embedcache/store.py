@@ -537,14 +537,13 @@ def load_texts(path: str | os.PathLike, split: str | None = None) -> "Any":
         seq_text = _dataset(f, "sequences/text").asstr()[()]
         prompt_text = _dataset(f, "prompts/text").asstr()[()]
         contexts = f["contexts"]["text"].asstr()[()] if "contexts" in f else []
-    ctx = pairs["context"]
     table = pd.DataFrame(
         {
             "prompt": prompt_text[pairs["prompt"]],
             "chosen": seq_text[pairs["chosen"]],
             "rejected": seq_text[pairs["rejected"]],
             "attribute": np.asarray(meta["attributes"], dtype=object)[pairs["attribute"]],
-            "context": [contexts[c] if c >= 0 else None for c in ctx],
+            "context": [contexts[c] if c >= 0 else None for c in pairs["context"]],  # -1: no context
             "split": np.asarray(meta["splits"], dtype=object)[pairs["split"]],
         }
     )

@@ -13,7 +13,7 @@ import torch
 from micro.embedcache import CacheError, EmbedConfig, build_plan, embed_table, load_backbone, read_meta
 from micro.embedcache import backbone as backbone_mod
 from micro.embedcache import distributed as dist
-from micro.embedcache.plan import bucket_width, make_batches
+from micro.embedcache.batches import bucket_width, make_batches
 
 _spec = importlib.util.spec_from_file_location("_embed_fixtures", Path(__file__).with_name("test_embed.py"))
 _fixtures = importlib.util.module_from_spec(_spec)
