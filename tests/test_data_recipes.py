@@ -3,7 +3,6 @@ offline from a `datasets` cache made in the test, the way `datasets` finds a dat
 
 import gzip
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,15 +11,6 @@ import pytest
 
 from micro.data import RECIPES, PreferenceDataError, load_preferences, summarize
 from micro.data.recipes import HELPSTEER2_ATTRIBUTES, HELPSTEER2_CONTEXTS
-
-SHARED = Path(os.environ.get("MICRO_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-
-
-@pytest.fixture
-def real_data() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"shared data not found at {SHARED} (set MICRO_SHARED_DATA)")
-    return SHARED
 
 
 @pytest.fixture
@@ -66,8 +56,8 @@ def write_parquet(path: Path, rows):
 
 # ---- HelpSteer2 ------------------------------------------------------------------------------------
 
-def test_helpsteer2_subset_matches_the_paper_binarization_counts(real_data):
-    df = load_preferences("helpsteer2", path=str(real_data / "helpsteer2_subset"))
+def test_helpsteer2_subset_matches_the_paper_binarization_counts(shared_data):
+    df = load_preferences("helpsteer2", path=str(shared_data / "helpsteer2_subset"))
     s = summarize(df)
     assert s["splits"]["train"]["pairs"] == 1217
     assert s["splits"]["test"]["pairs"] == 1309
@@ -80,13 +70,13 @@ def test_helpsteer2_subset_matches_the_paper_binarization_counts(real_data):
     assert all(df["context"] == df["attribute"].map(HELPSTEER2_CONTEXTS))
 
 
-def test_helpsteer2_chosen_has_the_higher_rating_and_train_has_no_unanimous_pairs(real_data):
-    records = json.loads((real_data / "helpsteer2_subset" / "train.json").read_text())
+def test_helpsteer2_chosen_has_the_higher_rating_and_train_has_no_unanimous_pairs(shared_data):
+    records = json.loads((shared_data / "helpsteer2_subset" / "train.json").read_text())
     ratings = {}
     for r in records:
         for response, labels in zip(r["responses"], r["labels"]):
             ratings[(r["prompt"], response)] = labels
-    df = load_preferences("helpsteer2", path=str(real_data / "helpsteer2_subset"), split="train")
+    df = load_preferences("helpsteer2", path=str(shared_data / "helpsteer2_subset"), split="train")
     for row in df.itertuples():
         win, lose = ratings[(row.prompt, row.chosen)], ratings[(row.prompt, row.rejected)]
         assert win[row.attribute] > lose[row.attribute]
@@ -202,8 +192,8 @@ def test_hh_rlhf_from_a_local_copy_of_the_hub_layout(tmp_path):
     assert df.iloc[0]["chosen"] == "I can't help with that."
 
 
-def test_hh_rlhf_shared_harmless_test_file(real_data):
-    df = load_preferences("hh-rlhf", path=str(real_data / "hh_rlhf_harmless" / "test.jsonl.gz"))
+def test_hh_rlhf_shared_harmless_test_file(shared_data):
+    df = load_preferences("hh-rlhf", path=str(shared_data / "hh_rlhf_harmless" / "test.jsonl.gz"))
     s = summarize(df)
     assert s["splits"] == {"test": {"pairs": 2303, "attributes": {"harmless": 2303}}}
     assert s["rows_dropped"] == 4  # 4 pairs whose final chosen reply is empty
@@ -225,15 +215,15 @@ def test_rewardbench_subsets_and_sections(fake_hub):
     assert load_preferences("rewardbench-sections")["attribute"].tolist() == ["Chat Hard", "Reasoning"]
 
 
-def test_llmbar_shared_files(real_data):
-    df = load_preferences("llmbar", path=str(real_data / "llmbar"))
+def test_llmbar_shared_files(shared_data):
+    df = load_preferences("llmbar", path=str(shared_data / "llmbar"))
     s = summarize(df)
     assert set(s["splits"]) == {"test"}
     assert set(s["splits"]["test"]["attributes"]) == {"Natural", "Adversarial_Neighbor", "Adversarial_GPTInst",
                                                       "Adversarial_GPTOut", "Adversarial_Manual", "mtbench_human",
                                                       "llmeval2", "faireval"}
     assert s["splits"]["test"]["attributes"]["Natural"] == 100
-    first = json.loads((real_data / "llmbar" / "llmbar_Natural.json").read_text())[0]
+    first = json.loads((shared_data / "llmbar" / "llmbar_Natural.json").read_text())[0]
     natural = df[df["attribute"] == "Natural"].iloc[0]
     assert natural["chosen"] == first[f"output_{first['label']}"]
 
