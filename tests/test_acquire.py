@@ -68,6 +68,8 @@ def test_each_round_asks_the_rules_best_pool_pairs_and_only_train_pairs(train):
             pool = np.setdiff1d(rows[a], got[:5])
             routed = (weights[pool] * margins[pool]).sum(-1).abs().numpy()
             assert set(got[5:10].tolist()) == set(pool[np.argsort(routed)[:5]].tolist())
+    again = acquire_pairs("uncertainty", train, [0, 1], [17], 5, _fixed(uncertainty, weights, margins, []))
+    assert all(np.array_equal(asked[17][i][a], again[17][i][a]) for i in range(2) for a in rows)  # reproducible
     assert any(not np.array_equal(asked[17][0][a], asked[17][1][a]) for a in rows)  # seeds differ
     test = load_split(train.path, "test")
     with pytest.raises(ValueError, match="train split"):
@@ -113,15 +115,14 @@ def test_bald_asks_the_pair_that_separates_the_two_likely_heads():
     assert float(bald(torch.tensor([[0.5, 0.5]]), torch.tensor([[80.0, -80.0]]))) == pytest.approx(math.log(2))
 
 
-def test_a_seeded_active_run_is_reproducible_and_nested(tmp_path):
+@pytest.mark.slow
+def test_a_seeded_active_run_is_reproducible(tmp_path):
     cache = tmp_path / "s.h5"
     simulate(cache, groups=3, dim=8, pairs=600, seed=0)
     run_fit_mixture(cache, tmp_path / "run", MixtureConfig(k=3, epochs=2))
-    cfg = dict(budgets=[5, 10, 15], seeds=2, epochs=2, baselines=False, plot=False, save_routers=False,
+    cfg = dict(budgets=[5, 10], seeds=2, epochs=2, baselines=False, plot=False, save_routers=False,
                acquire="bald", acquire_random=0.4, lore_steps=20, drm_components=2)
     first = run_adapt(cache, tmp_path / "run", tmp_path / "a", AdaptConfig(**cfg))
     again = run_adapt(cache, tmp_path / "run", tmp_path / "b", AdaptConfig(**cfg))
     assert first["records"] == again["records"] and first["run_id"] == again["run_id"]
     assert {r["acquire"] for r in first["records"]} == {"bald"}
-    other = run_adapt(cache, tmp_path / "run", tmp_path / "c", AdaptConfig(**{**cfg, "seed": 1}))
-    assert other["records"] != first["records"]
