@@ -37,8 +37,7 @@ BUDGETS = [5, 10, 25, 50]
 METHODS = ("micro", "micro-refine")
 #: label: (acquire rule, share of each round drawn at random)
 RULES = {"random": ("random", 0.0), "uncertainty": ("uncertainty", 0.0), "disagreement": ("disagreement", 0.0),
-         "bald": ("bald", 0.0), "bald + half random": ("bald", 0.5), "disagreement + half random": ("disagreement", 0.5),
-         "bald-posterior": ("bald-posterior", 0.0), "bald-posterior + half random": ("bald-posterior", 0.5)}
+         "bald": ("bald", 0.0), "bald + half random": ("bald", 0.5), "disagreement + half random": ("disagreement", 0.5)}
 
 
 def per_run(records: list[dict], method: str, budget: int) -> dict[int, float]:

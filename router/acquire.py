@@ -29,17 +29,17 @@ from .config import ACQUIRE_RULES
 from .draws import attribute_rows, check_budgets, draw_budget_pairs
 
 
-#: Given the pairs asked so far (one {attribute: rows} per seed), one scorer per seed: (pool rows, the
-#: attribute's asked rows) -> [n] informativeness, higher asked first.
-Informativeness = Callable[[list[dict[int, np.ndarray]]], list[Callable[[np.ndarray, np.ndarray], torch.Tensor]]]
+#: Given the pairs asked so far (one {attribute: rows} per seed), one scorer per seed: pool rows -> [n]
+#: informativeness, higher asked first.
+Informativeness = Callable[[list[dict[int, np.ndarray]]], list[Callable[[np.ndarray], torch.Tensor]]]
 
 
-def uncertainty(weights: torch.Tensor, margins: torch.Tensor, asked: torch.Tensor | None = None) -> torch.Tensor:
+def uncertainty(weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
     """[n] minus the |routed margin| (weights, margins: [n, K])."""
     return -(weights * margins).sum(-1).abs()
 
 
-def disagreement(weights: torch.Tensor, margins: torch.Tensor, asked: torch.Tensor | None = None) -> torch.Tensor:
+def disagreement(weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
     """[n] 1 - |sum_k w_k sign(m_k)|: 0 when all weighted heads agree, 1 when their mass splits evenly."""
     return 1.0 - (weights * margins.sign()).sum(-1).abs()
 
@@ -49,26 +49,14 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
 
 
-def head_posterior(weights: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
-    """[n, K] the weights as prior times each head's likelihood of the asked pairs' labels (asked: [b, K]
-    head margins of the attribute's asked pairs), prod_j sigmoid(m_jk), renormalised."""
-    loglik = -torch.nn.functional.softplus(-asked.double()).sum(0)
-    return torch.softmax(weights.double().clamp_min(1e-300).log() + loglik, -1)
-
-
-def bald(weights: torch.Tensor, margins: torch.Tensor, asked: torch.Tensor | None = None) -> torch.Tensor:
+def bald(weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
     """[n] I(label; head) = H(sum_k w_k p_k) - sum_k w_k H(p_k), p_k = sigmoid(m_k), in nats."""
     p = torch.sigmoid(margins.double())
     w = weights.double()
     return _entropy((w * p).sum(-1)) - (w * _entropy(p)).sum(-1)
 
 
-def bald_posterior(weights: torch.Tensor, margins: torch.Tensor, asked: torch.Tensor | None = None) -> torch.Tensor:
-    """bald with the head posterior given the asked pairs (head_posterior) as the belief over heads."""
-    return bald(head_posterior(weights, asked), margins)
-
-
-SCORES = {"uncertainty": uncertainty, "disagreement": disagreement, "bald": bald, "bald-posterior": bald_posterior}
+SCORES = {"uncertainty": uncertainty, "disagreement": disagreement, "bald": bald}
 
 
 def acquire_pairs(rule: str, split: CacheSplit, seeds: list[int], budgets: list[int], batch: int,
@@ -96,7 +84,7 @@ def acquire_pairs(rule: str, split: CacheSplit, seeds: list[int], budgets: list[
                     pool = order[a][~np.isin(order[a], asked[i][a])]  # the seed's random order: ties go to the earlier row
                     rest = pool[n_random:]
                     with torch.no_grad():
-                        score = scorers[i](rest, asked[i][a]).double().numpy()
+                        score = scorers[i](rest).double().numpy()
                     best = rest[np.argsort(-score, kind="stable")[:batch - n_random]]
                     asked[i][a] = np.concatenate([asked[i][a], pool[:n_random], best])
     else:

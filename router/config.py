@@ -9,7 +9,7 @@ from typing import Any
 from ..heads.config import check_numbers
 
 HYRE_VARIANTS = ("posterior", "best")
-ACQUIRE_RULES = ("random", "uncertainty", "disagreement", "bald", "bald-posterior")
+ACQUIRE_RULES = ("random", "uncertainty", "disagreement", "bald")
 
 
 @dataclass

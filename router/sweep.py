@@ -225,8 +225,8 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
 
     def informativeness(draws: list[dict]) -> list:  # active acquisition (micro.router.acquire)
         score = SCORES[config.acquire]
-        return [lambda rows, asked, m=PersonalizedRewardModel(model, r):
-                score(m.weights(train_inputs[rows]), train_margins[rows], train_margins[asked]) for r in adapt(draws)]
+        return [lambda rows, m=PersonalizedRewardModel(model, r): score(m.weights(train_inputs[rows]), train_margins[rows])
+                for r in adapt(draws)]
 
     t = time.perf_counter()
     asked = acquire_pairs(config.acquire, train, seeds, config.budgets, config.acquire_batch, informativeness,

@@ -10,7 +10,7 @@ import torch
 from micro.embedcache import load_split
 from micro.heads import MixtureConfig, run_fit_mixture, simulate
 from micro.router import AdaptConfig, run_adapt
-from micro.router.acquire import acquire_pairs, bald, bald_posterior, disagreement, head_posterior, uncertainty
+from micro.router.acquire import acquire_pairs, bald, disagreement, uncertainty
 from micro.router.draws import attribute_rows, draw_budget_pairs
 
 
@@ -25,9 +25,9 @@ def _fixed(rule, weights, margins, calls):
     """Informativeness from fixed [n, K] weights and margins; records the asked pairs and the scored rows."""
     def info(draws):
         calls.append({"asked": [{a: v.copy() for a, v in d.items()} for d in draws], "scored": []})
-        def scorer(rows, asked):
+        def scorer(rows):
             calls[-1]["scored"].append(rows.copy())
-            return rule(weights[rows], margins[rows], margins[asked])
+            return rule(weights[rows], margins[rows])
         return [scorer for _ in draws]
     return info
 
@@ -126,16 +126,3 @@ def test_a_seeded_active_run_is_reproducible(tmp_path):
     again = run_adapt(cache, tmp_path / "run", tmp_path / "b", AdaptConfig(**cfg))
     assert first["records"] == again["records"] and first["run_id"] == again["run_id"]
     assert {r["acquire"] for r in first["records"]} == {"bald"}
-
-
-def test_bald_posterior_asks_what_separates_the_heads_the_asked_labels_left_likely():
-    # The router is indifferent among 3 heads; the asked pairs' labels contradict head 2 (it ordered them
-    # the wrong way), so heads 0 and 1 stay likely. Pool pair 0 separates head 2 from heads 0 and 1 (already
-    # settled by the labels); pool pair 1 separates head 0 from head 1.
-    weights = torch.full((2, 3), 1 / 3)
-    asked = torch.tensor([[3.0, 3.0, -3.0]]).repeat(4, 1)
-    pool = torch.tensor([[4.0, 4.0, -4.0], [4.0, -4.0, 0.0]])
-    posterior = head_posterior(weights, asked)
-    assert float(posterior[0, 2]) < 1e-4 and float(posterior[0, 0]) == pytest.approx(0.5, abs=1e-4)
-    assert int(bald_posterior(weights, pool, asked).argmax()) == 1
-    assert int(bald(weights, pool).argmax()) == 0  # the router's weights alone still find pair 0 worth asking
