@@ -59,9 +59,8 @@ def bald(weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
 SCORES = {"uncertainty": uncertainty, "disagreement": disagreement, "bald": bald}
 
 
-def acquire_pairs(rule: str, split: CacheSplit, seeds: list[int], budgets: list[int], batch: int,
-                  informativeness: Informativeness | None = None,
-                  random_share: float = 0.0) -> dict[int, list[dict[int, np.ndarray]]]:
+def acquire_pairs(rule: str, split: CacheSplit, seeds: list[int], budgets: list[int], batch: int, random_share: float,
+                  informativeness: Informativeness | None = None) -> dict[int, list[dict[int, np.ndarray]]]:
     """{budget: one {attribute: `budget` train rows} per seed}, chosen by `rule` (see the module
     docstring); every budget is a prefix of the largest one."""
     if rule not in ACQUIRE_RULES:

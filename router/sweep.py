@@ -229,8 +229,8 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
                 for r in adapt(draws)]
 
     t = time.perf_counter()
-    asked = acquire_pairs(config.acquire, train, seeds, config.budgets, config.acquire_batch, informativeness,
-                          config.acquire_random)  # {budget: draws}, nested across budgets
+    asked = acquire_pairs(config.acquire, train, seeds, config.budgets, config.acquire_batch, config.acquire_random,
+                          informativeness)  # {budget: draws}, nested across budgets
     timings["acquire"] = time.perf_counter() - t
     for budget in config.budgets:
         draws = asked[budget]

@@ -41,7 +41,7 @@ def _random_model(n, k=4, seed=0):
 def test_budgets_are_prefixes_of_one_sequence_per_seed(train, rule):
     weights, margins = _random_model(len(train))
     calls: list = []
-    asked = acquire_pairs(rule.__name__, train, [0, 1], [5, 12, 20], 5, _fixed(rule, weights, margins, calls))
+    asked = acquire_pairs(rule.__name__, train, [0, 1], [5, 12, 20], 5, 0.0, _fixed(rule, weights, margins, calls))
     assert len(calls) == 3  # one sequence: rounds at 5, 10, 15 asked pairs (20 = the largest budget)
     rows = attribute_rows(train)
     for i, seed in enumerate([0, 1]):
@@ -55,7 +55,7 @@ def test_budgets_are_prefixes_of_one_sequence_per_seed(train, rule):
 def test_each_round_asks_the_rules_best_pool_pairs_and_only_train_pairs(train):
     weights, margins = _random_model(len(train))
     calls: list = []
-    asked = acquire_pairs("uncertainty", train, [0, 1], [17], 5, _fixed(uncertainty, weights, margins, calls))
+    asked = acquire_pairs("uncertainty", train, [0, 1], [17], 5, 0.0, _fixed(uncertainty, weights, margins, calls))
     rows = attribute_rows(train)
     for call in calls:  # the pool: the attribute's train rows not asked yet, never a test row
         for i in range(2):
@@ -68,31 +68,31 @@ def test_each_round_asks_the_rules_best_pool_pairs_and_only_train_pairs(train):
             pool = np.setdiff1d(rows[a], got[:5])
             routed = (weights[pool] * margins[pool]).sum(-1).abs().numpy()
             assert set(got[5:10].tolist()) == set(pool[np.argsort(routed)[:5]].tolist())
-    again = acquire_pairs("uncertainty", train, [0, 1], [17], 5, _fixed(uncertainty, weights, margins, []))
+    again = acquire_pairs("uncertainty", train, [0, 1], [17], 5, 0.0, _fixed(uncertainty, weights, margins, []))
     assert all(np.array_equal(asked[17][i][a], again[17][i][a]) for i in range(2) for a in rows)  # reproducible
     assert any(not np.array_equal(asked[17][0][a], asked[17][1][a]) for a in rows)  # seeds differ
     test = load_split(train.path, "test")
     with pytest.raises(ValueError, match="train split"):
-        acquire_pairs("uncertainty", test, [0], [10], 5, lambda d: [])
+        acquire_pairs("uncertainty", test, [0], [10], 5, 0.0, lambda d: [])
 
 
 def test_random_share_one_is_the_random_draw_and_a_half_share_mixes(train):
     weights, margins = _random_model(len(train))
     rows = attribute_rows(train)
-    every = acquire_pairs("bald", train, [3], [5, 25], 5, _fixed(bald, weights, margins, []), random_share=1.0)
-    plain = acquire_pairs("random", train, [3], [5, 25], 5)
+    every = acquire_pairs("bald", train, [3], [5, 25], 5, 1.0, _fixed(bald, weights, margins, []))
+    plain = acquire_pairs("random", train, [3], [5, 25], 5, 0.5)
     for b in (5, 25):
         for a in rows:
             np.testing.assert_array_equal(every[b][0][a], draw_budget_pairs(train, 3, b)[a])
             np.testing.assert_array_equal(plain[b][0][a], draw_budget_pairs(train, 3, b)[a])
-    half = acquire_pairs("bald", train, [3], [10], 5, _fixed(bald, weights, margins, []), random_share=0.5)
+    half = acquire_pairs("bald", train, [3], [10], 5, 0.5, _fixed(bald, weights, margins, []))
     for a in rows:  # round 2: the next 2 of the random order, then bald's best 3 of the rest
         order = draw_budget_pairs(train, 3, len(rows[a]))[a]
         np.testing.assert_array_equal(half[10][0][a][5:7], order[5:7])
         rest = order[7:]
         np.testing.assert_array_equal(np.sort(half[10][0][a][7:]), np.sort(rest[np.argsort(-bald(weights[rest], margins[rest]).numpy(), kind="stable")[:3]]))
     with pytest.raises(ValueError, match="random share"):
-        acquire_pairs("bald", train, [0], [10], 5, lambda d: [], random_share=2.0)
+        acquire_pairs("bald", train, [0], [10], 5, 2.0, lambda d: [])
 
 
 def test_bald_asks_the_pair_that_separates_the_two_likely_heads():
