@@ -71,8 +71,9 @@ def acquire_pairs(rule: str, split: CacheSplit, seeds: list[int], budgets: list[
     top = max(budgets)
     pools = attribute_rows(split)
     orders = [draw_budget_pairs(split, s, max(len(idx) for idx in pools.values())) for s in seeds]  # full permutations
-    asked = [{a: order[a][:min(batch, top)] for a in pools} for order in orders]
-    if rule != "random" and top > batch:
+    active = rule != "random" and top > batch
+    asked = [{a: order[a][:batch if active else top] for a in pools} for order in orders]
+    if active:
         if informativeness is None:
             raise ValueError(f"acquire rule {rule!r} needs the model's informativeness scores")
         n_random = int(batch * random_share)
@@ -86,6 +87,4 @@ def acquire_pairs(rule: str, split: CacheSplit, seeds: list[int], budgets: list[
                         score = scorers[i](rest).double().numpy()
                     best = rest[np.argsort(-score, kind="stable")[:batch - n_random]]
                     asked[i][a] = np.concatenate([asked[i][a], pool[:n_random], best])
-    else:
-        asked = [{a: order[a][:top] for a in pools} for order in orders]
     return {b: [{a: rows[:b] for a, rows in d.items()} for d in asked] for b in budgets}

@@ -4,7 +4,8 @@ Read top to bottom:
  1. load the stage-1 MiCRo run and the cache(s); refuse another backbone; load the baselines
     (micro.router.stage1_baselines: explicit runs, or fits on the stage-1 data);
  2. per seed, draw each attribute's budget pairs from the train split (nested across budgets; or asked
-    for by an active rule, micro.router.acquire, also nested) and its HyRe shots from the test split (micro.router.draws);
+    for by an active rule, micro.router.acquire, also nested) and its HyRe shots from the test split
+    (micro.router.draws);
  3. per budget, adapt one router per seed (all seeds at once) on the pooled budget pairs of all
     attributes (Algorithm 1), fit budget-bt and micro-refine heads, and the peers drm and lore
     (micro.router.peers) on the same pairs;
