@@ -1,14 +1,20 @@
-"""Which of a user's pairs to ask for: `micro adapt --acquire random|uncertainty|disagreement`.
+"""Which of a user's pairs to ask for: `micro adapt --acquire random|uncertainty|disagreement|bald`.
 
-'random' is the seeded draw of micro.router.draws (nested across budgets). The active rules start from
-the same seeded random batch of `batch` pairs per attribute, then repeatedly re-adapt the model on the
-pairs asked so far and ask for the `batch` pool pairs that score highest:
+One sequence of asked pairs per (seed, attribute), up to the largest budget; every budget reads its prefix,
+so budgets are nested (B = 25's pairs are the first 25 of B = 50's) for every rule, as for the random draw.
+'random' is the seeded permutation of micro.router.draws. The active rules start from its first `batch`
+pairs, then repeatedly re-adapt the model on the pairs asked so far and ask for `batch` more pool pairs:
+the first floor(random_share x batch) of them next in the seed's random order (insurance against a rule
+that only chases one kind of pair), the rest the pool pairs that score highest under the rule:
 - 'uncertainty': the smallest |routed margin| sum_k w_k m_k (the adapted model is least sure of them);
-- 'disagreement': the largest weighted disagreement among the heads' signs, 1 - |sum_k w_k sign(m_k)|
-  (the heads the router mixes disagree on the pair, so its label moves the router most).
-The pool of an attribute is its TRAIN pairs not yet asked for (never a test pair). Ties are broken by
-the seed's random order, so every draw is reproducible per seed. Active draws are not nested across
-budgets: each budget runs its own sequence of rounds from the same first batch.
+- 'disagreement': the largest weighted disagreement among the heads' signs, 1 - |sum_k w_k sign(m_k)|;
+- 'bald': the mutual information between the pair's label and which head is right, with the adapted
+  router's weights w as the belief over heads and sigmoid(m_k) as head k's probability that the pair is
+  ordered as labelled: H(sum_k w_k p_k) - sum_k w_k H(p_k) (Houlsby et al. 2011, "BALD"). It is large
+  for a pair on which the likely heads confidently disagree, and small for a pair every head is unsure
+  of (label noise tells nothing about the mixture), which 'uncertainty' asks for first.
+The pool of an attribute is its TRAIN pairs not yet asked for (never a test pair). Ties are broken by the
+seed's random order, so every draw is reproducible per seed.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch
 
 from ..embedcache.store import CacheSplit
 from .config import ACQUIRE_RULES
-from .draws import attribute_rows, draw_budget_pairs
+from .draws import attribute_rows, check_budgets, draw_budget_pairs
 
 
 #: Given the pairs asked so far (one {attribute: rows} per seed), one scorer per seed: pool rows -> [n]
@@ -38,32 +44,47 @@ def disagreement(weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
     return 1.0 - (weights * margins.sign()).sum(-1).abs()
 
 
-SCORES = {"uncertainty": uncertainty, "disagreement": disagreement}
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    """Binary entropy in nats (0 at p = 0 or 1)."""
+    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
 
 
-def acquire_pairs(rule: str, split: CacheSplit, seeds: list[int], budget: int, batch: int,
-                  informativeness: Informativeness | None = None) -> list[dict[int, np.ndarray]]:
-    """One {attribute: `budget` train rows} per seed, chosen by `rule` (see the module docstring)."""
+def bald(weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """[n] I(label; head) = H(sum_k w_k p_k) - sum_k w_k H(p_k), p_k = sigmoid(m_k), in nats."""
+    p = torch.sigmoid(margins.double())
+    w = weights.double()
+    return _entropy((w * p).sum(-1)) - (w * _entropy(p)).sum(-1)
+
+
+SCORES = {"uncertainty": uncertainty, "disagreement": disagreement, "bald": bald}
+
+
+def acquire_pairs(rule: str, split: CacheSplit, seeds: list[int], budgets: list[int], batch: int, random_share: float,
+                  informativeness: Informativeness | None = None) -> dict[int, list[dict[int, np.ndarray]]]:
+    """{budget: one {attribute: `budget` train rows} per seed}, chosen by `rule` (see the module
+    docstring); every budget is a prefix of the largest one."""
     if rule not in ACQUIRE_RULES:
         raise ValueError(f"acquire must be one of {', '.join(ACQUIRE_RULES)}, not {rule!r}")
-    if rule == "random" or budget <= batch:
-        return [draw_budget_pairs(split, s, budget) for s in seeds]
-    if informativeness is None:
-        raise ValueError(f"acquire rule {rule!r} needs the model's informativeness scores")
+    if not 0.0 <= random_share <= 1.0:
+        raise ValueError(f"acquire random share must be in [0, 1], not {random_share!r}")
+    check_budgets(split, list(budgets), "the split pairs are asked from")
+    top = max(budgets)
     pools = attribute_rows(split)
-    draws = [draw_budget_pairs(split, s, batch) for s in seeds]
-    orders = {(s, a): idx[np.random.default_rng([s, a, 0xAC9]).permutation(len(idx))] for s in seeds for a, idx in pools.items()}
-    size = batch
-    while size < budget:
-        take = min(batch, budget - size)
-        scorers = informativeness(draws)
-        for i, s in enumerate(seeds):
-            for a in pools:
-                order = orders[(s, a)]
-                pool = order[~np.isin(order, draws[i][a])]  # the seed's random order: ties go to the earlier row
-                with torch.no_grad():
-                    score = scorers[i](pool).double().numpy()
-                best = np.argsort(-score, kind="stable")[:take]
-                draws[i][a] = np.concatenate([draws[i][a], pool[best]])
-        size += take
-    return draws
+    orders = [draw_budget_pairs(split, s, max(len(idx) for idx in pools.values())) for s in seeds]  # full permutations
+    active = rule != "random" and top > batch
+    asked = [{a: order[a][:batch if active else top] for a in pools} for order in orders]
+    if active:
+        if informativeness is None:
+            raise ValueError(f"acquire rule {rule!r} needs the model's informativeness scores")
+        n_random = int(batch * random_share)
+        while len(next(iter(asked[0].values()))) < top:
+            scorers = informativeness(asked)
+            for i, order in enumerate(orders):
+                for a in pools:
+                    pool = order[a][~np.isin(order[a], asked[i][a])]  # the seed's random order: ties go to the earlier row
+                    rest = pool[n_random:]
+                    with torch.no_grad():
+                        score = scorers[i](rest).double().numpy()
+                    best = rest[np.argsort(-score, kind="stable")[:batch - n_random]]
+                    asked[i][a] = np.concatenate([asked[i][a], pool[:n_random], best])
+    return {b: [{a: rows[:b] for a, rows in d.items()} for d in asked] for b in budgets}

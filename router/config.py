@@ -9,7 +9,7 @@ from typing import Any
 from ..heads.config import check_numbers
 
 HYRE_VARIANTS = ("posterior", "best")
-ACQUIRE_RULES = ("random", "uncertainty", "disagreement")
+ACQUIRE_RULES = ("random", "uncertainty", "disagreement", "bald")
 
 
 @dataclass
@@ -128,19 +128,27 @@ class AdaptConfig:
 
     acquire: str = "random"
     """Which train pairs of each attribute to ask for (micro.router.acquire): 'random' (the seeded
-    draw, nested across budgets), 'uncertainty' (smallest |routed margin| of the re-adapted router) or
-    'disagreement' (largest weighted disagreement among the heads' signs); active rules ask in batches
-    of acquire_batch from the current adapted router and are not nested across budgets."""
+    draw), 'uncertainty' (smallest |routed margin| of the re-adapted router), 'disagreement' (largest
+    weighted disagreement among the heads' signs) or 'bald' (largest mutual information between the
+    pair's label and which head is right, under the re-adapted router's weights). Active rules ask in
+    rounds of acquire_batch; one sequence per seed up to the largest budget, so budgets are nested."""
 
     acquire_batch: int = 5
     """Pairs per attribute asked per round by an active rule (the first round is the seeded random draw)."""
+
+    acquire_random: float = 0.5
+    """Share of each active round's acquire_batch pairs taken next in the seeded random order (floored:
+    2 of 5) instead of by the rule: insurance against a rule that keeps asking for one kind of pair
+    (benchmarks/README.md, "Active acquisition, measured over cache seeds": it narrows the spread of
+    rule - random; 0 asks by the rule alone)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.budgets, (str, bytes)) or not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in self.budgets):
             raise ValueError(f"budgets must be a list of positive integers, not {self.budgets!r}")
         check_numbers(self, integers=("seeds", "seed", "epochs", "batch_size", "hyre_shots", "drm_components",
                                        "lore_rank", "lore_steps", "acquire_batch"),
-                      reals=("tau", "lr", "weight_decay", "refine_scale_precision", "drm_temperature", "lore_lr"))
+                      reals=("tau", "lr", "weight_decay", "refine_scale_precision", "drm_temperature", "lore_lr",
+                             "acquire_random"))
         for name in ("seed", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
@@ -155,6 +163,8 @@ class AdaptConfig:
         self.budgets = sorted(self.budgets)
         if self.acquire not in ACQUIRE_RULES:
             raise ValueError(f"acquire must be one of {', '.join(ACQUIRE_RULES)}, not {self.acquire!r}")
+        if not 0.0 <= self.acquire_random <= 1.0:
+            raise ValueError(f"acquire_random must be in [0, 1], not {self.acquire_random!r}")
         for name in ("drm_temperature", "lore_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")

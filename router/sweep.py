@@ -4,7 +4,8 @@ Read top to bottom:
  1. load the stage-1 MiCRo run and the cache(s); refuse another backbone; load the baselines
     (micro.router.stage1_baselines: explicit runs, or fits on the stage-1 data);
  2. per seed, draw each attribute's budget pairs from the train split (nested across budgets; or asked
-    for by an active rule, micro.router.acquire) and its HyRe shots from the test split (micro.router.draws);
+    for by an active rule, micro.router.acquire, also nested) and its HyRe shots from the test split
+    (micro.router.draws);
  3. per budget, adapt one router per seed (all seeds at once) on the pooled budget pairs of all
     attributes (Algorithm 1), fit budget-bt and micro-refine heads, and the peers drm and lore
     (micro.router.peers) on the same pairs;
@@ -228,10 +229,12 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
         return [lambda rows, m=PersonalizedRewardModel(model, r): score(m.weights(train_inputs[rows]), train_margins[rows])
                 for r in adapt(draws)]
 
+    t = time.perf_counter()
+    asked = acquire_pairs(config.acquire, train, seeds, config.budgets, config.acquire_batch, config.acquire_random,
+                          informativeness)  # {budget: draws}, nested across budgets
+    timings["acquire"] = time.perf_counter() - t
     for budget in config.budgets:
-        t = time.perf_counter()
-        draws = acquire_pairs(config.acquire, train, seeds, budget, config.acquire_batch, informativeness)
-        timings["acquire"] = timings.get("acquire", 0.0) + time.perf_counter() - t
+        draws = asked[budget]
         t = time.perf_counter()
         history: list = []
         routers = adapt(draws, history)

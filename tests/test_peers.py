@@ -11,9 +11,8 @@ from typer.testing import CliRunner
 from micro.cli import app
 from micro.embedcache import load_split
 from micro.heads import simulate
-from micro.router.acquire import acquire_pairs, disagreement, uncertainty
 from micro.router.config import AdaptConfig
-from micro.router.draws import attribute_rows, draw_budget_pairs
+from micro.router.draws import attribute_rows
 from micro.router.peers import drm_heads, drm_margins, drm_weights, fit_lore, fit_lore_users
 
 
@@ -60,57 +59,19 @@ def test_lore_recovers_planted_group_directions(tmp_path):
     assert float(user_cos.min()) > 0.8, user_cos
 
 
-def _informativeness_from_fixed(weights, margins, calls):
-    def info(draws):
-        calls.append([{a: v.copy() for a, v in d.items()} for d in draws])
-        return [lambda rows: uncertainty(weights[rows], margins[rows]) for _ in draws]
-    return info
-
-
-def test_acquisition_asks_only_train_pairs_reproducibly_and_by_its_rule(tmp_path):
-    simulate(tmp_path / "s.h5", groups=3, dim=8, pairs=900, seed=0)
-    train = load_split(tmp_path / "s.h5", "train")
-    gen = torch.Generator().manual_seed(0)
-    margins = torch.randn(len(train), 4, generator=gen)
-    weights = torch.softmax(torch.randn(len(train), 4, generator=gen), -1)
-    calls: list = []
-    draws = acquire_pairs("uncertainty", train, [0, 1], 17, 5, _informativeness_from_fixed(weights, margins, calls))
-    again = acquire_pairs("uncertainty", train, [0, 1], 17, 5, _informativeness_from_fixed(weights, margins, []))
-    rows = attribute_rows(train)
-    assert len(calls) == 3  # rounds after the first random batch: 5 -> 10 -> 15 -> 17
-    for i, seed in enumerate([0, 1]):
-        first = draw_budget_pairs(train, seed, 5)
-        for a in rows:
-            got = draws[i][a]
-            assert len(got) == 17 and len(set(got.tolist())) == 17
-            assert set(got.tolist()) <= set(rows[a].tolist())  # the attribute's train rows, never a test row
-            np.testing.assert_array_equal(got[:5], first[a])  # the seeded random first batch
-            np.testing.assert_array_equal(got, again[i][a])  # reproducible per seed
-            # round 2 took the 5 pool pairs with the smallest |routed margin|
-            pool = np.setdiff1d(rows[a], got[:5])
-            routed = (weights[pool] * margins[pool]).sum(-1).abs().numpy()
-            assert set(got[5:10].tolist()) == set(pool[np.argsort(routed)[:5]].tolist())
-    assert any(not np.array_equal(draws[0][a], draws[1][a]) for a in rows)  # seeds differ
-    with pytest.raises(ValueError, match="test"):
-        acquire_pairs("uncertainty", load_split(tmp_path / "s.h5", "test"), [0], 10, 5, lambda d: [])
-    # disagreement: 0 when every weighted head agrees, 1 when the mass splits evenly
-    w = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
-    assert disagreement(w, torch.tensor([[1.0, 2.0], [1.0, -2.0]])).tolist() == [0.0, 1.0]
-
-
 def test_adapt_cli_scores_peers_and_records_the_acquisition_rule(tmp_path, planted_run):
     run = CliRunner()
     cache, _ = planted_run(pairs=900, dim=12)
     out = tmp_path / "adapt"
     res = run.invoke(app, ["adapt", str(cache), str(tmp_path / "run"), "--out", str(out), "--budgets", "5,12",
-                           "--seeds", "2", "--no-baselines", "--acquire", "disagreement", "--drm-components", "3",
+                           "--seeds", "2", "--no-baselines", "--acquire", "bald", "--acquire-random", "0.5", "--drm-components", "3",
                            "--lore-rank", "2", "--lore-steps", "50", "--epochs", "2"])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert {r["method"] for r in rows} >= {"micro", "micro-refine", "drm", "lore"}
-    assert {r["acquire"] for r in rows} == {"disagreement"}
+    assert {r["acquire"] for r in rows} == {"bald"}
     results = json.loads((out / "results.json").read_text())
-    assert results["acquire"] == "disagreement" and results["config"]["lore_rank"] == 2
+    assert results["acquire"] == "bald" and results["config"]["acquire_random"] == 0.5 and results["config"]["lore_rank"] == 2
     assert "DRM (B = 12)" in (out / "table.md").read_text() and "LoRe (B = 12)" in (out / "table.md").read_text()
     bad = run.invoke(app, ["adapt", str(cache), str(tmp_path / "run"), "--out", str(tmp_path / "b"), "--acquire", "psychic"])
     assert bad.exit_code == 2 and "acquire must be one of" in bad.output
@@ -121,3 +82,5 @@ def test_adapt_config_refuses_bad_peer_fields():
         AdaptConfig(lore_rank=0)
     with pytest.raises(ValueError, match="acquire"):
         AdaptConfig(acquire="psychic")
+    with pytest.raises(ValueError, match="acquire_random"):
+        AdaptConfig(acquire_random=1.5)

@@ -1,0 +1,130 @@
+"""Active acquisition vs the seeded random draw, over cache seeds: micro and micro-refine at B = 5, 10, 25, 50.
+
+    python benchmarks/acquire.py --out /tmp/acquire.md --demo-cache /work/caches/peers_demo.h5 \\
+        --hs2-cache /work/caches/peers_hs2.h5          # planted: 2 regimes x 3 cache seeds, 10 stage-2 seeds
+
+Per planted regime and cache seed c: `simulate(regime=..., pairs=3000, dim=64, seed=c)` and a default
+stage-1 fit (`MixtureConfig(seed=c)`, K = 10); per real cache (MiniLM caches of the demo data and of the
+HelpSteer2 subset, if given) one default stage-1 fit (the demo with DemoConfig's stage-1 epochs). Then one
+`run_adapt` per rule (baselines off) with the same stage-2 seeds: the rules see the same first batch,
+the same stage-1 run and the same test pairs, so rule - random is a paired difference per
+(cache seed, stage-2 seed). A run's accuracy is its per-seed average over groups.
+
+Per setting and method, each cell is mean ± sample std over the runs ((cache seed, stage-2 seed)
+pairs); 'saving' is the smallest B whose mean reaches random's B = 50 mean (the label saving: 25 = half
+the labels); 'worst vs random' is the lowest mean over B > 5 of the paired difference rule - random,
+± the sample std of that difference (B = 5 is the shared random first batch of every rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from micro.demo.pipeline import DemoConfig
+from micro.heads import MixtureConfig, run_fit_mixture, simulate
+from micro.methods import REGISTRY
+from micro.router import AdaptConfig, run_adapt
+
+REGIMES = ("prompt", "shared")
+BUDGETS = [5, 10, 25, 50]
+METHODS = ("micro", "micro-refine")
+#: label: (acquire rule, share of each round drawn at random)
+RULES = {"random": ("random", 0.0), "uncertainty": ("uncertainty", 0.0), "disagreement": ("disagreement", 0.0),
+         "bald": ("bald", 0.0), "bald + half random": ("bald", 0.5), "disagreement + half random": ("disagreement", 0.5)}
+
+
+def per_run(records: list[dict], method: str, budget: int) -> dict[int, float]:
+    """{stage-2 seed: average accuracy over groups} of one method at one budget."""
+    by: dict[int, list[float]] = {}
+    for r in records:
+        if r["method"] == method and r["budget"] == budget:
+            by.setdefault(r["seed"], []).append(r["accuracy"])
+    return {s: float(np.mean(v)) for s, v in sorted(by.items())}
+
+
+def run_cache(name: str, cache: Path, stage1: MixtureConfig, seeds: int, work: Path, rules: dict) -> dict:
+    """{rule: {method: {budget: [accuracy per stage-2 seed]}}} for one cache."""
+    run_fit_mixture(cache, work / f"{name}-run", stage1, overwrite=True)
+    out = {}
+    for label, (rule, share) in rules.items():
+        t = time.perf_counter()
+        cfg = AdaptConfig(budgets=BUDGETS, seeds=seeds, plot=False, save_routers=False, baselines=False,
+                          acquire=rule, acquire_random=share)
+        records = run_adapt(cache, work / f"{name}-run", work / f"{name}-{rule}-{share}", cfg, overwrite=True)["records"]
+        out[label] = {m: {b: list(per_run(records, m, b).values()) for b in BUDGETS} for m in METHODS}
+        print(f"{name} {label}: {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
+    return out
+
+
+def ms(values) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+
+
+def table(setting: str, runs: list[dict], rules: dict) -> list[str]:
+    """One Markdown table; `runs` is one run_cache result per cache seed (runs are concatenated)."""
+    def acc(label, m, b):
+        return np.concatenate([r[label][m][b] for r in runs])
+    lines = [f"{setting}: average accuracy by budget B (pairs per group), {len(acc('random', 'micro', 5))} runs "
+             f"({len(runs)} cache seed(s) x {len(runs[0]['random']['micro'][5])} stage-2 seeds).", "",
+             "| method | acquire | " + " | ".join(f"B = {b}" for b in BUDGETS) + " | saving | worst vs random |",
+             "|---|---|" + "---|" * (len(BUDGETS) + 2)]
+    for m in METHODS:
+        target = acc("random", m, BUDGETS[-1]).mean()
+        for label in rules:
+            reach = [b for b in BUDGETS if acc(label, m, b).mean() >= target - 1e-12]
+            diffs = {b: acc(label, m, b) - acc("random", m, b) for b in BUDGETS[1:]}
+            worst = min(diffs, key=lambda b: diffs[b].mean())
+            worst_cell = "-" if label == "random" else f"{diffs[worst].mean():+.3f} ± {diffs[worst].std(ddof=1):.3f} (B = {worst})"
+            lines.append(f"| {REGISTRY[m].label} | {label} | " + " | ".join(ms(acc(label, m, b)) for b in BUDGETS)
+                         + f" | {'B = ' + str(reach[0]) if reach else 'not reached'} | {worst_cell} |")
+    return lines + [""]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pairs", type=int, default=3000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--seeds", type=int, default=10, help="stage-2 seeds per cache")
+    p.add_argument("--cache-seeds", type=int, default=3, help="planted caches per regime")
+    p.add_argument("--rules", default=",".join(RULES), help="comma-separated labels of RULES ('random' always runs)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--demo-cache", default=None, help="MiniLM cache of the demo data (`micro embed demo --model minilm`)")
+    p.add_argument("--hs2-cache", default=None, help="MiniLM cache of the HelpSteer2 subset")
+    p.add_argument("--out", default=None, help="also write the Markdown tables here")
+    p.add_argument("--workdir", default=None, help="keep caches and runs here (default: a temporary folder)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    rules = {k: RULES[k] for k in ["random"] + [r for r in args.rules.split(",") if r and r != "random"]}
+    start = time.perf_counter()
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
+        for regime in REGIMES:
+            runs = []
+            for c in range(args.cache_seeds):
+                cache = work / f"{regime}{c}.h5"
+                simulate(cache, regime=regime, pairs=args.pairs, dim=args.dim, seed=c, overwrite=True)
+                runs.append(run_cache(f"{regime}{c}", cache, MixtureConfig(seed=c), args.seeds, work, rules))
+            lines += table(f"planted '{regime}'", runs, rules)
+            print("\n".join(lines), file=sys.stderr, flush=True)
+        for name, path, stage1 in (("demo (MiniLM)", args.demo_cache, MixtureConfig(seed=0, epochs=DemoConfig().stage1_epochs)),
+                                   ("HelpSteer2 subset (MiniLM)", args.hs2_cache, MixtureConfig(seed=0))):
+            if path:
+                lines += table(name, [run_cache(name.split()[0], Path(path), stage1, args.seeds, work, rules)], rules)
+    text = "\n".join(lines) + (f"\nPlanted: {args.pairs} pairs, d = {args.dim}, G = 3, cache seeds 0..{args.cache_seeds - 1}; "
+                               f"K = 10, {args.seeds} stage-2 seeds, batch 5; {time.perf_counter() - start:.0f} s on {args.threads} thread(s).\n")
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
