@@ -96,7 +96,7 @@ def test_simulate_config_file_sets_fields_flags_override_and_the_cache_records_t
     result = runner.invoke(app, ["simulate", "--out", str(out), "--config", str(cfg), "--seed", "3", "--dim", "6"])
     assert result.exit_code == 0, result.output
     assert "2 groups, dim 6, regime shared" in result.output
-    expected = {**SimulateConfig(groups=2, dim=6, pairs=400, seed=3, regime="shared", scale=2.5).resolved().to_dict()}
+    expected = SimulateConfig(groups=2, dim=6, pairs=400, seed=3, regime="shared", scale=2.5).resolved().to_dict()
     params = load_truth(out).params
     assert {k: params[k] for k in expected} == expected and params["conflict"] == 1.0  # resolved for 'shared'
     bad = runner.invoke(app, ["simulate", "--out", str(tmp_path / "x.h5"), "--weight-floor", "1.5"])
