@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..heads.config import MixtureConfig
+from ..heads.config import MixtureConfig, SimulateConfig
 from ._app import app, fail
 from ..outputs import error_line
 from ._common import OverwriteOpt, option_error
@@ -77,25 +77,29 @@ def _progress(entry: dict) -> None:
 
 
 @app.command("simulate")
+@config_options(SimulateConfig)
 def simulate_cmd(
     out: str = typer.Option(..., "--out", help="cache file to write (.h5)"),
-    groups: int = typer.Option(3, help="planted annotator groups"),
-    dim: int = typer.Option(64, help="embedding dimension"),
-    pairs: int = typer.Option(6000, help="labeled pairs in all"),
-    seed: int = typer.Option(0, help="random seed"),
-    regime: str = typer.Option("prompt", help="prompt (the prompt hints at the group: the paper's setting) | shared (the same pairs labelled by every group, conflicting, independent of the prompt)"),
-    conflict: float = typer.Option(None, help="fraction of the groups' mean direction removed (0..1)  [default: 1 for shared, 0 for prompt]"),
     overwrite: OverwriteOpt = False,
+    overrides: dict = None,
 ) -> None:
-    """Write a cache from a planted mixture of BT models (truth stored in the file) to test stage 1 on."""
+    """Write a cache from a planted mixture of BT models (truth stored in the file) to test stage 1 on.
+
+    Every option below is a field of micro.heads.config.SimulateConfig (its one default is shown); --config
+    FILE sets fields from JSON/YAML and flags override the file."""
     from ..heads.planted import bayes_accuracy, simulate
 
     try:
-        truth = simulate(out, groups=groups, dim=dim, pairs=pairs, seed=seed, regime=regime, conflict=conflict, overwrite=overwrite)
+        config = SimulateConfig(**overrides)
+    except ValueError as exc:
+        fail(option_error(exc, SimulateConfig))
+    try:
+        truth = simulate(out, config, overwrite=overwrite)
     except (ValueError, OSError) as exc:
         fail(error_line(exc, out))
+    p = truth.params
     typer.echo(
-        f"wrote {out}: {len(truth.pair_group)} pairs, {groups} groups, dim {dim}, regime {regime}; "
+        f"wrote {out}: {len(truth.pair_group)} pairs, {p['groups']} groups, dim {p['dim']}, regime {p['regime']}; "
         f"Bayes accuracy with context {bayes_accuracy(truth, with_context=True):.3f}, "
         f"prompt only {bayes_accuracy(truth, with_context=False):.3f}"
     )

@@ -1,4 +1,5 @@
-"""`MixtureConfig`: every stage-1 default in one place. CLI flags override fields; nothing else has defaults."""
+"""`MixtureConfig`: every stage-1 default in one place; `SimulateConfig`: every default of `micro simulate`.
+CLI flags override fields; nothing else has defaults."""
 
 from __future__ import annotations
 
@@ -226,3 +227,84 @@ class MixtureConfig:
     def from_dict(cls, data: dict[str, Any]) -> "MixtureConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+SIMULATION_REGIMES = ("prompt", "shared")
+
+
+@dataclass
+class SimulateConfig:
+    """How `micro simulate` draws a cache from a planted mixture of BT models (micro.heads.planted)."""
+
+    groups: int = 3
+    """Planted annotator groups G."""
+
+    dim: int = 64
+    """Embedding dimension d."""
+
+    pairs: int = 6000
+    """Labeled pairs in all ('shared': pairs // groups distinct triples, each labeled by every group)."""
+
+    seed: int = 0
+    """Random seed: same seed and fields, same cache."""
+
+    regime: str = "prompt"
+    """prompt (the prompt hints at the group: the paper's setting) | shared (the same pairs labelled by every
+    group, conflicting, independent of the prompt)."""
+
+    test_fraction: float = 0.2
+    """Fraction of the prompts held out as the test split (whole prompts with all their pairs)."""
+
+    scale: float = 3.2
+    """Reward scale, s_g = scale * u_g . (e_w - e_l); 3.2 makes the true group's BT rule ~88 % accurate (Bayes
+    with context)."""
+
+    sharpness: float = 4.0
+    """Std of the router logits A x; larger = the prompt tells the group more surely ('prompt' only)."""
+
+    weight_floor: float = 0.1
+    """Mass spread uniformly over groups, so p(g|x) >= floor/G for every prompt (the diversity constant rho of
+    Assumption 3.1; 'prompt' only)."""
+
+    context_scale: float = 1.0
+    """Per-coordinate std of each group's context vector (prompt embeddings have 1)."""
+
+    pairs_per_prompt: int = 2
+    """Labeled triples drawn per prompt (the number of prompts is triples / this)."""
+
+    conflict: float | None = None
+    """Fraction c of the groups' mean direction removed before normalising (0..1; None: 1 for shared, 0 for
+    prompt). With u_g ∝ v_g - c mean_h v_h, c = 1 centres them: the unit directions sum to ~0 (mean pairwise
+    cosine ~ -1/(G-1)), so the groups conflict and one global BT direction fits no group better than chance;
+    c = 0 keeps independent random directions (nearly orthogonal in high dimension). Ignored for one group."""
+
+    def __post_init__(self) -> None:
+        check_numbers(self, integers=("groups", "dim", "pairs", "seed", "pairs_per_prompt"),
+                      reals=("test_fraction", "scale", "sharpness", "weight_floor", "context_scale")
+                      + (("conflict",) if self.conflict is not None else ()))
+        if self.regime not in SIMULATION_REGIMES:
+            raise ValueError(f"regime must be 'prompt' or 'shared', not {self.regime!r}")
+        if self.groups < 1 or self.dim < 1 or self.pairs < 2 * self.groups:
+            raise ValueError("need groups >= 1, dim >= 1 and pairs >= 2 * groups")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), not {self.test_fraction!r}")
+        if self.conflict is not None and not 0 <= self.conflict <= 1:
+            raise ValueError(f"conflict must be in [0, 1], not {self.conflict!r}")
+        if not 0 <= self.weight_floor <= 1:
+            raise ValueError(f"weight_floor must be in [0, 1], not {self.weight_floor!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, not {self.seed!r}")
+        for name in ("sharpness", "context_scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
+        if self.pairs_per_prompt < 1:
+            raise ValueError(f"pairs_per_prompt must be at least 1, not {self.pairs_per_prompt!r}")
+
+    def resolved(self) -> "SimulateConfig":
+        """This config with `conflict` None decided by the regime (1 for shared, 0 for prompt)."""
+        if self.conflict is not None:
+            return replace(self, conflict=float(self.conflict))
+        return replace(self, conflict=1.0 if self.regime == "shared" else 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -21,16 +21,16 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..embedcache.store import CacheError, CacheSplit, read_extra_group, read_meta, write_cache
 from ..outputs import check_file_target, diff_fields, lock, refuse_existing
-
-REGIMES = ("prompt", "shared")
+from .config import SimulateConfig
 
 
 @dataclass
@@ -63,56 +63,20 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
-def simulate(
-    out: str | os.PathLike,
-    *,
-    groups: int = 3,
-    dim: int = 64,
-    pairs: int = 6000,
-    seed: int = 0,
-    regime: str = "prompt",
-    test_fraction: float = 0.2,
-    scale: float = 3.2,
-    sharpness: float = 4.0,
-    weight_floor: float = 0.1,
-    context_scale: float = 1.0,
-    pairs_per_prompt: int = 2,
-    conflict: float | None = None,
-    overwrite: bool = False,
-) -> SimulationTruth:
+def simulate(out: str | os.PathLike, config: SimulateConfig | None = None, *, overwrite: bool = False,
+             **fields: Any) -> SimulationTruth:
     """Write a simulated cache to `out` and return its truth.
 
-    An existing `out` made with other parameters (or not by `simulate`) is refused unless `overwrite`;
-    the file is written beside `out` and renamed into place, under a lock (one writer at a time).
-
-    scale: reward scale; 3.2 makes the true group's BT rule ~88 % accurate (Bayes with context).
-    sharpness: std of the router logits A x; larger = the prompt tells the group more surely.
-    weight_floor: mass spread uniformly over groups, so p(g|x) >= floor/G for every prompt (the
-    diversity constant rho of Assumption 3.1). context_scale: per-coordinate std of each group's context
-    vector (prompt embeddings have 1). pairs: labeled pairs in all ('shared':
-    pairs // groups distinct triples, each labeled by every group). Test pairs are whole held-out prompts.
-    conflict: fraction c of the groups' mean direction removed before normalising, u_g ∝ v_g - c mean_h v_h
-    (v_g iid Gaussian). 1 centres them: the unit directions sum to ~0 (mean pairwise cosine ~ -1/(G-1)),
-    so the groups conflict and one global BT direction fits no group better than chance. 0 keeps independent
-    random directions (nearly orthogonal in high dimension). None (default): 1 in 'shared', 0 in
-    'prompt' (the paper's regime, unchanged). Ignored for a single group.
+    `config` (default `SimulateConfig()`, whose field docstrings say what each one does) with `fields`
+    replacing some of its fields, e.g. `simulate(out, groups=4, regime="shared")`. The cache records the
+    resolved config (`conflict` decided by the regime, `pairs` as drawn). An existing `out` made with other
+    parameters (or not by `simulate`) is refused unless `overwrite`; the file is written beside `out` and
+    renamed into place, under a lock (one writer at a time).
     """
-    if regime not in REGIMES:
-        raise ValueError(f"regime must be 'prompt' or 'shared', not {regime!r}")
-    if groups < 1 or dim < 1 or pairs < 2 * groups:
-        raise ValueError("need groups >= 1, dim >= 1 and pairs >= 2 * groups")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), not {test_fraction!r}")
-    if conflict is None:
-        conflict = 1.0 if regime == "shared" else 0.0
-    if not 0 <= conflict <= 1:
-        raise ValueError(f"conflict must be in [0, 1], not {conflict!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    config = replace(config or SimulateConfig(), **fields).resolved()
     out = check_file_target(out)
     with lock(out, "cache"):
-        return _simulate(out, groups, dim, pairs, seed, regime, test_fraction, scale, sharpness, weight_floor,
-                         context_scale, pairs_per_prompt, conflict, overwrite)
+        return _simulate(out, config, overwrite)
 
 
 def _existing_params(out: Path) -> dict | None:
@@ -123,18 +87,19 @@ def _existing_params(out: Path) -> dict | None:
         return None
 
 
-def _simulate(out: Path, groups, dim, pairs, seed, regime, test_fraction, scale, sharpness, weight_floor, context_scale,
-              pairs_per_prompt, conflict, overwrite) -> SimulationTruth:
+def _simulate(out: Path, config: SimulateConfig, overwrite: bool) -> SimulationTruth:
+    c = config
+    seed, regime, scale, weight_floor, conflict = c.seed, c.regime, c.scale, c.weight_floor, c.conflict
     rng = np.random.default_rng(seed)
-    G, d = groups, dim
+    G, d = c.groups, c.dim
     directions = rng.normal(size=(G, d))
     if G > 1 and conflict:
         directions = directions - conflict * directions.mean(0, keepdims=True)
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    context_vectors = rng.normal(size=(G, d)) * context_scale
+    context_vectors = rng.normal(size=(G, d)) * c.context_scale
 
-    triples = pairs if regime == "prompt" else pairs // G
-    n_prompts = max(2, math.ceil(triples / pairs_per_prompt))
+    triples = c.pairs if regime == "prompt" else c.pairs // G
+    n_prompts = max(2, math.ceil(triples / c.pairs_per_prompt))
     prompt_emb = rng.normal(size=(n_prompts, d))
     triple_prompt = np.arange(triples) % n_prompts
     rng.shuffle(triple_prompt)
@@ -143,7 +108,7 @@ def _simulate(out: Path, groups, dim, pairs, seed, regime, test_fraction, scale,
     scores_ab = scale * (response_emb[a] - response_emb[b]) @ directions.T  # [triples, G]
 
     if regime == "prompt":
-        mixing = rng.normal(size=(G, d)) * (sharpness / math.sqrt(d))
+        mixing = rng.normal(size=(G, d)) * (c.sharpness / math.sqrt(d))
         prompt_weights = (1 - weight_floor) * _softmax(prompt_emb @ mixing.T) + weight_floor / G
         # one labeling group per triple, drawn from p(g | x)
         u = rng.random(triples)[:, None]
@@ -162,16 +127,12 @@ def _simulate(out: Path, groups, dim, pairs, seed, regime, test_fraction, scale,
     pair_scores = np.where(a_wins[:, None], s_ab, -s_ab)
     prompt = triple_prompt[triple_of_pair]
 
-    test_prompts = rng.permutation(n_prompts)[: max(1, int(round(test_fraction * n_prompts)))]
+    test_prompts = rng.permutation(n_prompts)[: max(1, int(round(c.test_fraction * n_prompts)))]
     split = np.isin(prompt, test_prompts).astype(np.int64)
     context_prompt_emb = (prompt_emb[:, None, :] + context_vectors[None, :, :]).reshape(-1, d)
 
     names = [f"group{g}" for g in range(G)]
-    params = dict(
-        groups=G, dim=d, pairs=int(n), seed=seed, regime=regime, test_fraction=test_fraction, scale=scale,
-        sharpness=sharpness, weight_floor=weight_floor, context_scale=context_scale, pairs_per_prompt=pairs_per_prompt,
-        conflict=float(conflict),
-    )
+    params = {**c.to_dict(), "pairs": int(n)}  # the resolved config, with the pairs drawn
     if out.exists() and not overwrite:
         old = _existing_params(out)
         if old is None:

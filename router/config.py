@@ -1,4 +1,5 @@
-"""`AdaptConfig`: every stage-2 default in one place. CLI flags override fields; nothing else has defaults."""
+"""`AdaptConfig`: every stage-2 default in one place; `KAblationConfig`: what `micro sweep-k` runs.
+CLI flags override fields; nothing else has defaults."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..heads.config import check_numbers
+from ..heads.config import MixtureConfig, check_numbers
 
 HYRE_VARIANTS = ("posterior", "best")
 ACQUIRE_RULES = ("random", "uncertainty", "disagreement", "bald")
@@ -202,3 +203,46 @@ class AdaptConfig:
     def from_dict(cls, data: dict[str, Any]) -> "AdaptConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class KAblationConfig:
+    """What `micro sweep-k` fits (paper Figures 5-6): a stage-1 run per K and, with budgets, stage 2 on each.
+    Its stage-1 and stage-2 fields default to MixtureConfig's and AdaptConfig's own."""
+
+    k: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 20])
+    """Numbers of heads K, one stage-1 run each (OUT/k<K>/)."""
+
+    budgets: list[int] = field(default_factory=list)
+    """Also adapt each K's run over these budgets (Figure 6), e.g. 10,25,50; empty: stage 1 only."""
+
+    seeds: int = AdaptConfig.seeds
+    """Stage-2 repetitions with budgets (AdaptConfig's seeds)."""
+
+    epochs: int | None = MixtureConfig.epochs
+    """Stage-1 passes over the train pairs (None: until the held-out NLL stops improving; MixtureConfig's epochs)."""
+
+    seed: int = MixtureConfig.seed
+    """Stage-1 seed (MixtureConfig's seed)."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "budgets"):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in values):
+                raise ValueError(f"{name} must be a list of positive integers, not {values!r}")
+        if not self.k:
+            raise ValueError("k must list at least one number of heads, e.g. 1,3,5")
+        self.stage1()  # the stage-1 and stage-2 fields are checked by their own configs
+        self.stage2()
+
+    def stage1(self, *, paper: bool = False) -> MixtureConfig:
+        """The MixtureConfig fitted at every K (the paper's with `paper`)."""
+        return (MixtureConfig.paper if paper else MixtureConfig)(epochs=self.epochs, seed=self.seed)
+
+    def stage2(self, *, paper_tau: float | None = None) -> AdaptConfig:
+        """The AdaptConfig each K's run is adapted with (the paper's, at this tau, with `paper_tau`)."""
+        fields_ = {"seeds": self.seeds, **({"budgets": list(self.budgets)} if self.budgets else {})}
+        return AdaptConfig(**fields_) if paper_tau is None else AdaptConfig.paper(tau=paper_tau, **fields_)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

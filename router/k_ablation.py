@@ -7,9 +7,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import AdaptConfig
+from .config import AdaptConfig, KAblationConfig
 from .sweep import run_adapt
+from ..heads.config import MixtureConfig
 from ..heads.plots import save_figure
+from ..outputs import atomic_file
+
+K_CONFIG = "sweep_k_config.json"
+
+
+def save_k_config(out: str | Path, config: KAblationConfig, stage1: MixtureConfig, stage2: AdaptConfig | None,
+                  **facts: Any) -> str:
+    """OUT/sweep_k_config.json: the resolved `micro sweep-k` config under "config" (so the file is a valid
+    `--config`), the stage-1 and stage-2 configs it ran, and `facts` (cache, paper preset)."""
+    path = Path(out) / K_CONFIG
+    resolved = {**facts, "config": config.to_dict(), "stage1": stage1.to_dict(),
+                "stage2": stage2.to_dict() if stage2 is not None else None}
+    with atomic_file(path, "sweep-k config") as tmp:
+        tmp.write_text(json.dumps(resolved, indent=1) + "\n")
+    return str(path)
 
 
 def adapt_k_runs(cache: str | Path, runs: dict[int, str], out: str | Path, config: AdaptConfig, *,

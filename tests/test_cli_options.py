@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 from micro.cli import app
 from micro.cli._options import _default, _show
 from micro.heads import MixtureConfig
+from micro.heads.config import SimulateConfig
 from micro.reward.config import ExportConfig, ScoreConfig, ServeConfig
 from micro.router import AdaptConfig
+from micro.router.config import KAblationConfig
 
 runner = CliRunner()
 
@@ -38,7 +40,8 @@ def test_every_config_field_is_an_option_showing_its_one_default(command, cls, s
     assert f"[default: {defaults.k if cls is MixtureConfig else defaults.seeds}]" in text
 
 
-@pytest.mark.parametrize(("command", "cls"), [("score", ScoreConfig), ("export", ExportConfig), ("serve", ServeConfig)])
+@pytest.mark.parametrize(("command", "cls"), [("score", ScoreConfig), ("export", ExportConfig), ("serve", ServeConfig),
+                                             ("simulate", SimulateConfig), ("sweep-k", KAblationConfig)])
 def test_use_commands_list_every_config_field_with_its_default(command, cls):
     text = _help(command)
     assert f"--config <str> JSON or YAML file of {cls.__name__} fields" in text
@@ -48,6 +51,12 @@ def test_use_commands_list_every_config_field_with_its_default(command, cls):
         assert option, f.name
         rest = text[option.end():]
         assert rest.index(f"[default: {_show(_default(f))}]") < rest.index("│ --"), f.name  # in this option's row
+
+
+def test_sweep_k_defaults_are_the_stage_configs_own():
+    config = KAblationConfig()
+    assert (config.seeds, config.epochs, config.seed) == (AdaptConfig().seeds, MixtureConfig().epochs, MixtureConfig().seed)
+    assert config.stage1(paper=True) == MixtureConfig.paper() and config.stage2() == AdaptConfig()
 
 
 def test_version():
@@ -76,6 +85,37 @@ def test_config_file_sets_fields_and_flags_override_it(planted, tmp_path):
     result = runner.invoke(app, ["fit-mixture", str(planted), "--out", str(again), "--config", str(out / "config.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((again / "config.json").read_text())["config"] == saved
+
+
+def test_simulate_config_file_sets_fields_flags_override_and_the_cache_records_them(tmp_path):
+    from micro.heads import load_truth
+
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text("groups: 2\ndim: 8\npairs: 400\nseed: 5\nregime: shared\nscale: 2.5\n")
+    out = tmp_path / "sim.h5"
+    result = runner.invoke(app, ["simulate", "--out", str(out), "--config", str(cfg), "--seed", "3", "--dim", "6"])
+    assert result.exit_code == 0, result.output
+    assert "2 groups, dim 6, regime shared" in result.output
+    expected = SimulateConfig(groups=2, dim=6, pairs=400, seed=3, regime="shared", scale=2.5).resolved().to_dict()
+    params = load_truth(out).params
+    assert {k: params[k] for k in expected} == expected and params["conflict"] == 1.0  # resolved for 'shared'
+    bad = runner.invoke(app, ["simulate", "--out", str(tmp_path / "x.h5"), "--weight-floor", "1.5"])
+    assert bad.exit_code == 2 and "--weight-floor must be in [0, 1]" in bad.output and not (tmp_path / "x.h5").exists()
+
+
+def test_sweep_k_config_file_sets_fields_flags_override_and_out_records_them(planted, tmp_path):
+    cfg = tmp_path / "k.json"
+    cfg.write_text(json.dumps({"k": [1, 2, 3], "epochs": 1, "seed": 4}))
+    out = tmp_path / "k"
+    result = runner.invoke(app, ["sweep-k", str(planted), "--out", str(out), "--config", str(cfg), "--k", "2,1"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "sweep_k_config.json").read_text())
+    assert saved["config"] == {**KAblationConfig().to_dict(), "k": [2, 1], "epochs": 1, "seed": 4}
+    assert (saved["stage1"]["epochs"], saved["stage1"]["seed"], saved["stage2"]) == (1, 4, None)
+    assert json.loads((out / "k_ablation.json").read_text())["ks"] == [1, 2]
+    assert json.loads((out / "k2" / "config.json").read_text())["config"]["seed"] == 4
+    bad = runner.invoke(app, ["sweep-k", str(planted), "--out", str(tmp_path / "k0"), "--k", "0,2"])
+    assert bad.exit_code == 2 and "--k must be a list of positive integers" in bad.output
 
 
 @pytest.mark.parametrize(("text", "suffix", "expected"), [

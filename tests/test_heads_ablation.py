@@ -68,4 +68,6 @@ def test_sweep_k_writes_the_table_and_both_figures(tmp_path):
         assert (tmp_path / "k" / name).exists(), name
     curves = json.loads((tmp_path / "k" / "k_budget.json").read_text())["curves"]
     assert set(curves) == {"1", "3"} and set(curves["3"]) == {"5"}
+    saved = json.loads((tmp_path / "k" / "sweep_k_config.json").read_text())
+    assert saved["config"]["budgets"] == [5] and (saved["stage2"]["budgets"], saved["stage2"]["seeds"]) == ([5], 1)
     assert load_split(cache, "test")  # the cache is untouched
