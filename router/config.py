@@ -9,6 +9,7 @@ from typing import Any
 from ..heads.config import check_numbers
 
 HYRE_VARIANTS = ("posterior", "best")
+REFINE_SELECT = ("cv5", "loo", "pooled-loo")  # how budget-bt / micro-refine choose their prior precision
 ACQUIRE_RULES = ("random", "uncertainty", "disagreement")
 
 
@@ -37,6 +38,11 @@ class AdaptConfig:
     epochs: int = 10
     """Router epochs over the budget pairs; soft labels are recomputed once at the start of each (B.1)."""
 
+    router_min_steps: int = 0
+    """At least this many router steps: the router runs max(epochs, ceil(router_min_steps / steps per
+    epoch)) epochs (micro.router.hedge.router_epochs), so a small budget is not adapted in a handful of
+    steps. 0: `epochs` alone (the paper's rule, kept by `AdaptConfig.paper()`)."""
+
     batch_size: int = 32
     """Pairs per router step (B.1)."""
 
@@ -64,6 +70,11 @@ class AdaptConfig:
     lambda = c / prior margin variance and the grid is embedding-scale free). Each attribute's c is
     chosen by 5-fold cross-validated BT loss on its budget pairs, so the budget decides how far a head
     moves from its prior."""
+
+    refine_select: str = "cv5"
+    """How budget-bt and micro-refine choose c from refine_grid (micro.router.baselines.fit_map_heads):
+    'cv5' 5-fold cross-validated BT loss per context, 'loo' approximate leave-one-out BT loss per
+    context, 'pooled-loo' one c per seed shared by all contexts, by their summed leave-one-out loss."""
 
     refine_scale_precision: float = 1.0
     """micro-refine scales its routed prior by a fitted s ~ N(1, 1/this): a wrong prior can shrink to 0."""
@@ -138,10 +149,10 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if isinstance(self.budgets, (str, bytes)) or not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in self.budgets):
             raise ValueError(f"budgets must be a list of positive integers, not {self.budgets!r}")
-        check_numbers(self, integers=("seeds", "seed", "epochs", "batch_size", "hyre_shots", "drm_components",
+        check_numbers(self, integers=("seeds", "seed", "epochs", "router_min_steps", "batch_size", "hyre_shots", "drm_components",
                                        "lore_rank", "lore_steps", "acquire_batch"),
                       reals=("tau", "lr", "weight_decay", "refine_scale_precision", "drm_temperature", "lore_lr"))
-        for name in ("seed", "weight_decay"):
+        for name in ("seed", "weight_decay", "router_min_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if isinstance(self.mask_heads, (str, bytes)) or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 0 for h in self.mask_heads):
@@ -153,6 +164,8 @@ class AdaptConfig:
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError(f"budgets must be distinct, not {self.budgets!r}")
         self.budgets = sorted(self.budgets)
+        if self.refine_select not in REFINE_SELECT:
+            raise ValueError(f"refine_select must be one of {', '.join(REFINE_SELECT)}, not {self.refine_select!r}")
         if self.acquire not in ACQUIRE_RULES:
             raise ValueError(f"acquire must be one of {', '.join(ACQUIRE_RULES)}, not {self.acquire!r}")
         for name in ("drm_temperature", "lore_lr"):
@@ -179,7 +192,7 @@ class AdaptConfig:
     def paper(cls, **overrides: Any) -> "AdaptConfig":
         """The paper's stage 2 (appendix B.1, section 5.3): tau = 1e-3 (the per-dataset value is
         `micro.paper.PRESETS`: 1e-4 on RPR), heads scoring context-augmented sequences when cached."""
-        return cls(**{"tau": 1e-3, "head_input": "auto", **overrides})
+        return cls(**{"tau": 1e-3, "head_input": "auto", "router_min_steps": 0, **overrides})
 
     @property
     def seed_values(self) -> list[int]:
