@@ -7,7 +7,7 @@ how budget-bt / micro-refine choose their prior precision.
         --cache-seeds 0,1 --rules s0-cv5,RULE --out /tmp/s2_report.jsonl                           # reporting
     python benchmarks/stage2_rules.py --table /tmp/s2_report.jsonl
 
-A rule `s{N}-{select}` is AdaptConfig(router_min_steps=N, refine_select=select); `s0-cv5` is the rule
+A rule `[e{E}-]s{N}-{select}` is AdaptConfig([epochs=E,] router_min_steps=N, refine_select=select); `s0-cv5` is the rule
 before this comparison (10 router epochs whatever the budget, 5-fold cross-validation per context) and
 `default` is AdaptConfig() as it stands. Caches: `REGIME:PAIRS` is `micro simulate` (d = 64, G = 3,
 cache seed from --cache-seeds; stage 1 MixtureConfig(seed=cache seed), the default early-stopped fit),
@@ -44,13 +44,17 @@ METHODS = ("micro", "micro-refine", "budget-bt")
 
 
 def rule_config(rule: str) -> dict:
-    """'default' -> {}; 's{N}-{select}' -> {router_min_steps: N, refine_select: select}."""
+    """'default' -> {}; '[e{E}-]s{N}-{select}' -> {epochs: E, router_min_steps: N, refine_select: select}."""
     if rule == "default":
         return {}
-    steps, _, select = rule.partition("-")
-    if not steps.startswith("s") or not steps[1:].isdigit() or not select:
-        raise SystemExit(f"--rules: {rule!r} is not 'default' or s<steps>-<select> (e.g. s0-cv5)")
-    return {"router_min_steps": int(steps[1:]), "refine_select": select}
+    tokens = rule.split("-")
+    config = {}
+    while tokens and tokens[0][:1] in ("e", "s") and tokens[0][1:].isdigit():
+        token = tokens.pop(0)
+        config["epochs" if token[0] == "e" else "router_min_steps"] = int(token[1:])
+    if "router_min_steps" not in config or not tokens:
+        raise SystemExit(f"--rules: {rule!r} is not 'default' or [e<epochs>-]s<min steps>-<select> (e.g. s0-cv5)")
+    return {**config, "refine_select": "-".join(tokens)}
 
 
 def stage1(cache_spec: str, seed: int, work: Path, demo_cache: str) -> tuple[Path, Path]:
@@ -150,7 +154,7 @@ def main() -> None:
     p.add_argument("--caches", default="prompt:3000,shared:3000,prompt:600,shared:600,demo",
                    help="comma list of REGIME:PAIRS (micro simulate, d = 64) and 'demo'")
     p.add_argument("--cache-seeds", default="0,1", help="simulate seeds (and stage-1 seeds)")
-    p.add_argument("--rules", default="s0-cv5,default", help="comma list of 'default' and s<min steps>-<select>; the first is the reference")
+    p.add_argument("--rules", default="s0-cv5,default", help="comma list of 'default' and [e<epochs>-]s<min steps>-<select>; the first is the reference")
     p.add_argument("--budgets", default="1,5,10,25,50")
     p.add_argument("--seeds", type=int, default=5, help="stage-2 seeds (budget draws) per cache")
     p.add_argument("--demo-cache", default="/work/caches/peers_demo.h5", help="MiniLM cache of `micro embed demo`")
