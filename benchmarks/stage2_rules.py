@@ -38,9 +38,11 @@ from micro.embedcache import load_split, read_meta
 from micro.heads import MixtureConfig, fit_mixture, simulate
 from micro.heads.model import save_model
 from micro.heads.run import cache_identity
-from micro.router import AdaptConfig, run_adapt
+from micro.router import AdaptConfig, fit_budget_bt, run_adapt
+from micro.router.draws import draw_budget_pairs
 
 METHODS = ("micro", "micro-refine", "budget-bt")
+SELECT = ("cv5", "loo")
 
 
 def rule_config(rule: str) -> dict:
@@ -58,19 +60,47 @@ def rule_config(rule: str) -> dict:
 
 
 def stage1(cache_spec: str, seed: int, work: Path, demo_cache: str) -> tuple[Path, Path]:
-    """(cache, stage-1 run dir) of one cache spec and cache seed."""
-    if cache_spec == "demo":
-        cache, config = Path(demo_cache), MixtureConfig(epochs=40, seed=seed)
+    """(cache, stage-1 run dir) of one cache spec and cache seed; a ':prompt' suffix fits stage 1 with a
+    prompt-only router (the contexts are then new to the router in stage 2, which has to learn them)."""
+    prompt_router = cache_spec.endswith(":prompt")
+    name = cache_spec.removesuffix(":prompt")
+    extra = {"router_input": "prompt"} if prompt_router else {}
+    if name == "demo":
+        cache, config = Path(demo_cache), MixtureConfig(epochs=40, seed=seed, **extra)
     else:
-        regime, pairs = cache_spec.split(":")
+        regime, pairs = name.split(":")
         cache = work / f"{regime}_{pairs}_{seed}.h5"
         simulate(cache, regime=regime, pairs=int(pairs), dim=64, seed=seed, overwrite=True)
-        config = MixtureConfig(seed=seed)
+        config = MixtureConfig(seed=seed, **extra)
     train = load_split(cache, "train")
     model = fit_mixture(train, config)
     run = work / "runs" / f"{cache_spec.replace(':', '_')}_{seed}"
     save_model(model, run, {"config": config.resolved(train).to_dict(), "cache": cache_identity(read_meta(cache), cache)})
     return cache, run
+
+
+def selection_noise(cache: Path, budgets: list[int], seeds: int, grid: tuple[float, ...], orders: int = 5) -> dict:
+    """How much of each rule's choice is the split, not the pairs: budget-bt's chosen c on the same budget
+    pairs presented in `orders` orders (cv5's folds follow the order; leave-one-out does not), and the
+    seconds of one fit per rule, timed side by side, interleaved. {B: {rule: {"changed": fraction of
+    (seed, group) problems whose c differs between orders, "seconds": mean fit time}}}"""
+    train = load_split(cache, "train")
+    out = {}
+    for b in budgets:
+        rows = [draw_budget_pairs(train, s, b) for s in range(seeds)]
+        diff = torch.stack([train.diff[torch.as_tensor(r[a])] for r in rows for a in sorted(r)])  # [P, B, d]
+        gen = torch.Generator().manual_seed(b)
+        perms = [torch.arange(b)] + [torch.randperm(b, generator=gen) for _ in range(orders - 1)]
+        chosen = {rule: [] for rule in SELECT}
+        seconds = {rule: 0.0 for rule in SELECT}
+        for perm in perms:
+            for rule in SELECT:
+                t = time.perf_counter()
+                chosen[rule].append(fit_budget_bt(diff[:, perm], grid, select=rule).precision)
+                seconds[rule] += time.perf_counter() - t
+        out[str(b)] = {rule: {"changed": float((torch.stack(chosen[rule]) != chosen[rule][0]).any(0).float().mean()),
+                              "seconds": seconds[rule] / len(perms)} for rule in SELECT}
+    return out
 
 
 def run(args) -> None:
@@ -84,8 +114,10 @@ def run(args) -> None:
             for cseed in [int(s) for s in args.cache_seeds.split(",")]:
                 t = time.perf_counter()
                 cache, run_dir = stage1(spec, cseed, work, args.demo_cache)
+                budgets = [int(b) for b in args.budgets.split(",")]
+                noise = selection_noise(cache, [b for b in budgets if b >= 5], args.seeds, AdaptConfig().refine_grid)
                 for rule in rules:
-                    config = AdaptConfig(budgets=[int(b) for b in args.budgets.split(",")], seeds=args.seeds,
+                    config = AdaptConfig(budgets=budgets, seeds=args.seeds,
                                          baselines=False, plot=False, save_routers=False, **rule_config(rule))
                     res = run_adapt(cache, run_dir, work / "out" / f"{run_dir.name}_{rule}", config, overwrite=True)
                     attrs = res["attributes"]
@@ -96,7 +128,7 @@ def run(args) -> None:
                     values = {b: {m: [statistics.fmean(s[a] for a in attrs) for _, s in sorted(seeds.items())]
                                   for m, seeds in ms.items()} for b, ms in per.items()}
                     line = {"cache": spec, "cache_seed": cseed, "rule": rule, "config": rule_config(rule) or "default",
-                            "values": values, "seconds": round(time.perf_counter() - t, 1)}
+                            "values": values, "selection_noise": noise, "seconds": round(time.perf_counter() - t, 1)}
                     t = time.perf_counter()
                     if out:
                         out.write(json.dumps(line) + "\n")
@@ -146,13 +178,27 @@ def table(path: str) -> str:
                 deltas = [paired(vals(r, b), vals(base, b)) if vals(r, b) else "–" for r in rules[1:]]
                 out.append(f"| {cache} (seeds {','.join(map(str, seeds))}) | {b} | " + " | ".join(cells + deltas) + " |")
         out.append("")
+    out += ["**Selection noise** (budget-bt's chosen c on the same budget pairs in 5 orders: fraction of (stage-2 seed, group) "
+            "problems whose c changes with the order; mean seconds of one budget-bt fit of all problems, timed interleaved)", "",
+            "| cache | B | " + " | ".join(f"{r} changed | {r} s" for r in SELECT) + " |", "|---|---|" + "---|" * (2 * len(SELECT))]
+    for cache in caches:
+        first = {}
+        for x in lines:
+            if x["cache"] == cache and "selection_noise" in x:
+                first.setdefault(x["cache_seed"], x["selection_noise"])
+        for b in sorted({int(b) for n in first.values() for b in n}):
+            cells = []
+            for r in SELECT:
+                cells.append(f"{statistics.fmean(n[str(b)][r]['changed'] for n in first.values()):.2f}")
+                cells.append(f"{statistics.fmean(n[str(b)][r]['seconds'] for n in first.values()):.3f}")
+            out.append(f"| {cache} | {b} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--caches", default="prompt:3000,shared:3000,prompt:600,shared:600,demo",
-                   help="comma list of REGIME:PAIRS (micro simulate, d = 64) and 'demo'")
+                   help="comma list of REGIME:PAIRS (micro simulate, d = 64) and 'demo'; ':prompt' appended: a prompt-only stage-1 router")
     p.add_argument("--cache-seeds", default="0,1", help="simulate seeds (and stage-1 seeds)")
     p.add_argument("--rules", default="s0-cv5,default", help="comma list of 'default' and [e<epochs>-]s<min steps>-<select>; the first is the reference")
     p.add_argument("--budgets", default="1,5,10,25,50")
