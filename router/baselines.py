@@ -9,7 +9,10 @@ materialising the mirrored copies.
 Small budgets (B pairs, B << d) are solved exactly in the span of the pairs (representer theorem): with
 G = D D^T = U diag(e) U^T, margins are Z b with Z = U diag(sqrt(e)) and ||w||^2 = ||b||^2, so Newton runs
 in at most B dimensions for any hidden size, batched over attributes x seeds x grid values. The prior
-precision is chosen per attribute by 5-fold cross-validated BT loss on its budget pairs. (The Laplace evidence was tried first: on simulated data it kept micro-refine at its
+precision is chosen per attribute by held-out BT loss on its budget pairs (`select`): approximate
+leave-one-out by default (every candidate fitted once; it does not depend on the order of the pairs,
+which 5-fold cross-validation's folds do), 5-fold cross-validation, or one precision pooled over a
+seed's attributes. (The Laplace evidence was tried first: on simulated data it kept micro-refine at its
 prior even where budget-bt gained 10 points at B = 100, so it is not used.)
 
 Units: lambda = c * mean_i ||d_i||^2, so c is the inverse variance of a prior margin w . d and the grid
@@ -34,7 +37,7 @@ class MapHeads:
     delta: torch.Tensor  # [P, d] the fitted head (budget-bt) or the correction added to the prior (refine)
     scale: torch.Tensor  # [P] the fitted multiplier s of the prior margins (0 when there is no prior)
     precision: torch.Tensor  # [P] the chosen c (prior precision in units of 1 / mean ||d||^2)
-    heldout_loss: torch.Tensor  # [P, L] cross-validated BT loss per pair for each grid value
+    heldout_loss: torch.Tensor  # [P, L] held-out BT loss per pair for each candidate (fit_map_heads' order)
 
 
 #: Prior precision of the "prior alone" candidate of micro-refine: delta is pinned at 0.
@@ -101,7 +104,7 @@ def fit_map_heads(
     prior_margins: torch.Tensor | None = None,
     scale_precision: float = 1.0,
     allow_drop_prior: bool = True,
-    select: str = "cv5",
+    select: str = "loo",
     groups: torch.Tensor | None = None,
     folds: int = 5,
     iterations: int = 15,
@@ -226,7 +229,7 @@ def _choose(heldout: torch.Tensor, on: torch.Tensor, groups: torch.Tensor | None
     return best.gather(0, own.argmin(0, keepdim=True))[0]
 
 
-def fit_budget_bt(diff: torch.Tensor, grid: tuple[float, ...], *, select: str = "cv5", groups: torch.Tensor | None = None) -> MapHeads:
+def fit_budget_bt(diff: torch.Tensor, grid: tuple[float, ...], *, select: str = "loo", groups: torch.Tensor | None = None) -> MapHeads:
     """`budget-bt`: a fresh BT head per problem from its budget pairs alone ([P, n, d] -> heads [P, d])."""
     return fit_map_heads(diff, grid, select=select, groups=groups)
 

@@ -69,11 +69,15 @@ def test_fast_leave_one_out_matches_refitting(with_prior):
     assert torch.equal(fast.argmin(1), exact.argmin(1))
 
 
-def test_cv5_is_the_previous_rule():
-    """The old rule stays one option away: the default argument is 5-fold cross-validation."""
-    diff, prior = _problems(n=20)
-    a, b = fit_map_heads(diff, (0.1, 1.0, 10.0), prior_margins=prior), fit_map_heads(diff, (0.1, 1.0, 10.0), prior_margins=prior, select="cv5")
-    assert torch.equal(a.precision, b.precision) and torch.equal(a.heldout_loss, b.heldout_loss)
+def test_cv5_depends_on_the_order_of_the_pairs_and_loo_does_not():
+    """The old rule (one option away) splits the pairs into folds by position; leave-one-out has no split."""
+    diff, prior = _problems(n=20, problems=8)
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(1))
+    grid = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+    loo = [fit_map_heads(d, grid, prior_margins=p).heldout_loss for d, p in ((diff, prior), (diff[:, perm], prior[:, perm]))]
+    cv5 = [fit_map_heads(d, grid, prior_margins=p, select="cv5").heldout_loss for d, p in ((diff, prior), (diff[:, perm], prior[:, perm]))]
+    assert torch.allclose(loo[0], loo[1], atol=1e-5)
+    assert not torch.allclose(cv5[0], cv5[1], atol=1e-3)
     with pytest.raises(ValueError, match="select must be one of"):
         fit_map_heads(diff, (1.0,), select="loo5")
 
@@ -96,7 +100,8 @@ def test_pooled_choice_sums_the_group_and_keeps_the_prior_decision_per_problem()
 @pytest.mark.slow
 def test_default_rule_is_not_worse_than_the_old_one_on_a_planted_cache(tmp_path):
     """AdaptConfig()'s router steps and precision rule against the previous ones (10 epochs, 5-fold CV)
-    on the same budget pairs of one small planted cache: no method of the three falls more than a point."""
+    on the same budget pairs of one small planted cache: no method of the three falls more than a point.
+    (Scoring the in-sample loss instead of the leave-one-out loss fails it: micro-refine 0.775 vs 0.821 at B = 5.)"""
     from micro.embedcache import load_split, read_meta
     from micro.heads import MixtureConfig, fit_mixture, simulate
     from micro.heads.model import save_model
@@ -111,7 +116,7 @@ def test_default_rule_is_not_worse_than_the_old_one_on_a_planted_cache(tmp_path)
                {"config": config.resolved(train).to_dict(), "cache": cache_identity(read_meta(cache), cache)})
     sweep = dict(budgets=[5, 25], seeds=4, baselines=False, plot=False, save_routers=False)
     new = run_adapt(cache, tmp_path / "run", tmp_path / "new", AdaptConfig(**sweep))["summary"]
-    old = run_adapt(cache, tmp_path / "run", tmp_path / "old", AdaptConfig(**sweep, router_min_steps=0, refine_select="cv5"))["summary"]
+    old = run_adapt(cache, tmp_path / "run", tmp_path / "old", AdaptConfig(**sweep, epochs=10, router_min_steps=0, refine_select="cv5"))["summary"]
     for b in ("5", "25"):
         for method in ("micro", "micro-refine", "budget-bt"):
             assert new[b][method]["Average"]["mean"] >= old[b][method]["Average"]["mean"] - 0.01, (b, method, new[b][method], old[b][method])
