@@ -60,11 +60,13 @@ def rule_config(rule: str) -> dict:
 
 
 def stage1(cache_spec: str, seed: int, work: Path, demo_cache: str) -> tuple[Path, Path]:
-    """(cache, stage-1 run dir) of one cache spec and cache seed; a ':prompt' suffix fits stage 1 with a
-    prompt-only router (the contexts are then new to the router in stage 2, which has to learn them)."""
-    prompt_router = cache_spec.endswith(":prompt")
-    name = cache_spec.removesuffix(":prompt")
-    extra = {"router_input": "prompt"} if prompt_router else {}
+    """(cache, stage-1 run dir) of one cache spec and cache seed. Suffixes: ':prompt' fits stage 1 with a
+    prompt-only router; ':unseen' fits it without the last group's pairs (that group's context is new
+    in stage 2, the setting where the router has to learn from the budget alone)."""
+    parts = cache_spec.split(":")
+    cut = 1 if parts[0] == "demo" else 2
+    name, flags = ":".join(parts[:cut]), parts[cut:]
+    extra = {"router_input": "prompt"} if "prompt" in flags else {}
     if name == "demo":
         cache, config = Path(demo_cache), MixtureConfig(epochs=40, seed=seed, **extra)
     else:
@@ -73,6 +75,8 @@ def stage1(cache_spec: str, seed: int, work: Path, demo_cache: str) -> tuple[Pat
         simulate(cache, regime=regime, pairs=int(pairs), dim=64, seed=seed, overwrite=True)
         config = MixtureConfig(seed=seed, **extra)
     train = load_split(cache, "train")
+    if "unseen" in flags:
+        train = train.subset(torch.nonzero(train.attribute != len(train.attributes) - 1).flatten())
     model = fit_mixture(train, config)
     run = work / "runs" / f"{cache_spec.replace(':', '_')}_{seed}"
     save_model(model, run, {"config": config.resolved(train).to_dict(), "cache": cache_identity(read_meta(cache), cache)})
@@ -115,7 +119,7 @@ def run(args) -> None:
                 t = time.perf_counter()
                 cache, run_dir = stage1(spec, cseed, work, args.demo_cache)
                 budgets = [int(b) for b in args.budgets.split(",")]
-                noise = selection_noise(cache, [b for b in budgets if b >= 5], args.seeds, AdaptConfig().refine_grid)
+                noise = selection_noise(cache, [b for b in budgets if b >= 5], args.seeds, AdaptConfig().refine_grid) if args.noise else None
                 for rule in rules:
                     config = AdaptConfig(budgets=budgets, seeds=args.seeds,
                                          baselines=False, plot=False, save_routers=False, **rule_config(rule))
@@ -184,7 +188,7 @@ def table(path: str) -> str:
     for cache in caches:
         first = {}
         for x in lines:
-            if x["cache"] == cache and "selection_noise" in x:
+            if x["cache"] == cache and x.get("selection_noise"):
                 first.setdefault(x["cache_seed"], x["selection_noise"])
         for b in sorted({int(b) for n in first.values() for b in n}):
             cells = []
@@ -198,13 +202,14 @@ def table(path: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--caches", default="prompt:3000,shared:3000,prompt:600,shared:600,demo",
-                   help="comma list of REGIME:PAIRS (micro simulate, d = 64) and 'demo'; ':prompt' appended: a prompt-only stage-1 router")
+                   help="comma list of REGIME:PAIRS (micro simulate, d = 64) and 'demo'; ':prompt' appended: a prompt-only stage-1 router; ':unseen': stage 1 without the last group")
     p.add_argument("--cache-seeds", default="0,1", help="simulate seeds (and stage-1 seeds)")
     p.add_argument("--rules", default="s0-cv5,default", help="comma list of 'default' and [e<epochs>-]s<min steps>-<select>; the first is the reference")
     p.add_argument("--budgets", default="1,5,10,25,50")
     p.add_argument("--seeds", type=int, default=5, help="stage-2 seeds (budget draws) per cache")
     p.add_argument("--demo-cache", default="/work/caches/peers_demo.h5", help="MiniLM cache of `micro embed demo`")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-noise", dest="noise", action="store_false", help="skip the selection-noise measurement")
     p.add_argument("--out", default=None, help="append one JSON line per (cache, cache seed, rule) here")
     p.add_argument("--workdir", default=None, help="keep caches and runs here (default: a temporary folder)")
     p.add_argument("--table", default=None, help="print the Markdown tables of a finished --out file and exit")
