@@ -1,18 +1,19 @@
 """Stage 2's two fitted quantities, rule against rule on the same budget pairs: the router's step count and
 how budget-bt / micro-refine choose their prior precision.
 
-    python benchmarks/stage2_rules.py --caches prompt:3000,shared:3000 --cache-seeds 100,101 \\
-        --rules s0-cv5,s50-cv5,s100-cv5,s200-cv5,s0-loo,s0-pooled-loo --out /tmp/s2_choose.jsonl   # choosing
-    python benchmarks/stage2_rules.py --caches prompt:3000,shared:3000,prompt:600,shared:600,demo \\
-        --cache-seeds 0,1 --rules s0-cv5,RULE --out /tmp/s2_report.jsonl                           # reporting
+    python benchmarks/stage2_rules.py --caches prompt:3000,shared:3000 --cache-seeds 100,101 \
+        --rules s0-cv5,s30-cv5,e5-s0-cv5,e20-s0-cv5,s0-loo,s0-pooled-loo --out /tmp/s2_choose.jsonl       # choosing
+    python benchmarks/stage2_rules.py --caches prompt:3000,shared:3000,prompt:600,shared:600,demo --cache-seeds 0,1 \
+        --rules s0-cv5,default,s0-pooled-loo,e5-s0-cv5,s30-cv5 --out /tmp/s2_report.jsonl                 # reporting
     python benchmarks/stage2_rules.py --table /tmp/s2_report.jsonl
 
 A rule `[e{E}-]s{N}-{select}` is AdaptConfig([epochs=E,] router_min_steps=N, refine_select=select); `s0-cv5` is the rule
 before this comparison (10 router epochs whatever the budget, 5-fold cross-validation per context) and
 `default` is AdaptConfig() as it stands. Caches: `REGIME:PAIRS` is `micro simulate` (d = 64, G = 3,
 cache seed from --cache-seeds; stage 1 MixtureConfig(seed=cache seed), the default early-stopped fit),
-`demo` is the MiniLM demo cache (--demo-cache; stage 1 MixtureConfig(epochs=40), fitted once, the same
-for every cache seed, so its cache seeds only move the stage-1 seed). Every rule of one cache runs
+`demo` is the MiniLM demo cache (--demo-cache; stage 1 MixtureConfig(epochs=40); the cache is the same
+for every cache seed, which only moves the stage-1 seed). Suffix ':prompt': stage 1 with a prompt-only
+router; ':unseen': stage 1 without the last group (its contexts are new to the router in stage 2). Every rule of one cache runs
 `run_adapt(AdaptConfig(budgets=--budgets, seeds=5, ...))` on the same stage-1 run, so the budget draws
 (seeded by the stage-2 seed) are the same pairs for every rule. Each line of --out is one
 (cache, cache seed, rule) with each method's per-seed average accuracy over groups at every budget.

@@ -38,9 +38,12 @@ class AdaptConfig:
     epochs: int = 10
     """Router epochs over the budget pairs; soft labels are recomputed once at the start of each (B.1).
     Each epoch is one more Hedge (mirror-descent) step on the labels, so the epoch count is the router's
-    regulariser, not an optimisation length to converge: on planted caches (benchmarks/README.md, "Stage
-    2: router steps and the budget-bt / micro-refine prior") 20 epochs or a floor of 30-100 steps lowered
-    micro at B <= 10 by 1-5 points, 5 epochs moved it by -1..+2 points; the paper's 10 are kept."""
+    regulariser, not an optimisation length to converge. Measured on planted caches and the demo
+    (benchmarks/README.md, "Stage 2: router steps and the budget-bt / micro-refine prior"): where stage 1
+    already routes on the contexts, 5 epochs raised micro by up to 2 points and 20 epochs or a floor of
+    30-100 steps (router_min_steps) lowered it by up to 5 at B <= 10; where a context is new to stage 1
+    it went the other way (5 epochs -1, 20 epochs +2, a 30-step floor +4 on the demo). No rule won
+    everywhere, so the paper's 10 are kept."""
 
     router_min_steps: int = 0
     """At least this many router steps: the router runs max(epochs, ceil(router_min_steps / steps per
@@ -82,8 +85,8 @@ class AdaptConfig:
     one c per seed shared by all contexts, by their summed leave-one-out loss. Measured on the same
     budget pairs (benchmarks/README.md, "Stage 2: router steps and the budget-bt / micro-refine prior"):
     accuracy equal within noise at B = 5..50 on planted caches and the demo, but cv5's choice follows
-    the order of the pairs (its folds): on the same pairs in another order it changed c for most
-    contexts, leave-one-out for none, at under half cv5's cost."""
+    the order of the pairs (its folds): on the same pairs in another order it changed c for 33-87 % of
+    the contexts at B = 10..50, leave-one-out for none, at 32-40 % of cv5's time."""
 
     refine_scale_precision: float = 1.0
     """micro-refine scales its routed prior by a fitted s ~ N(1, 1/this): a wrong prior can shrink to 0."""
