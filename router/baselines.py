@@ -9,7 +9,10 @@ materialising the mirrored copies.
 Small budgets (B pairs, B << d) are solved exactly in the span of the pairs (representer theorem): with
 G = D D^T = U diag(e) U^T, margins are Z b with Z = U diag(sqrt(e)) and ||w||^2 = ||b||^2, so Newton runs
 in at most B dimensions for any hidden size, batched over attributes x seeds x grid values. The prior
-precision is chosen per attribute by 5-fold cross-validated BT loss on its budget pairs. (The Laplace evidence was tried first: on simulated data it kept micro-refine at its
+precision is chosen per attribute by held-out BT loss on its budget pairs (`select`): approximate
+leave-one-out by default (every candidate fitted once; it does not depend on the order of the pairs,
+which 5-fold cross-validation's folds do), 5-fold cross-validation, or one precision pooled over a
+seed's attributes. (The Laplace evidence was tried first: on simulated data it kept micro-refine at its
 prior even where budget-bt gained 10 points at B = 100, so it is not used.)
 
 Units: lambda = c * mean_i ||d_i||^2, so c is the inverse variance of a prior margin w . d and the grid
@@ -24,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import REFINE_SELECT
+
 
 @dataclass
 class MapHeads:
@@ -32,7 +37,7 @@ class MapHeads:
     delta: torch.Tensor  # [P, d] the fitted head (budget-bt) or the correction added to the prior (refine)
     scale: torch.Tensor  # [P] the fitted multiplier s of the prior margins (0 when there is no prior)
     precision: torch.Tensor  # [P] the chosen c (prior precision in units of 1 / mean ||d||^2)
-    heldout_loss: torch.Tensor  # [P, L] cross-validated BT loss per pair for each grid value
+    heldout_loss: torch.Tensor  # [P, L] held-out BT loss per pair for each candidate (fit_map_heads' order)
 
 
 #: Prior precision of the "prior alone" candidate of micro-refine: delta is pinned at 0.
@@ -76,6 +81,22 @@ def _newton(x: torch.Tensor, prec: torch.Tensor, mean: torch.Tensor, iterations:
     return theta
 
 
+def _alo_pair_loss(x: torch.Tensor, theta: torch.Tensor, prec: torch.Tensor) -> torch.Tensor:
+    """Approximate leave-one-out BT loss of every pair ([L, P, n]) of the MAP fits theta [L, P, m] on
+    x [P, n, m] with prior precisions prec [L, P, m] (one Newton step from the full fit, exact for a
+    quadratic loss): with l_i = softplus(-m_i), p_i = sigmoid(-m_i), v_i = p_i (1 - p_i), H the Hessian
+    of the full objective and h_i = x_i^T H^-1 x_i, Sherman-Morrison gives the margin without pair i as
+    m_i - p_i h_i / (1 - v_i h_i) (v_i h_i < 1 since H >= v_i x_i x_i^T + diag(prec))."""
+    margins = (x.unsqueeze(0) @ theta.unsqueeze(-1)).squeeze(-1)  # [L, P, n]
+    p = torch.sigmoid(-margins)
+    v = p * (1 - p)
+    xt = x.transpose(1, 2).unsqueeze(0)  # [1, P, m, n]
+    hess = (xt * v.unsqueeze(-2)) @ x.unsqueeze(0) + torch.diag_embed(prec)  # [L, P, m, m]
+    solved = torch.cholesky_solve(xt.expand(hess.shape[0], -1, -1, -1), torch.linalg.cholesky(hess))  # H^-1 x_i
+    h = (xt * solved).sum(-2)  # [L, P, n]
+    return nn.functional.softplus(-(margins - p * h / (1 - v * h)))
+
+
 def fit_map_heads(
     diff: torch.Tensor,
     grid: tuple[float, ...],
@@ -83,22 +104,34 @@ def fit_map_heads(
     prior_margins: torch.Tensor | None = None,
     scale_precision: float = 1.0,
     allow_drop_prior: bool = True,
+    select: str = "loo",
+    groups: torch.Tensor | None = None,
     folds: int = 5,
     iterations: int = 15,
 ) -> MapHeads:
     """MAP BT heads for P independent problems of n pairs each, the prior precision chosen per problem
-    by `folds`-fold cross-validated BT loss on the same pairs.
+    by held-out BT loss on the same pairs.
 
     diff [P, n, d]: the budget pairs' difference vectors. Without `prior_margins` the head is
     w ~ N(0, I / lambda) (budget-bt). With prior_margins [P, n] (the routed stage-1 mixture's margins on
     the same pairs) the margin is s * prior_margin + delta . d with delta ~ N(0, I / lambda) and
     s ~ N(1, 1 / scale_precision) (micro-refine): the prior mean is the routed mixture, and a prior that
-    the pairs contradict can shrink. With `allow_drop_prior` the cross-validation also weighs the same
+    the pairs contradict can shrink. With `allow_drop_prior` the selection also weighs the same
     grid with the prior switched off (s fixed at 0: the budget-bt head), so a prior that the pairs
-    contradict costs at most the cross-validation's noise against budget-bt. Ties in held-out loss go to
+    contradict costs at most the selection's noise against budget-bt. Ties in held-out loss go to
     the larger precision with the prior on (stay near the prior).
+
+    `select`: how the held-out loss is estimated. 'cv5': `folds`-fold cross-validation (one fixed
+    split). 'loo': approximate leave-one-out (`_alo_pair_loss`: every candidate fitted once on all
+    pairs, no refits). 'pooled-loo': the same losses, but the precision is chosen once per group of
+    problems (`groups` [P] integer labels: the contexts of one seed), by the loss summed over the
+    group's problems (empirical Bayes across contexts: A x n pairs decide one c instead of n pairs each);
+    whether a context keeps its prior (micro-refine) is still decided per problem, at the pooled c of
+    each kind.
     Computed in float64; returns float32 tensors on the CPU.
     """
+    if select not in REFINE_SELECT:
+        raise ValueError(f"select must be one of {', '.join(REFINE_SELECT)}, not {select!r}")
     diff = diff.detach().to("cpu", torch.float64)
     n_problems, n, _ = diff.shape
     gram = diff @ diff.transpose(1, 2)  # [P, n, n]
@@ -116,8 +149,9 @@ def fit_map_heads(
     s_mean_all = torch.tensor([1.0 if on else 0.0 for on in cand_on], dtype=torch.float64)
     s_prec_all = torch.tensor([scale_precision if on else 1e12 for on in cand_on], dtype=torch.float64)
 
-    def solve(rows: torch.Tensor, cands: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fit on pairs `rows` for candidate indices `cands` [L', P]; returns (coef [L', P, |rows|], s [L', P], z)."""
+    def solve(rows: torch.Tensor, cands: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Fit on pairs `rows` for candidate indices `cands` [L', P]; returns (coef [L', P, |rows|],
+        s [L', P], theta [L', P, m], x [P, |rows|, m] the span features, prec [L', P, m])."""
         lam = grid_t[cands] * unit[None, :]
         z, to_coef = _span_features(gram[:, rows][:, :, rows])
         cols = [z] + ([prior[:, rows].unsqueeze(-1)] if with_prior else [])
@@ -134,23 +168,27 @@ def fit_map_heads(
         b = theta[..., : z.shape[-1]]
         coef = (to_coef.unsqueeze(0) @ b.unsqueeze(-1)).squeeze(-1)  # [L', P, |rows|]
         s = theta[..., -1] if with_prior else torch.zeros(n_l, n_problems, dtype=torch.float64)
-        return coef, s, z
+        return coef, s, theta, x, prec
 
     every = torch.arange(n_grid)[:, None].expand(-1, n_problems)  # [L, P]: each candidate for each problem
-    k = max(2, min(folds, n))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     pair_loss = torch.zeros(n_grid, n_problems, n, dtype=torch.float64)  # held-out BT loss of every pair
-    if n >= 2 and n_grid > 1:
-        for f in range(k):
-            ho = order[f::k]
-            tr = torch.tensor(sorted(set(range(n)) - set(ho.tolist())))
-            coef, s, _ = solve(tr, every)
-            margins = (gram[:, ho][:, :, tr].unsqueeze(0) @ coef.unsqueeze(-1)).squeeze(-1)  # [L, P, |ho|]
-            if with_prior:
-                margins = margins + s.unsqueeze(-1) * prior[:, ho].unsqueeze(0)
-            pair_loss[:, :, ho] = nn.functional.softplus(-margins)
+    if n >= 2 and n_grid > 1:  # one pair validates nothing: then the first (preferred) candidate
+        if select == "cv5":
+            k = max(2, min(folds, n))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+            for f in range(k):
+                ho = order[f::k]
+                tr = torch.tensor(sorted(set(range(n)) - set(ho.tolist())))
+                coef, s, *_ = solve(tr, every)
+                margins = (gram[:, ho][:, :, tr].unsqueeze(0) @ coef.unsqueeze(-1)).squeeze(-1)  # [L, P, |ho|]
+                if with_prior:
+                    margins = margins + s.unsqueeze(-1) * prior[:, ho].unsqueeze(0)
+                pair_loss[:, :, ho] = nn.functional.softplus(-margins)
+        else:
+            _, _, theta, x, prec = solve(torch.arange(n), every)
+            pair_loss = _alo_pair_loss(x, theta, prec)
     heldout = pair_loss.sum(-1)  # [L, P]
-    choice = heldout.argmin(0)  # [P]; argmin returns the first minimum, i.e. the preferred candidate
+    choice = _choose(heldout, torch.tensor(cand_on), groups if select == "pooled-loo" else None)  # [P]
     if with_prior:
         # Keep the prior alone (candidate 0: delta = 0, only its scale fitted) unless the best candidate
         # beats it by more than one standard error of the paired per-pair loss differences. Held-out losses
@@ -161,7 +199,7 @@ def fit_map_heads(
         gap = pair_loss[0] - pair_loss[choice, rows]  # [P, n]
         se = gap.std(-1) * (n**0.5) if n > 1 else torch.zeros(n_problems, dtype=torch.float64)
         choice = torch.where(gap.sum(-1) <= se, torch.zeros_like(choice), choice)
-    coef, s, _ = solve(torch.arange(n), choice.unsqueeze(0))
+    coef, s, *_ = solve(torch.arange(n), choice.unsqueeze(0))
     delta = (coef[0].unsqueeze(1) @ diff).squeeze(1)  # [P, d]
     return MapHeads(
         delta=delta.float(),
@@ -171,9 +209,29 @@ def fit_map_heads(
     )
 
 
-def fit_budget_bt(diff: torch.Tensor, grid: tuple[float, ...]) -> MapHeads:
+def _choose(heldout: torch.Tensor, on: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+    """Candidate index per problem from held-out losses [L, P] (ties: the first candidate).
+
+    Without `groups`, each problem's argmin. With groups [P], within each kind of candidate (prior on /
+    prior off) the one with the lowest loss summed over the group's problems, then per problem the
+    kind with its lower own loss (ties: prior on)."""
+    if groups is None:
+        return heldout.argmin(0)
+    groups = torch.as_tensor(groups, dtype=torch.long)
+    pooled = torch.zeros(heldout.shape[0], int(groups.max()) + 1, dtype=heldout.dtype).index_add_(1, groups, heldout)[:, groups]  # [L, P]
+    best = []
+    for kind in (True, False):
+        idx = torch.nonzero(on == kind).flatten()
+        if len(idx):
+            best.append(idx[pooled[idx].argmin(0)])  # [P]
+    best = torch.stack(best)  # [kinds, P]
+    own = heldout.gather(0, best)
+    return best.gather(0, own.argmin(0, keepdim=True))[0]
+
+
+def fit_budget_bt(diff: torch.Tensor, grid: tuple[float, ...], *, select: str = "loo", groups: torch.Tensor | None = None) -> MapHeads:
     """`budget-bt`: a fresh BT head per problem from its budget pairs alone ([P, n, d] -> heads [P, d])."""
-    return fit_map_heads(diff, grid)
+    return fit_map_heads(diff, grid, select=select, groups=groups)
 
 
 def fit_oracle_head(diff: torch.Tensor, grid: tuple[float, ...], *, holdout: float = 0.2, seed: int = 0, max_iter: int = 50) -> tuple[torch.Tensor, float]:

@@ -10,6 +10,7 @@ from typing import Any
 from ..heads.config import MixtureConfig, check_numbers
 
 HYRE_VARIANTS = ("posterior", "best")
+REFINE_SELECT = ("cv5", "loo", "pooled-loo")  # how budget-bt / micro-refine choose their prior precision
 ACQUIRE_RULES = ("random", "uncertainty", "disagreement", "bald")
 
 
@@ -36,7 +37,19 @@ class AdaptConfig:
     1e-3 (HelpSteer2, cross-dataset) and 1e-4 (RPR): `AdaptConfig.paper()` / `micro adapt --paper`."""
 
     epochs: int = 10
-    """Router epochs over the budget pairs; soft labels are recomputed once at the start of each (B.1)."""
+    """Router epochs over the budget pairs; soft labels are recomputed once at the start of each (B.1).
+    Each epoch is one more Hedge (mirror-descent) step on the labels, so the epoch count is the router's
+    regulariser, not an optimisation length to converge. Measured on planted caches and the demo
+    (benchmarks/README.md, "Stage 2: router steps and the budget-bt / micro-refine prior"): where stage 1
+    already routes on the contexts, 5 epochs raised micro by up to 2 points and 20 epochs or a floor of
+    30-100 steps (router_min_steps) lowered it by up to 5 at B <= 10; where a context is new to stage 1
+    it went the other way (5 epochs -1, 20 epochs +2, a 30-step floor +4 on the demo). No rule won
+    everywhere, so the paper's 10 are kept."""
+
+    router_min_steps: int = 0
+    """At least this many router steps: the router runs max(epochs, ceil(router_min_steps / steps per
+    epoch)) epochs (micro.router.hedge.router_epochs). 0 (the default and the paper's): `epochs` alone;
+    a floor was measured and lost (see epochs)."""
 
     batch_size: int = 32
     """Pairs per router step (B.1)."""
@@ -63,8 +76,18 @@ class AdaptConfig:
     refine_grid: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 1000.0)
     """Candidate prior precisions for budget-bt and micro-refine, in units of 1/mean||d||^2 (so
     lambda = c / prior margin variance and the grid is embedding-scale free). Each attribute's c is
-    chosen by 5-fold cross-validated BT loss on its budget pairs, so the budget decides how far a head
-    moves from its prior."""
+    chosen by held-out BT loss on its budget pairs (refine_select), so the budget decides how far a
+    head moves from its prior."""
+
+    refine_select: str = "loo"
+    """How budget-bt and micro-refine choose c from refine_grid (micro.router.baselines.fit_map_heads):
+    'loo' approximate leave-one-out BT loss per context (one fit per grid value, a Newton step per
+    left-out pair); 'cv5' 5-fold cross-validated BT loss per context (the rule before); 'pooled-loo'
+    one c per seed shared by all contexts, by their summed leave-one-out loss. Measured on the same
+    budget pairs (benchmarks/README.md, "Stage 2: router steps and the budget-bt / micro-refine prior"):
+    accuracy equal within noise at B = 5..50 on planted caches and the demo, but cv5's choice follows
+    the order of the pairs (its folds): on the same pairs in another order it changed c for 33-87 % of
+    the contexts at B = 10..50, leave-one-out for none, at 32-40 % of cv5's time."""
 
     refine_scale_precision: float = 1.0
     """micro-refine scales its routed prior by a fitted s ~ N(1, 1/this): a wrong prior can shrink to 0."""
@@ -146,11 +169,11 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if isinstance(self.budgets, (str, bytes)) or not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in self.budgets):
             raise ValueError(f"budgets must be a list of positive integers, not {self.budgets!r}")
-        check_numbers(self, integers=("seeds", "seed", "epochs", "batch_size", "hyre_shots", "drm_components",
+        check_numbers(self, integers=("seeds", "seed", "epochs", "router_min_steps", "batch_size", "hyre_shots", "drm_components",
                                        "lore_rank", "lore_steps", "acquire_batch"),
                       reals=("tau", "lr", "weight_decay", "refine_scale_precision", "drm_temperature", "lore_lr",
                              "acquire_random"))
-        for name in ("seed", "weight_decay"):
+        for name in ("seed", "weight_decay", "router_min_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if isinstance(self.mask_heads, (str, bytes)) or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 0 for h in self.mask_heads):
@@ -162,6 +185,8 @@ class AdaptConfig:
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError(f"budgets must be distinct, not {self.budgets!r}")
         self.budgets = sorted(self.budgets)
+        if self.refine_select not in REFINE_SELECT:
+            raise ValueError(f"refine_select must be one of {', '.join(REFINE_SELECT)}, not {self.refine_select!r}")
         if self.acquire not in ACQUIRE_RULES:
             raise ValueError(f"acquire must be one of {', '.join(ACQUIRE_RULES)}, not {self.acquire!r}")
         if not 0.0 <= self.acquire_random <= 1.0:
@@ -190,7 +215,7 @@ class AdaptConfig:
     def paper(cls, **overrides: Any) -> "AdaptConfig":
         """The paper's stage 2 (appendix B.1, section 5.3): tau = 1e-3 (the per-dataset value is
         `micro.paper.PRESETS`: 1e-4 on RPR), heads scoring context-augmented sequences when cached."""
-        return cls(**{"tau": 1e-3, "head_input": "auto", **overrides})
+        return cls(**{"tau": 1e-3, "head_input": "auto", "router_min_steps": 0, **overrides})
 
     @property
     def seed_values(self) -> list[int]:

@@ -47,6 +47,14 @@ def soft_labels(log_prior: torch.Tensor, losses: torch.Tensor, tau: float) -> to
     return torch.log_softmax(log_prior - scaled, dim=-1)
 
 
+def router_epochs(pairs: int, epochs: int, batch_size: int, min_steps: int = 0) -> int:
+    """Epochs the router runs over `pairs` budget pairs: at least `epochs`, and enough for `min_steps`
+    optimiser steps (ceil(pairs / batch_size) per epoch), so a small budget is not adapted in a handful
+    of steps."""
+    per_epoch = -(-pairs // batch_size)
+    return max(epochs, -(-min_steps // per_epoch)) if per_epoch else epochs
+
+
 class StackedRouter(nn.Module):
     """R independent copies of a `Router` (MLP or linear) evaluated with batched matmuls.
 
@@ -93,6 +101,7 @@ def adapt_routers(
     batch_size: int = 32,
     lr: float = 1e-2,
     weight_decay: float = 0.0,
+    min_steps: int = 0,
     history: list | None = None,
 ) -> list[Router]:
     """Algorithm 1 for R routers at once, each initialised from `router` (stage 1).
@@ -100,7 +109,7 @@ def adapt_routers(
     inputs [R, n, d]: router r's (context + prompt) embeddings of its n budget pairs;
     losses [R, n, K]: the frozen heads' BT losses on them; seeds[r] orders router r's batches.
     `history`, if a list, receives per epoch the mean cross-entropy and the mean entropy of the labels.
-    Returns R trained `Router`s (CPU, eval mode).
+    Runs router_epochs(n, epochs, batch_size, min_steps) epochs. Returns R trained `Router`s (CPU, eval mode).
     """
     copies, n, _ = inputs.shape
     if len(seeds) != copies or losses.shape[:2] != (copies, n):
@@ -114,7 +123,7 @@ def adapt_routers(
         opt = torch.optim.AdamW(stack.parameters(), lr=lr, weight_decay=weight_decay)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     rows = torch.arange(copies, device=device).unsqueeze(1)
-    for _ in range(epochs):
+    for _ in range(router_epochs(n, epochs, batch_size, min_steps)):
         with torch.no_grad():  # omega_i: the router's current prediction, fixed for the epoch (B.1)
             target = soft_labels(torch.log_softmax(stack(inputs), dim=-1), losses, tau).exp()
         order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # [R, n]

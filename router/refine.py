@@ -6,8 +6,8 @@ B pairs:
 
     head = s * w_prior + delta,   delta ~ N(0, I / lambda),  s ~ N(1, 1 / scale_precision),
 
-minimising the BT loss plus both penalties. lambda is chosen per context by cross-validated BT loss on the
-budget pairs (baselines.fit_map_heads), together with whether to keep the prior at all: a small budget
+minimising the BT loss plus both penalties. lambda is chosen per context by held-out (leave-one-out) BT
+loss on the budget pairs (baselines.fit_map_heads), together with whether to keep the prior at all: a small budget
 keeps the head near the routed mixture, a large one lets the pairs move it, and a prior the pairs
 contradict is dropped (s = 0: the head becomes `budget-bt`). The fit is exact in the span of the pairs,
 so it costs the same at d = 3072.
@@ -27,7 +27,7 @@ class Refinement:
     """Per-problem corrections of a prior head: head = scale * prior_head + delta."""
 
     delta: torch.Tensor  # [P, d]
-    scale: torch.Tensor  # [P] (0 where cross-validation dropped the prior)
+    scale: torch.Tensor  # [P] (0 where the selection dropped the prior)
     precision: torch.Tensor  # [P] chosen c
 
 
@@ -37,8 +37,10 @@ def fit_refinement(
     grid: tuple[float, ...],
     *,
     scale_precision: float = 1.0,
+    select: str = "loo",
+    groups: torch.Tensor | None = None,
 ) -> Refinement:
     """diff [P, n, d] budget pairs of P (context, seed) problems, prior_margins [P, n] the prior head's
-    margins on them -> P refinements."""
-    sol = fit_map_heads(diff, grid, prior_margins=prior_margins, scale_precision=scale_precision)
+    margins on them -> P refinements; `select` and `groups` as in fit_map_heads."""
+    sol = fit_map_heads(diff, grid, prior_margins=prior_margins, scale_precision=scale_precision, select=select, groups=groups)
     return Refinement(delta=sol.delta, scale=sol.scale, precision=sol.precision)

@@ -221,7 +221,7 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
         return adapt_routers(
             model.router, train_inputs[idx].to(device), train_losses[idx].to(device), seeds,
             tau=config.tau, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-            weight_decay=config.weight_decay, history=history,
+            weight_decay=config.weight_decay, min_steps=config.router_min_steps, history=history,
         )
 
     def informativeness(draws: list[dict]) -> list:  # active acquisition (micro.router.acquire)
@@ -253,7 +253,8 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
             budget_rows = torch.as_tensor(np.stack([np.stack([d[a] for a in eval_attrs]) for d in eval_draws]))  # [S, A', B]
             diff = eval_train.diff[budget_rows.reshape(-1)].reshape(len(seeds) * len(eval_attrs), budget, -1)
             t = time.perf_counter()
-            bt = fit_budget_bt(diff, config.refine_grid)
+            groups = torch.arange(len(seeds)).repeat_interleave(len(eval_attrs))  # problem -> seed (pooled-loo)
+            bt = fit_budget_bt(diff, config.refine_grid, select=config.refine_select, groups=groups)
             bt_heads = bt.delta.reshape(len(seeds), len(eval_attrs), -1)
             timings["budget_bt"] += time.perf_counter() - t
             t = time.perf_counter()
@@ -272,7 +273,8 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
                     for i, m in enumerate(adapted)
                 ])  # [S, A', d]
                 prior = (diff @ prior_heads.reshape(len(seeds) * len(eval_attrs), -1, 1)).squeeze(-1)  # [S*A', B]
-            ref = fit_refinement(diff, prior, config.refine_grid, scale_precision=config.refine_scale_precision)
+            ref = fit_refinement(diff, prior, config.refine_grid, scale_precision=config.refine_scale_precision,
+                                 select=config.refine_select, groups=groups)
             heads_refined = (ref.scale.reshape(len(seeds), len(eval_attrs), 1) * prior_heads
                              + ref.delta.reshape(len(seeds), len(eval_attrs), -1))  # [S, A', d]
             timings["refine"] += time.perf_counter() - t
