@@ -5,12 +5,14 @@ The text lives in ``demo_prompts.jsonl`` beside this module: one record per prom
 pieces (``answer``: the short core answer, ``expert``: a technical version with caveats, ``steps``: three
 simple steps, ``fun``: a joke about the topic), plus its ``topic`` and ``home`` persona.
 
-Styles. A response varies along three attributes (:data:`DEMO_ATTRIBUTES`): depth (plain answer or
-technical detail), tone (serious or playful) and format (prose or steps). The eight combinations are the
-styles in :data:`DEMO_STYLES`, plus ``rambling`` (the plain answer padded with filler), which every group
-ranks last. Each attribute value has several wordings (openers, step formats, closers); the wording of a
-(prompt, style) is picked by a hash of the prompt id, never by the seed, so a style is not one fixed
-phrase, and the distinct texts are the same for every seed (one embedding cache serves every seed).
+Styles. A response varies along three attributes (:data:`DEMO_ATTRIBUTES`): depth (the plain answer or
+the first sentence of the technical version), tone (serious, or playful: the joke and an exclamation)
+and format (prose, or the three steps). The eight combinations are the styles in :data:`DEMO_STYLES`, plus
+``rambling`` (the plain answer padded with filler), which every group ranks last. Each attribute value has
+several wordings (openers, closers, four step formats); the wording of a (prompt, style) is picked by a
+hash of the prompt id, never by the seed, so a style is not one fixed phrase, and the distinct texts are
+the same for every seed (one embedding cache serves every seed). As in real data, a prompt is answered in
+a few styles only (:data:`STYLES_PER_PROMPT` combinations, hashed, and ``rambling``).
 
 Groups overlap. The eight user groups (:data:`DEMO_GROUPS`) are the eight sign patterns over the three
 attributes: a group's utility for a style is ``sum_a sign_a * value_a`` (values +-1), so any two groups
@@ -24,8 +26,10 @@ generalise from the wording, not memorise one sentence per group.
 
 Labels. Each prompt is labeled by 2-3 groups, drawn without replacement, the two groups of the prompt's
 home persona (:data:`DEMO_HOMES`) sharing weight ``home_weight``; a labeling group compares
-``pairs_per_label`` distinct style pairs that its utility does not tie, chosen = higher utility; then a
-seeded fraction ``label_noise`` of all pairs (train and test alike, as in real data) is flipped.
+``pairs_per_label`` distinct style pairs of the prompt that its utility does not tie (a pair against
+``rambling`` drawn with weight :data:`RAMBLING_PAIR_WEIGHT`), chosen = higher utility; then each pair's label
+is flipped with probability ``label_noise`` (train and test alike, as in real data), from the same seeded
+draws whatever the rate, so ``label_noise=0`` gives the same pairs with their clean labels.
 
 Splits are by prompt (no prompt in both), stratified by home persona, about 75/25.
 """
@@ -82,6 +86,9 @@ COLUMNS = ["prompt", "chosen", "rejected", "attribute", "context", "split"]
 _REQUIRED = ("id", "topic", "home", "prompt", "answer", "expert", "steps", "fun")
 _RAMBLING_UTILITY = -10
 STYLES_PER_PROMPT = 4
+RAMBLING_PAIR_WEIGHT = 0.1
+"""Sampling weight of a pair against ``rambling`` relative to a pair of two attribute styles: the pairs
+every group agrees on stay a minority, as the shared quality signal is in real data."""
 """Attribute combinations each prompt has a response in (besides ``rambling``): as in real data, a prompt
 is answered in a few styles, not all."""
 
@@ -256,7 +263,7 @@ def _style_pairs(group: str, styles: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def load_demo(path: str | None = None, *, n_prompts: int | None = None, seed: int = 0,
-              test_fraction: float = 0.25, home_weight: float = 0.7, pairs_per_label: int = 6,
+              test_fraction: float = 0.25, home_weight: float = 0.7, pairs_per_label: int = 5,
               label_noise: float = 0.15) -> pd.DataFrame:
     """The demo preference table: columns ``prompt, chosen, rejected, attribute, context, split``.
 
@@ -309,7 +316,9 @@ def load_demo(path: str | None = None, *, n_prompts: int | None = None, seed: in
         for g in _labelers(p["home"], prng, home_weight):
             context = group_context(g, f"{p['id']}/{g}")
             options = _style_pairs(g, tuple(responses))
-            for i in prng.choice(len(options), size=min(pairs_per_label, len(options)), replace=False):
+            weight = np.array([RAMBLING_PAIR_WEIGHT if "rambling" in o else 1.0 for o in options])
+            size = min(pairs_per_label, len(options))
+            for i in prng.choice(len(options), size=size, replace=False, p=weight / weight.sum()):
                 good, bad = options[int(i)]
                 if prng.random() < label_noise:
                     good, bad = bad, good
