@@ -14,17 +14,20 @@ hash of the prompt id, never by the seed, so a style is not one fixed phrase, an
 the same for every seed (one embedding cache serves every seed). As in real data, a prompt is answered in
 a few styles only (:data:`STYLES_PER_PROMPT` combinations, hashed, and ``rambling``).
 
-Groups overlap. The eight user groups (:data:`DEMO_GROUPS`) are the eight sign patterns over the three
-attributes: a group's utility for a style is ``sum_a sign_a * value_a`` (values +-1), so any two groups
-agree on some attributes and differ on others, and each group's preference is the sum of its three
-neighbours' (the groups that differ from it in one attribute). That is what lets a group that never gave
-a label be served from the other groups' heads when its context is routed to its neighbours.
+Groups overlap. A group's utility for a style is ``sum_a sign_a * value_a`` over the three attributes
+(signs +-1 from the values it prefers). The eight user groups (:data:`DEMO_GROUPS`) hold four preference
+profiles, two groups each (same taste, different personas and wordings): plain-serious-prose (what most
+users want) and the three profiles one attribute away from it (technical, playful, steps). Any two profiles
+agree on one attribute and differ on another, and the plain-serious-prose utility is the sum of the other
+three; the population as a whole leans plain, serious and prose, as real users share a common taste. A
+group that never gave a label can therefore be served from the other groups' heads when its context is
+routed to the groups that like what it likes.
 
 Contexts are paraphrased too: a group's context is one of its persona sentences plus one wording per
 attribute it prefers, in a hashed order (picked per prompt and group, seed-independent), so routing must
 generalise from the wording, not memorise one sentence per group.
 
-Labels. Each prompt is labeled by 2-3 groups, drawn without replacement, the two groups of the prompt's
+Labels. Each prompt is labeled by 2-4 groups, drawn without replacement, the two groups of the prompt's
 home persona (:data:`DEMO_HOMES`) sharing weight ``home_weight``; a labeling group compares
 ``pairs_per_label`` distinct style pairs of the prompt that its utility does not tie (a pair against
 ``rambling`` drawn with weight :data:`RAMBLING_PAIR_WEIGHT`), chosen = higher utility; then each pair's label
@@ -65,27 +68,29 @@ DEMO_GROUPS: dict[str, dict] = {
     "busy-professional": {"prefers": ("plain", "serious", "prose"), "home": "busy-professional",
                           "persona": ("I am a busy professional; give me the shortest correct answer.",
                                       "I have very little time between meetings.")},
-    "practical-doer": {"prefers": ("plain", "serious", "steps"), "home": "busy-professional",
-                       "persona": ("I like to get things done.", "I'm a hands-on person.")},
+    "executive": {"prefers": ("plain", "serious", "prose"), "home": "busy-professional",
+                  "persona": ("I run a team and read everything on my phone.", "I'm a manager with a full calendar.")},
     "domain-expert": {"prefers": ("technical", "serious", "prose"), "home": "domain-expert",
                       "persona": ("I am a domain expert.", "I work in this field professionally.")},
-    "engineer": {"prefers": ("technical", "serious", "steps"), "home": "domain-expert",
-                 "persona": ("I'm an engineer.", "I follow procedures for a living.")},
+    "researcher": {"prefers": ("technical", "serious", "prose"), "home": "domain-expert",
+                   "persona": ("I'm a researcher.", "I read the papers in this area.")},
     "casual-fan": {"prefers": ("plain", "playful", "prose"), "home": "casual-fan",
                    "persona": ("I'm just here for fun.", "I'm a casual fan of the topic.")},
-    "science-buff": {"prefers": ("technical", "playful", "prose"), "home": "casual-fan",
-                     "persona": ("I'm a science buff.", "I love nerding out about the details.")},
-    "newcomer": {"prefers": ("plain", "playful", "steps"), "home": "newcomer",
+    "trivia-lover": {"prefers": ("plain", "playful", "prose"), "home": "casual-fan",
+                     "persona": ("I love fun trivia.", "I'm here to be entertained.")},
+    "newcomer": {"prefers": ("plain", "serious", "steps"), "home": "newcomer",
                  "persona": ("I am completely new to this.", "I'm a total beginner.")},
-    "tinkerer": {"prefers": ("technical", "playful", "steps"), "home": "newcomer",
-                 "persona": ("I'm a weekend tinkerer.", "I love hobby projects.")},
+    "practical-doer": {"prefers": ("plain", "serious", "steps"), "home": "newcomer",
+                       "persona": ("I like to get things done.", "I'm a hands-on person.")},
 }
-"""User groups: name -> {"prefers": one value per attribute, "home": persona, "persona": sentences}."""
+"""User groups: name -> {"prefers": one value per attribute, "home": persona, "persona": sentences}. Four
+preference profiles, each held by two groups that describe themselves differently: the plain-serious-prose
+profile and the three that differ from it in one attribute."""
 
 COLUMNS = ["prompt", "chosen", "rejected", "attribute", "context", "split"]
 _REQUIRED = ("id", "topic", "home", "prompt", "answer", "expert", "steps", "fun")
 _RAMBLING_UTILITY = -10
-STYLES_PER_PROMPT = 4
+STYLES_PER_PROMPT = 6
 RAMBLING_PAIR_WEIGHT = 0.1
 """Sampling weight of a pair against ``rambling`` relative to a pair of two attribute styles: the pairs
 every group agrees on stay a minority, as the shared quality signal is in real data."""
@@ -229,10 +234,10 @@ def load_demo_pieces(path: str | Path | None = None) -> list[dict]:
 
 
 def _labelers(home: str, rng: np.random.Generator, home_weight: float) -> list[str]:
-    """2-3 distinct groups that label one prompt: drawn without replacement, the groups of the home
+    """2-4 distinct groups that label one prompt: drawn without replacement, the groups of the home
     persona sharing weight ``home_weight`` and the others sharing the rest equally."""
     names = list(DEMO_GROUPS)
-    k = int(rng.choice([2, 3], p=[0.5, 0.5]))
+    k = int(rng.choice([2, 3, 4], p=[0.3, 0.4, 0.3]))
     at_home = [DEMO_GROUPS[g]["home"] == home for g in names]
     n_home = sum(at_home)
     weights = np.array([home_weight / n_home if h else (1.0 - home_weight) / (len(names) - n_home) for h in at_home])
@@ -263,8 +268,8 @@ def _style_pairs(group: str, styles: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def load_demo(path: str | None = None, *, n_prompts: int | None = None, seed: int = 0,
-              test_fraction: float = 0.25, home_weight: float = 0.7, pairs_per_label: int = 5,
-              label_noise: float = 0.15) -> pd.DataFrame:
+              test_fraction: float = 0.25, home_weight: float = 0.7, pairs_per_label: int = 10,
+              label_noise: float = 0.10) -> pd.DataFrame:
     """The demo preference table: columns ``prompt, chosen, rejected, attribute, context, split``.
 
     path: a JSONL of hand-written pieces (or a folder holding ``demo_prompts.jsonl``); None = packaged.
