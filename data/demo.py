@@ -14,10 +14,10 @@ hash of the prompt id, never by the seed, so a style is not one fixed phrase, an
 the same for every seed (one embedding cache serves every seed). As in real data, a prompt is answered in
 a few styles only (:data:`STYLES_PER_PROMPT` combinations, hashed, and ``rambling``).
 
-Groups overlap. A group's utility for a style is ``sum_a sign_a * value_a`` over the three attributes
-(signs +-1 from the values it prefers). The eight user groups (:data:`DEMO_GROUPS`) hold four preference
-profiles, two groups each (same taste, different personas and wordings): plain-serious-prose (what most
-users want) and the three profiles one attribute away from it (technical, playful, steps). Any two profiles
+Groups overlap. A group's utility for a style is +1 per attribute on which the style has the value the
+group prefers and -1 per other (:func:`utility`, -3..3). The eight user groups (:data:`DEMO_GROUPS`) hold
+four preference profiles, two groups each (same taste, different personas and wordings): plain-serious-
+prose (what most users want) and the three profiles one attribute away from it (technical, playful, steps). Any two profiles
 agree on one attribute and differ on another, and the plain-serious-prose utility is the sum of the other
 three; the population as a whole leans plain, serious and prose, as real users share a common taste. A
 group that never gave a label can therefore be served from the other groups' heads when its context is
@@ -91,11 +91,11 @@ COLUMNS = ["prompt", "chosen", "rejected", "attribute", "context", "split"]
 _REQUIRED = ("id", "topic", "home", "prompt", "answer", "expert", "steps", "fun")
 _RAMBLING_UTILITY = -10
 STYLES_PER_PROMPT = 6
+"""Attribute combinations each prompt has a response in (besides ``rambling``): as in real data, a prompt
+is answered in a few styles, not all."""
 RAMBLING_PAIR_WEIGHT = 0.1
 """Sampling weight of a pair against ``rambling`` relative to a pair of two attribute styles: the pairs
 every group agrees on stay a minority, as the shared quality signal is in real data."""
-"""Attribute combinations each prompt has a response in (besides ``rambling``): as in real data, a prompt
-is answered in a few styles, not all."""
 
 # ---- context wordings: one per preferred attribute value ----
 _CONTEXT_WORDS = {
