@@ -280,7 +280,7 @@ def rewardbench_sections(path: str | None = None) -> pd.DataFrame:
 
 
 def demo(path: str | None = None) -> pd.DataFrame:
-    """Synthetic four-group demo data (micro.data.demo), for trying the pipeline in seconds."""
+    """Synthetic eight-group demo data (micro.data.demo), for trying the pipeline in minutes."""
     try:
         from .demo import load_demo
     except ImportError as exc:

@@ -16,7 +16,8 @@ class DemoConfig:
     n_prompts: int | None = None
     """Cut the demo data down to this many prompts (tests); None keeps all of it."""
     data_seed: int = 0
-    """Seed of the demo data generator (which groups label which prompt, the split)."""
+    """Seed of the demo data generator (which groups label which prompt, which pairs, which labels are
+    flipped, the split)."""
     budgets: list[int] = field(default_factory=lambda: [1, 5, 10, 25, 50])
     """Stage-2 labelled pairs per group."""
     seeds: int = 3

@@ -89,7 +89,7 @@ def test_eval_with_an_adapted_router_context_and_mask(minilm_runs, llmbar_small)
 
     out = root / "ev-adapted"
     res = run.invoke(app, ["eval", str(root / "runs" / "micro"), "llmbar", "--path", str(llmbar_small), "--out", str(out),
-                           "--cache", str(root / "llmbar-ctx.h5"), "--router", str(router), "--attribute", "casual-fan"])
+                           "--cache", str(root / "llmbar-ctx.h5"), "--router", str(router), "--attribute", "busy-professional"])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert "adapted" in results["methods"] and results["config"]["mask_heads"] == [1]
