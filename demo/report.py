@@ -150,20 +150,39 @@ def write_report(summary: dict, out: Path) -> dict[str, Path]:
     return paths
 
 
-def print_headline(summary: dict, seeds: int) -> None:
-    """Print the demo's headline table (means only on a narrow terminal, so no cell is cut), the zero-label
-    line, the timings and where the report is."""
+def print_headline(summary: dict, seeds: int, console=None) -> None:
+    """Print the demo's headline table, the zero-label line, the timings and where the report is.
+
+    No cell is ever cut: redirected output (a file has no width) gets the whole table; a terminal too
+    narrow for it gets the means only, and one too narrow for that gets the Average with the worst- and
+    best-served group (report.md always has every group). `console`: a rich Console (default: stdout's)."""
     from rich.console import Console
     from rich.table import Table
 
     header, rows, budget = headline_rows(summary, short=True)
-    console = Console()
-    width = 4 + max(len(r[0]) for r in rows) + sum(3 + max(len(h), 11) for h in header[1:])
-    if console.width < width:
-        rows = [[r[0]] + [c.split("±")[0] for c in r[1:]] for r in rows]
+    name_width = max(len(r[0]) for r in rows)
+    console = console or Console()
+    full = 4 + name_width + sum(3 + max(len(h), 11) for h in header[1:])
+    if not console.is_terminal:
+        console.width = max(console.width, full)
     title = f"Demo: test accuracy per user group, {budget} labelled pairs per group, {seeds} seeds"
-    table = Table(title=title + (" (mean ± std)" if console.width >= width else " (mean; ± std in report.md)"))
-    table.add_column(header[0], no_wrap=True, min_width=max(len(r[0]) for r in rows))
+    means = [[r[0]] + [c.split("±")[0] for c in r[1:]] for r in rows]
+    if console.width >= full:
+        title += " (mean ± std)"
+    elif console.width >= 4 + name_width + sum(3 + max(len(h), 5) for h in header[1:]):
+        rows, title = means, title + " (mean; ± std in report.md)"
+    else:
+        groups = header[1:-1]
+
+        def spread(row: list[str]) -> list[str]:
+            values = [(float(v), g) for v, g in zip(row[1:-1], groups) if v.strip() not in ("", "–")]
+            lo, hi = min(values), max(values)
+            return [row[0], row[-1], f"{lo[0]:.3f} {lo[1]}", f"{hi[0]:.3f} {hi[1]}"]
+
+        header = [header[0], "Average", "worst group", "best group"]
+        rows, title = [spread(r) for r in means], title + " (per group in report.md)"
+    table = Table(title=title)
+    table.add_column(header[0], no_wrap=True, min_width=name_width)
     for name in header[1:]:
         table.add_column(name, justify="right")
     for row in rows:

@@ -85,3 +85,29 @@ def test_rerun_reuses_the_cache(demo_run, tmp_path):
     assert "nothing to do" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["embed"]["noop"] and summary["embed"]["sequences"] > 0
+
+
+def test_headline_table_never_cuts_a_cell():
+    """Redirected output gets every group with its std; a terminal too narrow for that gets the means, then
+    the Average with the worst and best group; no cell ends in an ellipsis."""
+    import io
+
+    from rich.console import Console
+
+    from micro.demo.report import HEADLINE, print_headline
+
+    groups = [f"group-number-{i}" for i in range(8)]
+    cell = lambda m: {"mean": m, "std": 0.012, "seeds": 3}  # noqa: E731
+    per = {m: {**{g: cell(0.5 + 0.01 * i) for i, g in enumerate(groups)}, "Average": cell(0.535)} for m, _ in HEADLINE}
+    summary = {"adapt": {"attributes": groups, "summary": {"50": per}}, "zero_label": {},
+               "timings_s": {"total": 1.0}, "report": {}}
+    for width, terminal, expect, absent in [(80, False, "0.570±0.012", None),
+                                            (120, True, "0.570", "±0.012"),
+                                            (80, True, "0.570 group-number-7", "group-number-3")]:
+        buf = io.StringIO()
+        print_headline(summary, 3, console=Console(file=buf, width=width, force_terminal=terminal))
+        text = buf.getvalue()
+        assert "…" not in text, text
+        assert expect in text, text
+        if absent:
+            assert absent not in text, text
