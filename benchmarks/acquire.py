@@ -70,6 +70,8 @@ def planted_settings(spec: str) -> list[tuple[str, str, float | None]]:
             c = float(conflict) if conflict else None
         except ValueError:
             raise SystemExit(f"error: --planted: conflict {conflict!r} in {item!r} is not a number; e.g. shared:0.5") from None
+        if c is not None and not c <= 1:
+            raise SystemExit(f"error: --planted: conflict {c:g} in {item!r} is above 1; use at most 1 (negative adds consensus)")
         out.append((f"planted '{regime}'" + (f", conflict = {c:g}" if c is not None else ""), regime, c))
     return out
 
