@@ -2,8 +2,15 @@
 
     python benchmarks/acquire.py --out /tmp/acquire.md --demo-cache /work/caches/peers_demo.h5 \\
         --hs2-cache /work/caches/peers_hs2.h5          # planted: 2 regimes x 3 cache seeds, 10 stage-2 seeds
+    python benchmarks/acquire.py --planted shared:0.5,shared:-4 --rules bald   # other planted settings
 
-Per planted regime and cache seed c: `simulate(regime=..., pairs=3000, dim=64, seed=c)` and a default
+`--planted` lists the planted settings, each `regime` or `regime:conflict` (SimulateConfig.conflict, the
+fraction of the groups' mean direction removed). A negative conflict, which SimulateConfig refuses, is let
+through here: u_g ∝ v_g + |c| mean_h v_h ADDS the common direction, so most pairs are consensus pairs (every
+group ranks them the same way) and only a minority separate the groups. Each setting's header gives that
+consensus share: the fraction of pairs whose planted scores s_g have the same sign for every group.
+
+Per planted setting and cache seed c: `simulate(regime=..., pairs=3000, dim=64, seed=c)` and a default
 stage-1 fit (`MixtureConfig(seed=c)`, K = 10); per real cache (MiniLM caches of the demo data and of the
 HelpSteer2 subset, if given) one default stage-1 fit (the demo with DemoConfig's stage-1 epochs). Then one
 `run_adapt` per rule (baselines off) with the same stage-2 seeds: the rules see the same first batch,
@@ -22,6 +29,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +37,7 @@ import torch
 
 from micro.demo.pipeline import DemoConfig
 from micro.heads import MixtureConfig, run_fit_mixture, simulate
+from micro.heads.config import SimulateConfig
 from micro.methods import REGISTRY
 from micro.router import AdaptConfig, run_adapt
 
@@ -38,6 +47,39 @@ METHODS = ("micro", "micro-refine")
 #: label: (acquire rule, share of each round drawn at random)
 RULES = {"random": ("random", 0.0), "uncertainty": ("uncertainty", 0.0), "disagreement": ("disagreement", 0.0),
          "bald": ("bald", 0.0), "bald + half random": ("bald", 0.5), "disagreement + half random": ("disagreement", 0.5)}
+
+
+@dataclass
+class _AnyConflict(SimulateConfig):
+    """SimulateConfig that also takes a negative `conflict` (adds the groups' common direction)."""
+
+    def __post_init__(self) -> None:
+        conflict, self.conflict = self.conflict, None if self.conflict is None else max(self.conflict, 0.0)
+        super().__post_init__()
+        self.conflict = conflict
+
+
+def planted_settings(spec: str) -> list[tuple[str, str, float | None]]:
+    """[(setting name, regime, conflict or None)] from e.g. 'shared:0.0,shared:-4,prompt'."""
+    out = []
+    for item in filter(None, spec.split(",")):
+        regime, _, conflict = item.partition(":")
+        if regime not in REGIMES:
+            raise SystemExit(f"error: --planted: unknown regime {regime!r} in {item!r}; use prompt or shared")
+        try:
+            c = float(conflict) if conflict else None
+        except ValueError:
+            raise SystemExit(f"error: --planted: conflict {conflict!r} in {item!r} is not a number; e.g. shared:0.5") from None
+        if c is not None and not c <= 1:
+            raise SystemExit(f"error: --planted: conflict {c:g} in {item!r} is above 1; use at most 1 (negative adds consensus)")
+        out.append((f"planted '{regime}'" + (f", conflict = {c:g}" if c is not None else ""), regime, c))
+    return out
+
+
+def consensus_share(pair_scores: np.ndarray) -> float:
+    """Fraction of pairs whose planted scores [n, G] have one sign for every group."""
+    signs = np.sign(pair_scores)
+    return float(np.mean(np.all(signs == signs[:, :1], axis=1)))
 
 
 def per_run(records: list[dict], method: str, budget: int) -> dict[int, float]:
@@ -93,7 +135,9 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--seeds", type=int, default=10, help="stage-2 seeds per cache")
-    p.add_argument("--cache-seeds", type=int, default=3, help="planted caches per regime")
+    p.add_argument("--cache-seeds", type=int, default=3, help="planted caches per setting")
+    p.add_argument("--planted", default=",".join(REGIMES),
+                   help="planted settings, comma-separated regime[:conflict], e.g. shared:0.0,shared:-4,prompt ('' for none)")
     p.add_argument("--rules", default=",".join(RULES), help="comma-separated labels of RULES ('random' always runs)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--demo-cache", default=None, help="MiniLM cache of the demo data (`micro embed demo --model minilm`)")
@@ -103,17 +147,21 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rules = {k: RULES[k] for k in ["random"] + [r for r in args.rules.split(",") if r and r != "random"]}
+    settings = planted_settings(args.planted)
     start = time.perf_counter()
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
-        for regime in REGIMES:
-            runs = []
+        for setting, regime, conflict in settings:
+            runs, shares = [], []
             for c in range(args.cache_seeds):
-                cache = work / f"{regime}{c}.h5"
-                simulate(cache, regime=regime, pairs=args.pairs, dim=args.dim, seed=c, overwrite=True)
-                runs.append(run_cache(f"{regime}{c}", cache, MixtureConfig(seed=c), args.seeds, work, rules))
-            lines += table(f"planted '{regime}'", runs, rules)
+                name = regime + ("" if conflict is None else f"{conflict:g}") + f"-{c}"
+                cache = work / f"{name}.h5"
+                truth = simulate(cache, _AnyConflict(regime=regime, conflict=conflict), pairs=args.pairs, dim=args.dim,
+                                 seed=c, overwrite=True)
+                shares.append(consensus_share(truth.pair_scores))
+                runs.append(run_cache(name, cache, MixtureConfig(seed=c), args.seeds, work, rules))
+            lines += table(f"{setting} (consensus share {', '.join(f'{v:.2f}' for v in shares)})", runs, rules)
             print("\n".join(lines), file=sys.stderr, flush=True)
         for name, path, stage1 in (("demo (MiniLM)", args.demo_cache, MixtureConfig(seed=0, epochs=DemoConfig().stage1_epochs)),
                                    ("HelpSteer2 subset (MiniLM)", args.hs2_cache, MixtureConfig(seed=0))):
