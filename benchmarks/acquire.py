@@ -5,8 +5,8 @@
     python benchmarks/acquire.py --planted shared:0.5,shared:-4 --rules bald   # other planted settings
 
 `--planted` lists the planted settings, each `regime` or `regime:conflict` (SimulateConfig.conflict, the
-fraction of the groups' mean direction removed). A negative conflict, which SimulateConfig refuses, is let
-through here: u_g ∝ v_g + |c| mean_h v_h ADDS the common direction, so most pairs are consensus pairs (every
+fraction of the groups' mean direction removed). A negative conflict, u_g ∝ v_g + |c| mean_h v_h, ADDS the
+common direction, so most pairs are consensus pairs (every
 group ranks them the same way) and only a minority separate the groups. Each setting's header gives that
 consensus share: the fraction of pairs whose planted scores s_g have the same sign for every group.
 
@@ -29,7 +29,6 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,16 +46,6 @@ METHODS = ("micro", "micro-refine")
 #: label: (acquire rule, share of each round drawn at random)
 RULES = {"random": ("random", 0.0), "uncertainty": ("uncertainty", 0.0), "disagreement": ("disagreement", 0.0),
          "bald": ("bald", 0.0), "bald + half random": ("bald", 0.5), "disagreement + half random": ("disagreement", 0.5)}
-
-
-@dataclass
-class _AnyConflict(SimulateConfig):
-    """SimulateConfig that also takes a negative `conflict` (adds the groups' common direction)."""
-
-    def __post_init__(self) -> None:
-        conflict, self.conflict = self.conflict, None if self.conflict is None else max(self.conflict, 0.0)
-        super().__post_init__()
-        self.conflict = conflict
 
 
 def planted_settings(spec: str) -> list[tuple[str, str, float | None]]:
@@ -157,7 +146,7 @@ def main() -> None:
             for c in range(args.cache_seeds):
                 name = regime + ("" if conflict is None else f"{conflict:g}") + f"-{c}"
                 cache = work / f"{name}.h5"
-                truth = simulate(cache, _AnyConflict(regime=regime, conflict=conflict), pairs=args.pairs, dim=args.dim,
+                truth = simulate(cache, SimulateConfig(regime=regime, conflict=conflict), pairs=args.pairs, dim=args.dim,
                                  seed=c, overwrite=True)
                 shares.append(consensus_share(truth.pair_scores))
                 runs.append(run_cache(name, cache, MixtureConfig(seed=c), args.seeds, work, rules))

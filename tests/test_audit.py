@@ -139,7 +139,8 @@ def test_stage2_adapts_with_the_mask_in_place(tmp_path):
     from micro.router import AdaptConfig, run_adapt, soft_labels
 
     # infinite loss on a masked head gives exactly the Hedge labels of the masked (renormalised) prior
-    logits, losses = torch.randn(6, 4), torch.rand(6, 4) * 3
+    gen = torch.Generator().manual_seed(0)  # float64: at tau 1e-3 the losses / tau reach ~3e3, beyond float32's 1e-5
+    logits, losses = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.rand(6, 4, generator=gen, dtype=torch.float64) * 3
     mask = torch.tensor([False, True, False, False])
     masked_prior = torch.log_softmax(logits.masked_fill(mask, float("-inf")), -1)
     for tau in (1e-3, 1.0):

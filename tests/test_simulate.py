@@ -108,3 +108,16 @@ def test_context_router_with_batch_balance_recovers_groups(sims, regime):
     for g in range(3):
         assert result["per_attribute"][f"group{g}"]["best_accuracy"] >= realised[g] - 0.03
         assert result["per_attribute"][f"group{g}"]["routed_accuracy"] >= realised[g] - 0.03
+
+
+def test_negative_conflict_adds_the_common_direction_so_most_pairs_are_consensus(tmp_path):
+    """c < 0 adds the groups' mean direction: most pairs are then ranked alike by every group, and more so
+    the more negative c is (the setting of benchmarks/acquire.py's consensus caches)."""
+    def consensus(conflict):
+        truth = simulate(tmp_path / f"c{conflict}.h5", groups=3, dim=64, pairs=1200, regime="shared", seed=1,
+                         conflict=conflict)
+        signs = np.sign(truth.pair_scores)
+        return float(np.mean(np.all(signs == signs[:, :1], axis=1)))
+
+    share = [consensus(c) for c in (1.0, 0.0, -4.0, -12.0)]
+    assert share[0] < 0.05 and share[1] < 0.4 < 0.6 < share[2] < share[3], share
