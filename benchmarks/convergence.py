@@ -133,6 +133,8 @@ def main() -> None:
     if args.table:
         print(tables([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
         return
+    if any("=" not in c for c in args.cache):
+        p.error("--cache takes LABEL=PATH (e.g. --cache hs2=hs2.h5)")
     torch.set_num_threads(1)
     rows = []
 
