@@ -14,6 +14,12 @@ mean is the cache's value). Each line of --out is one (regime, pairs, dim, seed,
 micro, micro-refine, budget-bt, oracle at B = 10 and 50, the smallest cosine between a planted direction
 and its matched head ('head cos'), the steps run and the CPU seconds of the stage-1 fit. Tables report
 mean ± std (sample std) over cache seeds.
+
+    python benchmarks/convergence.py --cache hs2=/path/hs2.h5 --cache demo=/path/demo.h5 --seeds 5 --configs "default,4 epochs,40 epochs"
+
+With --cache LABEL=PATH (an embedded cache, e.g. from `micro embed`) the same row is made for that cache:
+stage 1 fitted with seeds 0..--seeds-1, stage 2 with the same 5 budget draws (seed 0) for every fit; mean ±
+std over the stage-1 seeds of each fit's 5-draw mean; no head cos (nothing is planted).
 """
 
 from __future__ import annotations
@@ -45,27 +51,47 @@ METHODS = ("stage1-best", "micro", "micro-refine", "budget-bt", "oracle")
 BUDGETS = (10, 50)
 
 
-def one_cache(regime: str, pairs: int, dim: int, seed: int, configs: list[str], work: Path, emit) -> None:
+def fit_and_adapt(cache: Path, train, name: str, fit_seed: int, adapt: AdaptConfig, work: Path, truth=None) -> dict:
+    """Stage 1 with config `name` and seed `fit_seed` on `train`, then stage 2 on `cache`: one result row."""
+    stage1 = MixtureConfig(seed=fit_seed, **CONFIGS[name])
+    t = time.process_time()
+    model = fit_mixture(train, stage1)
+    fit_cpu = time.process_time() - t
+    run = work / "runs" / f"{cache.stem}_{fit_seed}_{name.replace(' ', '_')}"
+    save_model(model, run, {"config": stage1.resolved(train).to_dict(), "cache": cache_identity(read_meta(cache), cache)})
+    results = run_adapt(cache, run, work / "out" / run.name, adapt)
+    row = {"seed": fit_seed, "config": name, "train_pairs": len(train), "adapt_seeds": adapt.seeds,
+           "steps": model.train_steps, "best_step": model.fit_record.best_step, "stop": model.fit_record.stop_reason,
+           "fit_cpu_s": round(fit_cpu, 2), "head_cos": None if truth is None else min(match_heads(truth, model.head_vectors())["cosine"])}
+    for b in BUDGETS:
+        for m in METHODS:
+            row[f"{m}@{b}"] = results["summary"][str(b)][m]["Average"]["mean"]
+    return row
+
+
+def stage2(seeds: int, seed: int) -> AdaptConfig:
+    return AdaptConfig(budgets=list(BUDGETS), seeds=seeds, seed=seed, baselines=False, plot=False, save_routers=False)
+
+
+def one_cache(regime: str, pairs: int, dim: int, seed: int, configs: list[str], work: Path, emit, adapt_seeds: int = 3) -> None:
+    """A planted cache `simulate(regime, pairs, dim, seed)`; stage 1 and stage-2 draws use the same seed."""
     cache = work / f"{regime}_{pairs}_{dim}_{seed}.h5"
     truth = simulate(cache, regime=regime, pairs=pairs, dim=dim, seed=seed)
     train, test = load_split(cache, "train"), load_split(cache, "test")
     bayes = bayes_accuracy(truth, test, with_context=True, realised=True)
     for name in configs:
-        stage1 = MixtureConfig(seed=seed, **CONFIGS[name])
-        t = time.process_time()
-        model = fit_mixture(train, stage1)
-        fit_cpu = time.process_time() - t
-        run = work / "runs" / f"{cache.stem}_{name.replace(' ', '_')}"
-        save_model(model, run, {"config": stage1.resolved(train).to_dict(), "cache": cache_identity(read_meta(cache), cache)})
-        results = run_adapt(cache, run, work / "out" / run.name,
-                            AdaptConfig(budgets=list(BUDGETS), seeds=3, seed=seed, baselines=False, plot=False, save_routers=False))
-        row = {"regime": regime, "pairs": pairs, "dim": dim, "seed": seed, "config": name, "train_pairs": len(train),
-               "steps": model.train_steps, "best_step": model.fit_record.best_step, "stop": model.fit_record.stop_reason,
-               "fit_cpu_s": round(fit_cpu, 2), "head_cos": min(match_heads(truth, model.head_vectors())["cosine"]), "bayes": bayes}
-        for b in BUDGETS:
-            for m in METHODS:
-                row[f"{m}@{b}"] = results["summary"][str(b)][m]["Average"]["mean"]
-        emit(row)
+        row = fit_and_adapt(cache, train, name, seed, stage2(adapt_seeds, seed), work, truth)
+        emit({"regime": regime, "pairs": pairs, "dim": dim, **row, "bayes": bayes})
+
+
+def real_cache(label: str, cache: Path, seeds: range, configs: list[str], work: Path, emit, adapt_seeds: int = 5) -> None:
+    """An embedded cache (no planted truth, so no head cos): stage 1 with each fit seed, stage 2 with the
+    same `adapt_seeds` budget draws (seed 0, 1, ...) for every fit."""
+    train, test = load_split(cache, "train"), load_split(cache, "test")
+    for seed in seeds:
+        for name in configs:
+            row = fit_and_adapt(cache, train, name, seed, stage2(adapt_seeds, 0), work)
+            emit({"regime": label, "pairs": len(train) + len(test), "dim": train.hidden_size, **row})
 
 
 def fmt(vals: list[float]) -> str:
@@ -84,8 +110,8 @@ def tables(rows: list[dict]) -> str:
     for (regime, pairs, dim, name), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1], order.get(kv[0][3], 9))):
         cells = []
         for c in cols:
-            vals = [float(r[key.get(c, c)]) for r in rs]
-            cells.append(f"{statistics.fmean(vals):.0f}" if c in ("steps",) else (f"{statistics.fmean(vals):.1f}" if c == "fit CPU s" else fmt(vals)))
+            vals = [float(r[key.get(c, c)]) for r in rs if r.get(key.get(c, c)) is not None]
+            cells.append("–" if not vals else f"{statistics.fmean(vals):.0f}" if c in ("steps",) else (f"{statistics.fmean(vals):.1f}" if c == "fit CPU s" else fmt(vals)))
         out.append(f"| {regime} | {pairs} | {dim} | {name} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -98,12 +124,17 @@ def main() -> None:
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--regimes", default=",".join(REGIMES))
     p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--adapt-seeds", type=int, default=None, help="stage-2 budget draws per fit (default 3 on planted caches, 5 on --cache)")
+    p.add_argument("--cache", action="append", default=[], metavar="LABEL=PATH",
+                   help="an embedded cache instead of the planted ones (repeatable; --dims/--pairs/--regimes are then unused, --seeds counts stage-1 fit seeds)")
     p.add_argument("--out", default=None, help="append one JSON line per fit here")
     p.add_argument("--table", default=None, help="only print the tables of a finished --out file")
     args = p.parse_args()
     if args.table:
         print(tables([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
         return
+    if any("=" not in c for c in args.cache):
+        p.error("--cache takes LABEL=PATH (e.g. --cache hs2=hs2.h5)")
     torch.set_num_threads(1)
     rows = []
 
@@ -114,12 +145,15 @@ def main() -> None:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
+    configs = args.configs.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        for dim in [int(x) for x in args.dims.split(",")]:
+        for label, path in (c.split("=", 1) for c in args.cache):
+            real_cache(label, Path(path), range(args.first_seed, args.first_seed + args.seeds), configs, Path(tmp), emit, args.adapt_seeds or 5)
+        for dim in [] if args.cache else [int(x) for x in args.dims.split(",")]:
             for pairs in [int(x) for x in args.pairs.split(",")]:
                 for regime in args.regimes.split(","):
                     for seed in range(args.first_seed, args.first_seed + args.seeds):
-                        one_cache(regime, pairs, dim, seed, args.configs.split(","), Path(tmp), emit)
+                        one_cache(regime, pairs, dim, seed, configs, Path(tmp), emit, args.adapt_seeds or 3)
     print(tables(rows))
 
 
