@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..data.columns import ColumnKeys
+
 # Source options shared by every command that reads preference data (micro data preview, micro embed).
 SourceArg = Annotated[str, typer.Argument(help="Recipe name (see `micro data recipes`), a hub dataset id, a .jsonl/.json/.parquet/.csv/.arrow file, a folder of them, or a `save_to_disk` folder.")]
 PathOpt = Annotated[Optional[str], typer.Option("--path", help="Local files for a recipe or hub id (instead of downloading).")]
@@ -36,9 +38,9 @@ def option_error(exc: Exception, config_class: type) -> str:
 #: The options every command that reads preference data takes, in order, with their defaults.
 SOURCE_OPTIONS = (
     ("path", PathOpt, None), ("split", SplitOpt, None), ("dataset_config", DatasetConfigOpt, None),
-    ("revision", RevisionOpt, None), ("prompt_key", PromptKey, "prompt"), ("chosen_key", ChosenKey, "chosen"),
-    ("rejected_key", RejectedKey, "rejected"), ("attribute_key", AttributeKey, "attribute"),
-    ("context_key", ContextKey, "context"), ("split_key", SplitKey, "split"), ("limit", LimitOpt, None),
+    ("revision", RevisionOpt, None), ("prompt_key", PromptKey, ColumnKeys.prompt), ("chosen_key", ChosenKey, ColumnKeys.chosen),
+    ("rejected_key", RejectedKey, ColumnKeys.rejected), ("attribute_key", AttributeKey, ColumnKeys.attribute),
+    ("context_key", ContextKey, ColumnKeys.context), ("split_key", SplitKey, ColumnKeys.split), ("limit", LimitOpt, None),
     ("skip_invalid", SkipInvalidOpt, False),
 )
 

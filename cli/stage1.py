@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..heads.config import MixtureConfig, SimulateConfig
+from ..heads.config import EVAL_SPLIT, MixtureConfig, SimulateConfig
 from ._app import app, fail
 from ..outputs import error_line
 from ._common import OverwriteOpt, option_error
@@ -20,7 +20,7 @@ def fit_mixture_cmd(
     paper_dataset: str = typer.Option(None, "--paper-dataset", help="with --paper: use this dataset's preset (helpsteer2 | rpr | preference-700k | cross-dataset | other)"),
     with_baselines: bool = typer.Option(False, "--with-baselines", help="also fit single, static and ensemble under OUT/baselines/ and record them for `micro adapt`"),
     merge_heads: float = typer.Option(None, "--merge-heads", help="merge heads whose margins' cosine on the evaluation pairs exceeds this (appendix C.3); reported in metrics.json"),
-    eval_split: str = typer.Option("test", "--eval-split", help="split to evaluate on"),
+    eval_split: str = typer.Option(EVAL_SPLIT, "--eval-split", help="split to evaluate on (without it in the cache: 10 % of the train prompts)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines on stderr"),
     overwrite: OverwriteOpt = False,
     overrides: dict = None,

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from ..data.columns import ID_KEY, RESPONSE_KEY, ColumnKeys
 from ..reward.config import ExportConfig, ScoreConfig, ServeConfig
 from ._app import app, fail
 from ._common import (AttributeKey, ChosenKey, ContextKey, LimitOpt, PathOpt, PromptKey, RejectedKey, SplitKey, SplitOpt,
@@ -50,14 +51,14 @@ def score_cmd(
     overwrite: bool = OverwriteOutOpt,
     path: PathOpt = None,
     split: SplitOpt = None,
-    prompt_key: PromptKey = "prompt",
-    chosen_key: ChosenKey = "chosen",
-    rejected_key: RejectedKey = "rejected",
-    response_key: str = typer.Option("response", "--response-key", help="column holding the response (prompt + response rows)"),
-    attribute_key: AttributeKey = "attribute",
-    context_key: ContextKey = "context",
-    split_key: SplitKey = "split",
-    id_key: str = typer.Option("id", "--id-key", help="column holding each row's id (default: the row's position)"),
+    prompt_key: PromptKey = ColumnKeys.prompt,
+    chosen_key: ChosenKey = ColumnKeys.chosen,
+    rejected_key: RejectedKey = ColumnKeys.rejected,
+    response_key: str = typer.Option(RESPONSE_KEY, "--response-key", help="column holding the response (prompt + response rows)"),
+    attribute_key: AttributeKey = ColumnKeys.attribute,
+    context_key: ContextKey = ColumnKeys.context,
+    split_key: SplitKey = ColumnKeys.split,
+    id_key: str = typer.Option(ID_KEY, "--id-key", help="column holding each row's id (default: the row's position)"),
     limit: LimitOpt = None,
     overrides: dict = None,
 ) -> None:

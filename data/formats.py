@@ -5,11 +5,12 @@ responses (micro.data.pairs). Validation happens once, in micro.data.table.build
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
 
+from .columns import ColumnKeys
 from .errors import PreferenceDataError, closest, missing_column
 from .pairs import as_messages, is_missing, is_transcript, split_pair
 from .source import Part
@@ -23,22 +24,6 @@ PROMPT_AND_CONVERSATIONS = "prompt + conversations repeating it (UltraFeedback)"
 TRANSCRIPTS = "Human/Assistant transcripts (HH-RLHF)"
 TWO_RESPONSES = "context + response1/response2 + overall_preference (HelpSteer3)"
 _HELPSTEER3 = ("context", "response1", "response2", "overall_preference")
-
-
-@dataclass(frozen=True)
-class ColumnKeys:
-    """Which source column holds each table column (the --*-key options)."""
-
-    prompt: str = "prompt"
-    chosen: str = "chosen"
-    rejected: str = "rejected"
-    attribute: str = "attribute"
-    context: str = "context"
-    split: str = "split"
-
-    def changed(self) -> dict[str, str]:
-        """The keys set to something other than their default."""
-        return {k: v for k, v in asdict(self).items() if v != getattr(ColumnKeys, k)}
 
 
 def _optional_key(part: Part, column: str, key: str, default_key: str, warnings: list[str]) -> str | None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import PreferenceDataError, closest
-from .formats import ColumnKeys, table_from_parts
+from .columns import ColumnKeys
+from .formats import table_from_parts
 from .recipes import RECIPES
 from .source import file_type, open_source
 
@@ -39,8 +40,9 @@ def _select(df: pd.DataFrame, split: str | None, limit: int | None, source: str)
 
 def load_preferences(source: str, *, path: str | None = None, split: str | None = None,
                      dataset_config: str | None = None, revision: str | None = None,
-                     prompt_key: str = "prompt", chosen_key: str = "chosen", rejected_key: str = "rejected",
-                     attribute_key: str = "attribute", context_key: str = "context", split_key: str = "split",
+                     prompt_key: str = ColumnKeys.prompt, chosen_key: str = ColumnKeys.chosen,
+                     rejected_key: str = ColumnKeys.rejected, attribute_key: str = ColumnKeys.attribute,
+                     context_key: str = ColumnKeys.context, split_key: str = ColumnKeys.split,
                      limit: int | None = None, skip_invalid: bool = False) -> pd.DataFrame:
     """Load preference pairs into one validated table.
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import PreferenceDataError, missing_column
-from .formats import ColumnKeys, table_from_parts
+from .columns import ColumnKeys
+from .formats import table_from_parts
 from .source import Part, file_type, open_source
 from .table import WHERE, build_table, from_frame
 

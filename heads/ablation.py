@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..embedcache.store import read_meta
-from .config import MixtureConfig
+from .config import EVAL_SPLIT, MixtureConfig
 from .metrics import evaluate
 from .model import save_model
 from .run import cache_identity, train_and_eval_splits
@@ -24,7 +24,7 @@ from .plots import save_figure
 
 
 def sweep_k(cache_path: str | os.PathLike, out_dir: str | os.PathLike, ks: list[int], config: MixtureConfig | None = None, *,
-            eval_split: str = "test", log: Callable[[str], None] | None = None) -> dict[str, Any]:
+            eval_split: str = EVAL_SPLIT, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit `config` at each K in `ks` on the cache (loaded once); returns {"ks", "attributes", "rows", "runs", "files"}."""
     config = config or MixtureConfig()
     log = log or (lambda msg: None)

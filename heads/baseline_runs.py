@@ -13,12 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..methods import BASELINE_FITS
-from .config import MixtureConfig
+from .config import EVAL_SPLIT, MixtureConfig
 from .run import run_fit_mixture
 
 
 def fit_baseline_runs(cache_path: str | os.PathLike, run_dir: str | os.PathLike, config: MixtureConfig, *,
-                      eval_split: str = "test") -> dict[str, dict]:
+                      eval_split: str = EVAL_SPLIT) -> dict[str, dict]:
     """Fit each baseline into RUN_DIR/baselines/<method>, record the paths in RUN_DIR/config.json;
     returns {method: metrics}."""
     run_dir = Path(run_dir)

@@ -10,6 +10,9 @@ from typing import Any
 
 from ..methods import FIT_METHODS
 
+#: The split a stage-1 fit is evaluated on (`--eval-split`); without it in the cache, 10 % of the train prompts.
+EVAL_SPLIT = "test"
+
 
 def check_numbers(config: Any, *, integers: tuple[str, ...] = (), reals: tuple[str, ...] = ()) -> None:
     """Refuse fields of the wrong type (e.g. from a hand-edited config.json), naming the field."""

@@ -13,7 +13,7 @@ import torch
 
 from ..outputs import atomic_dir, check_dir_target, diff_fields, is_empty_dir, lock, refuse_existing, relocate
 from ..embedcache.store import BACKBONE_FIELDS, RUN_FIELDS, CacheError, CacheSplit, cache_identity, check_compatible, load_split, read_meta
-from .config import MixtureConfig
+from .config import EVAL_SPLIT, MixtureConfig
 from .metrics import evaluate
 from .model import MixtureRewardModel, load_model, save_model
 from .train import fit_mixture
@@ -62,7 +62,7 @@ def train_and_eval_splits(cache_path: str | os.PathLike, meta: Mapping[str, Any]
     train = load_split(cache_path, "train")
     if eval_split in meta["splits"]:
         test = load_split(cache_path, eval_split)
-    elif eval_split == "test":
+    elif eval_split == EVAL_SPLIT:
         train, test = holdout_by_prompt(train, 0.1, seed)
         warnings.append(
             f"The cache has no 'test' split: held out 10 % of the train prompts ({len(test)} pairs, seed {seed}) "
@@ -102,7 +102,7 @@ def run_fit_mixture(
     out_dir: str | os.PathLike,
     config: MixtureConfig | None = None,
     *,
-    eval_split: str = "test",
+    eval_split: str = EVAL_SPLIT,
     log: Callable[[dict], None] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:

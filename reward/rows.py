@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import PreferenceDataError, load_preferences
+from ..data.columns import ID_KEY, RESPONSE_KEY, ColumnKeys
 from ..data.source import open_source
 from ..data.pairs import as_messages
 
@@ -54,10 +55,11 @@ def _text(value: Any, column: str, where: str) -> str:
     return value
 
 
-def read_rows(source: str, *, path: str | None = None, split: str | None = None, prompt_key: str = "prompt",
-              chosen_key: str = "chosen", rejected_key: str = "rejected", response_key: str = "response",
-              attribute_key: str = "attribute", context_key: str = "context", split_key: str = "split",
-              id_key: str = "id", limit: int | None = None) -> Rows:
+def read_rows(source: str, *, path: str | None = None, split: str | None = None, prompt_key: str = ColumnKeys.prompt,
+              chosen_key: str = ColumnKeys.chosen, rejected_key: str = ColumnKeys.rejected,
+              response_key: str = RESPONSE_KEY, attribute_key: str = ColumnKeys.attribute,
+              context_key: str = ColumnKeys.context, split_key: str = ColumnKeys.split, id_key: str = ID_KEY,
+              limit: int | None = None) -> Rows:
     """Read SOURCE as (prompt, response) rows when its files have `response_key` and no `chosen_key`,
     else as preference pairs with `load_preferences` (recipes, files, hub ids)."""
     records = _response_records(source, response_key, chosen_key) if path is None else None
