@@ -9,6 +9,7 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
   restarts=1  MixtureConfig(restarts=1)           early stopping, one initialisation
   4 epochs    MixtureConfig(epochs=4)             the earlier default
   40 epochs   MixtureConfig(epochs=40)
+  calibrated  MixtureConfig(stop_on="calibrated-nll") early stopping on the temperature-calibrated NLL
 then stage 2 with run_adapt(AdaptConfig(budgets=[10, 50], seeds=3)) (stage-2 seeds = budget draws; their
 mean is the cache's value). Each line of --out is one (regime, pairs, dim, seed, config) with stage1-best,
 micro, micro-refine, budget-bt, oracle at B = 10 and 50, the smallest cosine between a planted direction
@@ -46,6 +47,7 @@ CONFIGS = {
     "restarts=1": {"restarts": 1},
     "4 epochs": {"epochs": 4},
     "40 epochs": {"epochs": 40},
+    "calibrated": {"stop_on": "calibrated-nll"},
 }
 METHODS = ("stage1-best", "micro", "micro-refine", "budget-bt", "oracle")
 BUDGETS = (10, 50)

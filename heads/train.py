@@ -116,6 +116,30 @@ def step_plan(n_fit: int, config: MixtureConfig) -> StepPlan:
 
 
 # ------------------------------------------------------------------------------------------------
+# the early-stopping criterion
+# ------------------------------------------------------------------------------------------------
+# Margin scales 1/T tried by `calibrated_nll`: 2^(j/4) for j in -40..40 (1/1024 to 1024, 19 % apart).
+CALIBRATION_SCALES = 2.0 ** (torch.arange(-40, 41, dtype=torch.float64) / 4)
+
+
+def calibrated_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """[...] mixture NLL -mean_i log sum_k w_ik sigmoid(s m_ik) at the best single scale s = 1/T of
+    `CALIBRATION_SCALES` (all heads share it): how well the mixture ranks, whatever its confidence.
+    log_weights, margins: [..., n, K]. Scaling every margin by a power of 2^(1/4) inside the grid
+    leaves the value unchanged."""
+    scales = CALIBRATION_SCALES.to(margins.device, margins.dtype).view(-1, *([1] * margins.dim()))
+    nll = -torch.logsumexp(log_weights + F.logsigmoid(scales * margins), dim=-1).mean(-1)
+    return nll.min(0).values
+
+
+def stopping_nll(config: MixtureConfig, log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """[...] the held-out value early stopping minimises (MixtureConfig.stop_on)."""
+    if config.stop_on == "calibrated-nll":
+        return calibrated_nll(log_weights, margins)
+    return -torch.logsumexp(log_weights + F.logsigmoid(margins), dim=-1).mean(-1)
+
+
+# ------------------------------------------------------------------------------------------------
 # trainers: one optimiser step on a batch, held-out NLL, best-weight snapshots
 # ------------------------------------------------------------------------------------------------
 def _adamw(params: list[torch.Tensor], config: MixtureConfig) -> torch.optim.Optimizer:
@@ -253,9 +277,10 @@ class MicroStack:
     @torch.no_grad()
     def heldout_nll(self, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         """[R] mixture NLL (no regulariser) on held-out pairs: d [m, d]; router inputs table[inverse]
-        (the held-out slice's distinct router rows, so the router runs once per row)."""
+        (the held-out slice's distinct router rows, so the router runs once per row); after the best
+        temperature with `stop_on='calibrated-nll'`."""
         _, log_w = self._router(table)
-        return -torch.logsumexp(log_w[:, inverse] + F.logsigmoid(self._margins(d)), dim=-1).mean(1)
+        return stopping_nll(self.config, log_w[:, inverse], self._margins(d))
 
     def _pick(self, r: int) -> list:
         """Functions taking restart r's slice of each parameter (same layout for the optimiser state)."""
@@ -332,9 +357,9 @@ class AutogradTrainer:
         """[1] held-out NLL: the mixture's for micro / static, the mean per-head BT loss for single / ensemble."""
         margins = d @ self.model.head_vectors().T
         if self.config.method == "micro":
-            return mixture_nll(self.model.log_weights(table)[inverse], margins).reshape(1)
+            return stopping_nll(self.config, self.model.log_weights(table)[inverse], margins).reshape(1)
         if self.config.method == "static":
-            return mixture_nll(self.model.log_weights(margins), margins).reshape(1)
+            return stopping_nll(self.config, self.model.log_weights(margins), margins).reshape(1)
         return (per_head_bt(margins) / margins.shape[1]).reshape(1)
 
     def snapshot(self, r: int) -> list[torch.Tensor]:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from micro.cli import app
 from micro.embedcache import load_split
 from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, simulate
-from micro.heads.train import MicroStack, batch_loss, build_model, heldout_rows, step_plan
+from micro.heads.train import MicroStack, batch_loss, build_model, calibrated_nll, heldout_rows, step_plan, stopping_nll
 
 torch.set_num_threads(1)
 
@@ -69,6 +69,19 @@ def test_heldout_rows_hold_out_whole_prompts(small):
     assert 0.08 * len(train) <= len(held) <= 0.15 * len(train)
     _, capped = heldout_rows(train, 0.5, 40, seed=0)  # the cap wins over the fraction
     assert len(capped) <= 40 + 10
+
+
+def test_calibrated_nll_ignores_the_margin_scale_and_the_config_checks_stop_on():
+    gen = torch.Generator().manual_seed(0)
+    margins = torch.randn(2, 500, 4, generator=gen, dtype=torch.float64) + 0.5
+    log_w = torch.log_softmax(torch.randn(2, 500, 4, generator=gen, dtype=torch.float64), -1)
+    plain, calibrated = MixtureConfig(), MixtureConfig(stop_on="calibrated-nll")
+    for c in (2.0, 16.0, 2 ** -2.5):  # powers of the grid step 2^(1/4)
+        assert torch.allclose(stopping_nll(calibrated, log_w, c * margins), calibrated_nll(log_w, margins), atol=1e-12)
+        assert not torch.allclose(stopping_nll(plain, log_w, c * margins), stopping_nll(plain, log_w, margins), atol=1e-3)
+    assert (calibrated_nll(log_w, margins) <= stopping_nll(plain, log_w, margins)).all()  # T = 1 is on the grid
+    with pytest.raises(ValueError, match="stop_on"):
+        MixtureConfig(stop_on="accuracy")
 
 
 def test_step_plan_scales_with_the_cache():
