@@ -10,6 +10,7 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
   4 epochs    MixtureConfig(epochs=4)             the earlier default
   40 epochs   MixtureConfig(epochs=40)
   calibrated  MixtureConfig(stop_on="calibrated-nll") early stopping on the temperature-calibrated NLL
+  later plateau  MixtureConfig(stop_on="later-plateau") stop when both have plateaued, keep the later best
 then stage 2 with run_adapt(AdaptConfig(budgets=[10, 50], seeds=3)) (stage-2 seeds = budget draws; their
 mean is the cache's value). Each line of --out is one (regime, pairs, dim, seed, config) with stage1-best,
 micro, micro-refine, budget-bt, oracle at B = 10 and 50, the smallest cosine between a planted direction
@@ -48,6 +49,7 @@ CONFIGS = {
     "4 epochs": {"epochs": 4},
     "40 epochs": {"epochs": 40},
     "calibrated": {"stop_on": "calibrated-nll"},
+    "later plateau": {"stop_on": "later-plateau"},
 }
 METHODS = ("stage1-best", "micro", "micro-refine", "budget-bt", "oracle")
 BUDGETS = (10, 50)
@@ -64,6 +66,7 @@ def fit_and_adapt(cache: Path, train, name: str, fit_seed: int, adapt: AdaptConf
     results = run_adapt(cache, run, work / "out" / run.name, adapt)
     row = {"seed": fit_seed, "config": name, "train_pairs": len(train), "adapt_seeds": adapt.seeds,
            "steps": model.train_steps, "best_step": model.fit_record.best_step, "stop": model.fit_record.stop_reason,
+           "kept": model.fit_record.kept_criterion, "criterion_best_steps": model.fit_record.criterion_best_steps,
            "fit_cpu_s": round(fit_cpu, 2), "head_cos": None if truth is None else min(match_heads(truth, model.head_vectors())["cosine"])}
     for b in BUDGETS:
         for m in METHODS:

@@ -61,7 +61,11 @@ class MixtureConfig:
     chosen on the held-out slice) that fits it best, so over-confident margins that still rank well are
     not counted as worse; 'micro' and 'static' only ('single' and 'ensemble' keep their per-head BT loss).
     Measured in benchmarks/README.md, "Stopping on calibrated held-out NLL": it fixes the too-early stop at
-    d = 3072 / 6K pairs but stops early and loses ~0.01 stage-1 accuracy at d = 64, hence not the default."""
+    d = 3072 / 6K pairs but stops early and loses ~0.01 stage-1 accuracy at d = 64, hence not the default.
+    'later-plateau': watch both (one pass), stop only when neither has improved for `patience`
+    evaluations, and keep the best weights of the one whose best step is later (ties: 'nll'); restarts
+    are still chosen by the plain NLL. The fit record's `kept_criterion` says whose weights were kept.
+    Measured in benchmarks/README.md, "Stopping at the later plateau"."""
 
     holdout: float = 0.1
     """Early stopping: fraction of the training pairs held out, as whole prompts (a prompt's pairs are never
@@ -196,8 +200,8 @@ class MixtureConfig:
             raise ValueError(f"router_input must be 'auto', 'prompt' or 'context', not {self.router_input!r}")
         if self.prior_calibration not in ("single-head", "none"):
             raise ValueError(f"prior_calibration must be 'single-head' or 'none', not {self.prior_calibration!r}")
-        if self.stop_on not in ("nll", "calibrated-nll"):
-            raise ValueError(f"stop_on must be 'nll' or 'calibrated-nll', not {self.stop_on!r}")
+        if self.stop_on not in ("nll", "calibrated-nll", "later-plateau"):
+            raise ValueError(f"stop_on must be 'nll', 'calibrated-nll' or 'later-plateau', not {self.stop_on!r}")
         if self.balance not in ("example", "batch"):
             raise ValueError(f"balance must be 'example' or 'batch', not {self.balance!r}")
         for name in ("k", "batch_size", "hidden", "patience", "restarts", "holdout_max_pairs"):

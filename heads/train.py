@@ -122,21 +122,75 @@ def step_plan(n_fit: int, config: MixtureConfig) -> StepPlan:
 CALIBRATION_SCALES = 2.0 ** (torch.arange(-40, 41, dtype=torch.float64) / 4)
 
 
+def _grid_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """[S, ...] mixture NLL at each scale of `CALIBRATION_SCALES` (index 40 is scale 1, the plain NLL)."""
+    scales = CALIBRATION_SCALES.to(margins.device, margins.dtype).view(-1, *([1] * margins.dim()))
+    return -torch.logsumexp(log_weights + F.logsigmoid(scales * margins), dim=-1).mean(-1)
+
+
 def calibrated_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
     """[...] mixture NLL -mean_i log sum_k w_ik sigmoid(s m_ik) at the best single scale s = 1/T of
     `CALIBRATION_SCALES` (all heads share it): how well the mixture ranks, whatever its confidence.
     log_weights, margins: [..., n, K]. Scaling every margin by a power of 2^(1/4) inside the grid
     leaves the value unchanged."""
-    scales = CALIBRATION_SCALES.to(margins.device, margins.dtype).view(-1, *([1] * margins.dim()))
-    nll = -torch.logsumexp(log_weights + F.logsigmoid(scales * margins), dim=-1).mean(-1)
-    return nll.min(0).values
+    return _grid_nll(log_weights, margins).min(0).values
+
+
+# The criteria each MixtureConfig.stop_on watches, in order (the first breaks ties).
+STOP_CRITERIA = {"nll": ("nll",), "calibrated-nll": ("calibrated-nll",), "later-plateau": ("nll", "calibrated-nll")}
 
 
 def stopping_nll(config: MixtureConfig, log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
-    """[...] the held-out value early stopping minimises (MixtureConfig.stop_on)."""
-    if config.stop_on == "calibrated-nll":
-        return calibrated_nll(log_weights, margins)
-    return -torch.logsumexp(log_weights + F.logsigmoid(margins), dim=-1).mean(-1)
+    """[C, ...] the held-out values early stopping minimises (MixtureConfig.stop_on), one row per
+    criterion of STOP_CRITERIA[config.stop_on]; both rows of 'later-plateau' come from one pass."""
+    if config.stop_on == "nll":
+        return (-torch.logsumexp(log_weights + F.logsigmoid(margins), dim=-1).mean(-1)).unsqueeze(0)
+    grid = _grid_nll(log_weights, margins)
+    calibrated = grid.min(0).values.unsqueeze(0)
+    return calibrated if config.stop_on == "calibrated-nll" else torch.cat([grid[40:41], calibrated])
+
+
+class Plateaus:
+    """Early stopping's bookkeeping: the best value, step and weights of each (criterion, restart), and
+    per criterion the evaluations since any restart last improved on it."""
+
+    def __init__(self, criteria: tuple, restarts: int, min_delta: float):
+        self.criteria, self.min_delta = criteria, min_delta
+        self.best = [[float("inf")] * restarts for _ in criteria]
+        self.step = [[0] * restarts for _ in criteria]
+        self.weights: list = [[None] * restarts for _ in criteria]
+        self.since = [0] * len(criteria)
+
+    def update(self, step: int, values: list, snapshot: Callable[[int], list]) -> None:
+        """values[c][r]: criterion c of restart r at `step`; snapshot(r) gives restart r's weights."""
+        taken: dict = {}
+        for c, row in enumerate(values):
+            improved = False
+            for r, value in enumerate(row):
+                best = self.best[c][r]
+                if not math.isfinite(best) or value < best - self.min_delta * abs(best):
+                    if r not in taken:
+                        taken[r] = snapshot(r)
+                    self.best[c][r], self.step[c][r], self.weights[c][r] = value, step, taken[r]
+                    improved = True
+            self.since[c] = 0 if improved else self.since[c] + 1
+
+    def stale(self, patience: int) -> bool:
+        """Every criterion has gone `patience` evaluations without improving."""
+        return min(self.since) >= patience
+
+    def reset(self) -> None:
+        self.since = [0] * len(self.criteria)
+
+    def keep_restart(self, r: int) -> None:
+        for table in (self.best, self.step, self.weights):
+            for c in range(len(self.criteria)):
+                table[c] = [table[c][r]]
+
+    def kept(self) -> int:
+        """The criterion whose best step (of restart 0) is the latest; ties go to the first."""
+        steps = [s[0] for s in self.step]
+        return steps.index(max(steps))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,7 +332,7 @@ class MicroStack:
     def heldout_nll(self, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         """[R] mixture NLL (no regulariser) on held-out pairs: d [m, d]; router inputs table[inverse]
         (the held-out slice's distinct router rows, so the router runs once per row); after the best
-        temperature with `stop_on='calibrated-nll'`."""
+        temperature with `stop_on='calibrated-nll'`. [C, R]: one row per criterion (see `stopping_nll`)."""
         _, log_w = self._router(table)
         return stopping_nll(self.config, log_w[:, inverse], self._margins(d))
 
@@ -354,13 +408,13 @@ class AutogradTrainer:
 
     @torch.no_grad()
     def heldout_nll(self, d: torch.Tensor, table: torch.Tensor | None, inverse: torch.Tensor | None) -> torch.Tensor:
-        """[1] held-out NLL: the mixture's for micro / static, the mean per-head BT loss for single / ensemble."""
+        """[C, 1] held-out NLL: the mixture's for micro / static, the mean per-head BT loss for single / ensemble."""
         margins = d @ self.model.head_vectors().T
         if self.config.method == "micro":
-            return stopping_nll(self.config, self.model.log_weights(table)[inverse], margins).reshape(1)
+            return stopping_nll(self.config, self.model.log_weights(table)[inverse], margins).reshape(-1, 1)
         if self.config.method == "static":
-            return stopping_nll(self.config, self.model.log_weights(margins), margins).reshape(1)
-        return (per_head_bt(margins) / margins.shape[1]).reshape(1)
+            return stopping_nll(self.config, self.model.log_weights(margins), margins).reshape(-1, 1)
+        return (per_head_bt(margins) / margins.shape[1]).reshape(1, 1)
 
     def snapshot(self, r: int) -> list[torch.Tensor]:
         return [p.detach().clone() for p in self.params]
@@ -397,6 +451,8 @@ class FitRecord:
     # large as the held-out slice (comparable with the held-out NLL); with fixed epochs, the epoch's mean loss
     best_heldout_nll: float | None = None  # of the kept weights of the search (before any refit)
     refit_steps: int = 0  # steps of the refit on all pairs (0: the kept weights are the returned model)
+    kept_criterion: str = ""  # whose best weights were kept: "nll" | "calibrated-nll" (early stopping)
+    criterion_best_steps: dict = field(default_factory=dict)  # each watched criterion's best step
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -493,10 +549,9 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
         schedule = [config.lr * lr_factor(s, total, config.warmup) for s in range(total)]
     gen = torch.Generator().manual_seed(config.seed)
 
-    best = [float("inf")] * restarts
-    best_weights: list = [None] * restarts
-    best_step = [0] * restarts
-    lr_scale, drops, since_best = 1.0, 0, 0
+    criteria = STOP_CRITERIA[config.stop_on] if uses_router or config.method == "static" else ("nll",)
+    plateaus = Plateaus(criteria, restarts, config.min_delta)
+    lr_scale, drops = 1.0, 0
     history, step, start, running, count = [], 0, time.perf_counter(), 0.0, 0
     stop = ""
     while not stop:
@@ -515,31 +570,32 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                 running, count = running + loss, count + 1
             step += 1
             if early and (step % plan.eval_every == 0 or step >= total):
-                nll = trainer.heldout_nll(*held).tolist()
+                values = trainer.heldout_nll(*held).tolist()
+                nll = values[0]
                 _check_finite(config, min(nll), f"step {step}")
-                mean_loss = float(trainer.heldout_nll(*seen).mean())
-                improved = False
-                for r, value in enumerate(nll):
-                    if not math.isfinite(best[r]) or value < best[r] - config.min_delta * abs(best[r]):
-                        best[r], best_step[r], best_weights[r] = value, step, trainer.snapshot(r)
-                        improved = True
-                record.curve.append({"step": step, "heldout_nll": [round(v, 6) for v in nll], "train_loss": round(mean_loss, 6), "lr": lr})
+                mean_loss = float(trainer.heldout_nll(*seen)[0].mean())
+                plateaus.update(step, values, trainer.snapshot)
+                best, best_step = plateaus.best[0], plateaus.step[0]
+                point = {"step": step, "heldout_nll": [round(v, 6) for v in nll], "train_loss": round(mean_loss, 6), "lr": lr}
+                if len(values) > 1:
+                    point["heldout_calibrated_nll"] = [round(v, 6) for v in values[1]]
+                record.curve.append(point)
                 history.append(mean_loss)
                 if log is not None:
                     log({"step": step, "epoch": step * config.batch_size / n_fit, "loss": mean_loss, "heldout_nll": min(nll),
                          "best_nll": min(best), "best_step": best_step[int(np.argmin(best))], "lr": lr, "restarts": trainer.restarts,
                          "seconds": time.perf_counter() - start})
-                since_best = 0 if improved else since_best + 1
                 if trainer.restarts > 1 and step >= min(config.restart_steps, plan.min_steps):
                     keep = int(np.argmin(best))
                     record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in best]
                     trainer.keep(keep)
-                    best, best_weights, best_step = [best[keep]], [best_weights[keep]], [best_step[keep]]
+                    plateaus.keep_restart(keep)
                 if step >= total:
                     stop = "max_steps"
-                elif since_best >= config.patience and step >= plan.min_steps:
+                elif plateaus.stale(config.patience) and step >= plan.min_steps:
                     if drops < config.lr_drops:
-                        drops, lr_scale, since_best = drops + 1, lr_scale * config.lr_drop_factor, 0
+                        drops, lr_scale = drops + 1, lr_scale * config.lr_drop_factor
+                        plateaus.reset()
                     else:
                         stop = "patience"
             if not early and step >= total:
@@ -557,13 +613,16 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     record.steps = step
     record.stop_reason = stop
     if early:
-        model = trainer.to_model(best_weights[0], record.chosen_restart)
-        record.best_step, record.best_heldout_nll = best_step[0], round(best[0], 6)
+        c = plateaus.kept()
+        model = trainer.to_model(plateaus.weights[c][0], record.chosen_restart)
+        record.best_step, record.best_heldout_nll = plateaus.step[c][0], round(plateaus.best[c][0], 6)
+        record.kept_criterion = criteria[c]
+        record.criterion_best_steps = {name: plateaus.step[i][0] for i, name in enumerate(criteria)}
         if config.refit and n <= config.refit_max_pairs:
             # The held-out slice has decided how long to train; train the chosen initialisation again on every
             # pair for as many epochs' worth of steps, with warm-up + cosine decay (which settles the weights
             # better than the constant rate of the search).
-            record.refit_steps = max(1, int(round(best_step[0] * n / n_fit)))
+            record.refit_steps = max(1, int(round(record.best_step * n / n_fit)))
             seed = config.seed + 7919 * record.chosen_restart
             model = _fit(train, replace(config, seed=seed), None, reference, steps=record.refit_steps)
     else:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from micro.cli import app
 from micro.embedcache import load_split
 from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, simulate
-from micro.heads.train import MicroStack, batch_loss, build_model, calibrated_nll, heldout_rows, step_plan, stopping_nll
+from micro.heads.train import MicroStack, Plateaus, batch_loss, build_model, calibrated_nll, heldout_rows, step_plan, stopping_nll
 
 torch.set_num_threads(1)
 
@@ -82,6 +82,57 @@ def test_calibrated_nll_ignores_the_margin_scale_and_the_config_checks_stop_on()
     assert (calibrated_nll(log_w, margins) <= stopping_nll(plain, log_w, margins)).all()  # T = 1 is on the grid
     with pytest.raises(ValueError, match="stop_on"):
         MixtureConfig(stop_on="accuracy")
+
+
+def test_later_plateau_gives_both_values_in_one_pass():
+    gen = torch.Generator().manual_seed(1)
+    margins = torch.randn(3, 200, 4, generator=gen, dtype=torch.float64)
+    log_w = torch.log_softmax(torch.randn(3, 200, 4, generator=gen, dtype=torch.float64), -1)
+    both = stopping_nll(MixtureConfig(stop_on="later-plateau"), log_w, margins)
+    assert both.shape == (2, 3)
+    torch.testing.assert_close(both[0], stopping_nll(MixtureConfig(), log_w, margins)[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(both[1], calibrated_nll(log_w, margins), rtol=0, atol=1e-12)
+
+
+def run_plateaus(curves: list[list[float]], patience: int) -> tuple[Plateaus, int]:
+    """Feed Plateaus one evaluation per step (weights = the step) until every curve is stale."""
+    plateaus = Plateaus(("nll", "calibrated-nll")[: len(curves)], restarts=1, min_delta=0.0)
+    for step in range(1, len(curves[0]) + 1):
+        plateaus.update(step, [[curve[step - 1]] for curve in curves], lambda r: step)
+        if plateaus.stale(patience):
+            return plateaus, step
+    return plateaus, -1
+
+
+def test_later_plateau_stops_when_both_have_plateaued_and_keeps_the_later_best():
+    # plain bottoms out at step 3, calibrated at step 7: stop at 7 + patience, keep calibrated's best
+    plain = [5, 4, 3, 3.5, 4, 4.5, 5, 5.5, 6, 6.5, 7, 7.5]
+    calibrated = [5, 4.5, 4, 3.5, 3, 2.5, 2, 2.2, 2.4, 2.6, 2.8, 3]
+    plateaus, stopped = run_plateaus([plain, calibrated], patience=3)
+    assert stopped == 10 and plateaus.step == [[3], [7]]
+    assert plateaus.criteria[plateaus.kept()] == "calibrated-nll" and plateaus.weights[plateaus.kept()][0] == 7
+    # the mirror image: plain's plateau is the later one
+    plateaus, stopped = run_plateaus([calibrated, plain], patience=3)
+    assert stopped == 10 and plateaus.criteria[plateaus.kept()] == "nll" and plateaus.weights[0][0] == 7
+    # one criterion alone stops at its own plateau; a tie keeps plain's weights
+    assert run_plateaus([plain], patience=3)[1] == 6
+    plateaus, _ = run_plateaus([plain, plain], patience=3)
+    assert plateaus.kept() == 0
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_both_trainers_honour_the_later_plateau(small, reference):
+    _, _, train, _ = small
+    config = MixtureConfig(k=3, restarts=1, refit=False, stop_on="later-plateau")
+    rec = fit_mixture(train, config, reference=reference).fit_record
+    steps = rec.criterion_best_steps
+    assert set(steps) == {"nll", "calibrated-nll"} and rec.best_step == max(steps.values())
+    assert rec.kept_criterion == ("nll" if steps["nll"] >= steps["calibrated-nll"] else "calibrated-nll")
+    curve = {c["step"]: c for c in rec.curve}
+    for name, key in (("nll", "heldout_nll"), ("calibrated-nll", "heldout_calibrated_nll")):  # each best is its curve's minimum
+        assert curve[steps[name]][key][0] <= min(c[key][0] for c in rec.curve) * (1 + config.min_delta) + 1e-6
+    # it ran until both had gone `patience` evaluations without improving (after the last LR drop)
+    assert rec.stop_reason == "patience" and rec.steps >= max(steps.values()) + config.patience * rec.plan["eval_every"]
 
 
 def test_step_plan_scales_with_the_cache():
