@@ -54,6 +54,7 @@ def print_report(metrics: dict[str, Any], console: Console | None = None) -> Non
         console.print(
             f"early stopping: {fit['steps']} steps ({fit['stop_reason']}), kept step {fit['best_step']} with held-out NLL "
             f"{fit['best_heldout_nll']:.4f} on {fit['heldout_pairs']} held-out pairs"
+            + (f" (the {fit['kept_criterion']} best; best steps {fit['criterion_best_steps']})" if len(fit.get("criterion_best_steps") or {}) > 1 else "")
             + (f"; restart {fit['chosen_restart'] + 1} of {fit['restarts']} kept" if fit["restarts"] > 1 else "")
             + (f"; refitted on all {metrics['train_pairs']} pairs for {fit['refit_steps']} steps" if fit.get("refit_steps") else "")
         )

@@ -330,9 +330,9 @@ class MicroStack:
 
     @torch.no_grad()
     def heldout_nll(self, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        """[R] mixture NLL (no regulariser) on held-out pairs: d [m, d]; router inputs table[inverse]
-        (the held-out slice's distinct router rows, so the router runs once per row); after the best
-        temperature with `stop_on='calibrated-nll'`. [C, R]: one row per criterion (see `stopping_nll`)."""
+        """[C, R] mixture NLL (no regulariser) on held-out pairs, one row per early-stopping criterion
+        (`stopping_nll`): d [m, d]; router inputs table[inverse] (the held-out slice's distinct router
+        rows, so the router runs once per row)."""
         _, log_w = self._router(table)
         return stopping_nll(self.config, log_w[:, inverse], self._margins(d))
 
