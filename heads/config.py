@@ -64,7 +64,7 @@ class MixtureConfig:
     d = 3072 / 6K pairs but stops early and loses ~0.01 stage-1 accuracy at d = 64, hence not the default.
     'later-plateau': watch both (one pass), stop only when neither has improved for `patience`
     evaluations, and keep the best weights of the one whose best step is later (ties: 'nll'); restarts
-    are still chosen by the plain NLL. The fit record's `kept_criterion` says whose weights were kept.
+    are chosen by the calibrated NLL. The fit record's `kept_criterion` says whose weights were kept.
     Measured in benchmarks/README.md, "Stopping at the later plateau"."""
 
     holdout: float = 0.1

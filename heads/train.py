@@ -136,7 +136,8 @@ def calibrated_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Te
     return _grid_nll(log_weights, margins).min(0).values
 
 
-# The criteria each MixtureConfig.stop_on watches, in order (the first breaks ties).
+# The criteria each MixtureConfig.stop_on watches, in order (the first breaks ties between best steps,
+# the last chooses among restarts).
 STOP_CRITERIA = {"nll": ("nll",), "calibrated-nll": ("calibrated-nll",), "later-plateau": ("nll", "calibrated-nll")}
 
 
@@ -586,8 +587,8 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                          "best_nll": min(best), "best_step": best_step[int(np.argmin(best))], "lr": lr, "restarts": trainer.restarts,
                          "seconds": time.perf_counter() - start})
                 if trainer.restarts > 1 and step >= min(config.restart_steps, plan.min_steps):
-                    keep = int(np.argmin(best))
-                    record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in best]
+                    keep = int(np.argmin(plateaus.best[-1]))
+                    record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in plateaus.best[-1]]
                     trainer.keep(keep)
                     plateaus.keep_restart(keep)
                 if step >= total:

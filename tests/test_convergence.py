@@ -123,8 +123,13 @@ def test_later_plateau_stops_when_both_have_plateaued_and_keeps_the_later_best()
 @pytest.mark.parametrize("reference", [False, True])
 def test_both_trainers_honour_the_later_plateau(small, reference):
     _, _, train, _ = small
-    config = MixtureConfig(k=3, restarts=1, refit=False, stop_on="later-plateau")
+    config = MixtureConfig(k=3, restarts=2, refit=False, stop_on="later-plateau")  # the reference runs one restart
     rec = fit_mixture(train, config, reference=reference).fit_record
+    if not reference:  # restarts are chosen by the calibrated NLL
+        two = [c["heldout_calibrated_nll"] for c in rec.curve if len(c["heldout_calibrated_nll"]) == 2]
+        for r in (0, 1):
+            assert rec.restart_nll[r] <= min(v[r] for v in two) * (1 + config.min_delta) + 1e-6
+        assert rec.restart_nll[rec.chosen_restart] == min(rec.restart_nll)
     steps = rec.criterion_best_steps
     assert set(steps) == {"nll", "calibrated-nll"} and rec.best_step == max(steps.values())
     assert rec.kept_criterion == ("nll" if steps["nll"] >= steps["calibrated-nll"] else "calibrated-nll")
