@@ -120,10 +120,11 @@ def step_plan(n_fit: int, config: MixtureConfig) -> StepPlan:
 # ------------------------------------------------------------------------------------------------
 # Margin scales 1/T tried by `calibrated_nll`: 2^(j/4) for j in -40..40 (1/1024 to 1024, 19 % apart).
 CALIBRATION_SCALES = 2.0 ** (torch.arange(-40, 41, dtype=torch.float64) / 4)
+UNIT_SCALE = 40  # CALIBRATION_SCALES[UNIT_SCALE] == 1: the plain NLL
 
 
 def _grid_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
-    """[S, ...] mixture NLL at each scale of `CALIBRATION_SCALES` (index 40 is scale 1, the plain NLL)."""
+    """[S, ...] mixture NLL at each scale of `CALIBRATION_SCALES` (index UNIT_SCALE is scale 1, the plain NLL)."""
     scales = CALIBRATION_SCALES.to(margins.device, margins.dtype).view(-1, *([1] * margins.dim()))
     return -torch.logsumexp(log_weights + F.logsigmoid(scales * margins), dim=-1).mean(-1)
 
@@ -148,7 +149,7 @@ def stopping_nll(config: MixtureConfig, log_weights: torch.Tensor, margins: torc
         return (-torch.logsumexp(log_weights + F.logsigmoid(margins), dim=-1).mean(-1)).unsqueeze(0)
     grid = _grid_nll(log_weights, margins)
     calibrated = grid.min(0).values.unsqueeze(0)
-    return calibrated if config.stop_on == "calibrated-nll" else torch.cat([grid[40:41], calibrated])
+    return calibrated if config.stop_on == "calibrated-nll" else torch.cat([grid[UNIT_SCALE:UNIT_SCALE + 1], calibrated])
 
 
 class Plateaus:
