@@ -124,9 +124,28 @@ UNIT_SCALE = 40  # CALIBRATION_SCALES[UNIT_SCALE] == 1: the plain NLL
 
 
 def _grid_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
-    """[S, ...] mixture NLL at each scale of `CALIBRATION_SCALES` (index UNIT_SCALE is scale 1, the plain NLL)."""
-    scales = CALIBRATION_SCALES.to(margins.device, margins.dtype).view(-1, *([1] * margins.dim()))
-    return -torch.logsumexp(log_weights + F.logsigmoid(scales * margins), dim=-1).mean(-1)
+    """[S, ...] mixture NLL at each scale of `CALIBRATION_SCALES` (index UNIT_SCALE is scale 1).
+
+    One scale at a time, in float64, as -mean log sum_k w_k sigmoid(s m_k): a few passes over one
+    [..., n, K] buffer that stays in cache, ~8x faster than broadcasting the log-space form over all 81
+    scales at once (benchmarks/README.md, "Stopping at the later plateau, the default"). A scale at which
+    some pair's probability underflows to 0 is recomputed in log space, so the values match that form to
+    float tolerance."""
+    w, m = log_weights.double().exp(), margins.double()
+    buf, rows = torch.empty_like(m), []
+    for s in CALIBRATION_SCALES.tolist():
+        torch.mul(m, s, out=buf)
+        torch.sigmoid(buf, out=buf)
+        nll = -buf.mul_(w).sum(-1).log_().mean(-1)
+        if not bool(torch.isfinite(nll).all()):
+            nll = -torch.logsumexp(log_weights.double() + F.logsigmoid(s * m), dim=-1).mean(-1)
+        rows.append(nll)
+    return torch.stack(rows).to(margins.dtype)
+
+
+def plain_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """[...] mixture NLL -mean_i log sum_k w_ik sigmoid(m_ik); log_weights, margins: [..., n, K]."""
+    return -torch.logsumexp(log_weights + F.logsigmoid(margins), dim=-1).mean(-1)
 
 
 def calibrated_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
@@ -140,16 +159,14 @@ def calibrated_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Te
 # The criteria each MixtureConfig.stop_on watches, in order (the first breaks ties between best steps,
 # the last chooses among restarts).
 STOP_CRITERIA = {"nll": ("nll",), "calibrated-nll": ("calibrated-nll",), "later-plateau": ("nll", "calibrated-nll")}
+CRITERION_VALUES = {"nll": plain_nll, "calibrated-nll": calibrated_nll}
 
 
-def stopping_nll(config: MixtureConfig, log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+def stopping_nll(config: MixtureConfig, log_weights: torch.Tensor, margins: torch.Tensor, first_only: bool = False) -> torch.Tensor:
     """[C, ...] the held-out values early stopping minimises (MixtureConfig.stop_on), one row per
-    criterion of STOP_CRITERIA[config.stop_on]; both rows of 'later-plateau' come from one pass."""
-    if config.stop_on == "nll":
-        return (-torch.logsumexp(log_weights + F.logsigmoid(margins), dim=-1).mean(-1)).unsqueeze(0)
-    grid = _grid_nll(log_weights, margins)
-    calibrated = grid.min(0).values.unsqueeze(0)
-    return calibrated if config.stop_on == "calibrated-nll" else torch.cat([grid[UNIT_SCALE:UNIT_SCALE + 1], calibrated])
+    criterion of STOP_CRITERIA[config.stop_on] (only the first with `first_only`: the training curve)."""
+    criteria = STOP_CRITERIA[config.stop_on][: 1 if first_only else None]
+    return torch.stack([CRITERION_VALUES[c](log_weights, margins) for c in criteria])
 
 
 class Plateaus:
@@ -331,12 +348,12 @@ class MicroStack:
         return loss / r if want_loss else None
 
     @torch.no_grad()
-    def heldout_nll(self, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    def heldout_nll(self, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """[C, R] mixture NLL (no regulariser) on held-out pairs, one row per early-stopping criterion
         (`stopping_nll`): d [m, d]; router inputs table[inverse] (the held-out slice's distinct router
         rows, so the router runs once per row)."""
         _, log_w = self._router(table)
-        return stopping_nll(self.config, log_w[:, inverse], self._margins(d))
+        return stopping_nll(self.config, log_w[:, inverse], self._margins(d), first_only)
 
     def _pick(self, r: int) -> list:
         """Functions taking restart r's slice of each parameter (same layout for the optimiser state)."""
@@ -409,13 +426,13 @@ class AutogradTrainer:
         return loss.detach()
 
     @torch.no_grad()
-    def heldout_nll(self, d: torch.Tensor, table: torch.Tensor | None, inverse: torch.Tensor | None) -> torch.Tensor:
+    def heldout_nll(self, d: torch.Tensor, table: torch.Tensor | None, inverse: torch.Tensor | None, first_only: bool = False) -> torch.Tensor:
         """[C, 1] held-out NLL: the mixture's for micro / static, the mean per-head BT loss for single / ensemble."""
         margins = d @ self.model.head_vectors().T
         if self.config.method == "micro":
-            return stopping_nll(self.config, self.model.log_weights(table)[inverse], margins).reshape(-1, 1)
+            return stopping_nll(self.config, self.model.log_weights(table)[inverse], margins, first_only).reshape(-1, 1)
         if self.config.method == "static":
-            return stopping_nll(self.config, self.model.log_weights(margins), margins).reshape(-1, 1)
+            return stopping_nll(self.config, self.model.log_weights(margins), margins, first_only).reshape(-1, 1)
         return (per_head_bt(margins) / margins.shape[1]).reshape(1, 1)
 
     def snapshot(self, r: int) -> list[torch.Tensor]:
@@ -575,7 +592,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                 values = trainer.heldout_nll(*held).tolist()
                 nll = values[0]
                 _check_finite(config, min(nll), f"step {step}")
-                mean_loss = float(trainer.heldout_nll(*seen)[0].mean())
+                mean_loss = float(trainer.heldout_nll(*seen, first_only=True)[0].mean())
                 plateaus.update(step, values, trainer.snapshot)
                 best, best_step = plateaus.best[0], plateaus.step[0]
                 point = {"step": step, "heldout_nll": [round(v, 6) for v in nll], "train_loss": round(mean_loss, 6), "lr": lr}
