@@ -9,9 +9,10 @@ Per round, on a planted HelpSteer2-shaped cache (`simulate`, 5 groups, 3 pairs p
 - `fit-4-epochs`: `fit_mixture(MixtureConfig(epochs=4))`, the hand-written stacked step;
 - `autograd-4-epochs`: the same fit with `reference=True` (autograd on losses.py + fused AdamW: the step
   loop stage 1 used before);
-- `default`: `fit_mixture(MixtureConfig())`, early stopping with 4 restarts.
+- `default`: `fit_mixture(MixtureConfig())`, early stopping with 4 restarts (stop_on 'later-plateau');
+- `nll-stop`: the same with `stop_on="nll"` (the plain held-out NLL alone: the default before 'later-plateau').
 Times are CPU seconds of this process (`time.process_time`, one thread), so other jobs on a shared
-machine do not inflate them. Prints each timing, the ratios fit/products and autograd/fit, default/autograd-4-epochs, and the largest
+machine do not inflate them. Prints each timing, the ratios fit/products and autograd/fit, each early-stopping fit over both 4-epoch fits, and the largest
 weight difference between the two 4-epoch fits (same init, same batches: float tolerance).
 """
 
@@ -28,6 +29,10 @@ import torch
 
 from micro.embedcache import load_split
 from micro.heads import MixtureConfig, evaluate, fit_mixture, simulate
+
+
+#: the early-stopping fits timed beside the fixed ones: the default, and the plain held-out NLL stop
+EARLY = {"default": MixtureConfig(), "nll-stop": MixtureConfig(stop_on="nll")}
 
 
 def products(steps: int, batch: int, d: int, k: int, hidden: int) -> float:
@@ -55,7 +60,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=26100, help="pairs in the simulated cache (26.1K: ~23.5K train)")
     p.add_argument("--dim", type=int, default=3072)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--no-default", action="store_true", help="skip the early-stopping default fit")
+    p.add_argument("--no-default", action="store_true", help="skip the early-stopping fits")
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +70,7 @@ def main() -> None:
     fixed = MixtureConfig(epochs=4)
     steps = 4 * -(-len(train) // fixed.batch_size)
     print(json.dumps({"train_pairs": len(train), "d": args.dim, "k": fixed.k, "steps_4_epochs": steps, "torch": torch.__version__}), flush=True)
-    times: dict[str, list[float]] = {"products": [], "fit-4-epochs": [], "autograd-4-epochs": [], "default": []}
+    times: dict[str, list[float]] = {"products": [], "fit-4-epochs": [], "autograd-4-epochs": [], **{name: [] for name in EARLY}}
     for r in range(args.rounds):
         times["products"].append(products(steps, fixed.batch_size, args.dim, fixed.k, fixed.hidden))
         s, new = timed_fit(train, fixed)
@@ -77,12 +82,13 @@ def main() -> None:
         row = {"round": r, **{k: round(v[-1], 2) for k, v in times.items() if v}, "max_weight_diff": diff,
                "routed_acc_fit": round(acc[0], 4), "routed_acc_autograd": round(acc[1], 4)}
         if not args.no_default:
-            s, default = timed_fit(train, MixtureConfig())
-            times["default"].append(s)
-            rec = default.fit_record
-            row.update(default=round(s, 2), default_steps=rec.steps, default_best_step=rec.best_step, default_stop=rec.stop_reason,
-                       default_routed_acc=round(evaluate(default, test, "context")["average"]["routed_accuracy"], 4),
-                       default_best_acc=round(evaluate(default, test, "context")["average"]["best_accuracy"], 4))
+            for name, config in EARLY.items():
+                s, model = timed_fit(train, config)
+                times[name].append(s)
+                rec, res = model.fit_record, evaluate(model, test, "context")["average"]
+                row.update({name: round(s, 2), f"{name}_steps": rec.steps + rec.refit_steps, f"{name}_best_step": rec.best_step,
+                            f"{name}_kept": rec.kept_criterion, f"{name}_routed_acc": round(res["routed_accuracy"], 4),
+                            f"{name}_best_acc": round(res["best_accuracy"], 4)})
         print(json.dumps(row), flush=True)
     med = {k: statistics.median(v) for k, v in times.items() if v}
     summary = {
@@ -91,8 +97,10 @@ def main() -> None:
         "autograd_over_products": round(med["autograd-4-epochs"] / med["products"], 2),
         "autograd_over_fit (old/new)": round(med["autograd-4-epochs"] / med["fit-4-epochs"], 2),
     }
-    if "default" in med:
-        summary["default_over_autograd_4_epochs"] = round(med["default"] / med["autograd-4-epochs"], 2)
+    for name in EARLY:
+        if name in med:
+            summary[f"{name}_over_autograd_4_epochs"] = round(med[name] / med["autograd-4-epochs"], 2)
+            summary[f"{name}_over_fit_4_epochs"] = round(med[name] / med["fit-4-epochs"], 2)
     print(json.dumps(summary), flush=True)
 
 

@@ -23,8 +23,8 @@ class DemoConfig:
     seeds: int = 3
     """Stage-2 repetitions (mean ± std)."""
     stage1_epochs: int | None = None
-    """None (default): stage 1 trains until its held-out NLL stops improving (MixtureConfig's default);
-    an int: that many fixed epochs."""
+    """None (default): stage 1 trains until its held-out values stop improving (MixtureConfig's default
+    early stopping); an int: that many fixed epochs."""
     zero_label: bool = True
     """Also score users never seen at all: for each group, stage 1 is fitted without that group's pairs and
     the group is routed by its context alone (zero labels; a fresh per-group head cannot exist there)."""

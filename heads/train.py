@@ -5,12 +5,13 @@ by index (router inputs stay deduplicated, and the held-out slice is a set of ro
 cache does not hold a second [n, d] copy).
 
 Two schedules (MixtureConfig.epochs):
-- None (default): train until the held-out NLL stops improving. A slice of the training prompts (by
-  prompt, never splitting a prompt's pairs; never the test split) is held out; its mixture NLL is
-  evaluated every `eval_every` steps, the best weights are kept, the learning rate drops on a plateau and
-  the fit stops after the last plateau, between a minimum and a maximum number of steps that scale with
-  the cache (`step_plan`). For `micro`, `restarts` initialisations train side by side until the minimum
-  and the one with the lowest held-out NLL goes on.
+- None (default): train until the held-out values stop improving. A slice of the training prompts (by
+  prompt, never splitting a prompt's pairs; never the test split) is held out; its mixture NLL and its
+  temperature-calibrated NLL (MixtureConfig.stop_on) are evaluated every `eval_every` steps, each
+  value's best weights are kept, the learning rate drops when neither improves and the fit stops after
+  the last such plateau, between a minimum and a maximum number of steps that scale with the cache
+  (`step_plan`); the weights of the later best are returned. For `micro`, `restarts` initialisations
+  train side by side until the minimum and the one with the lowest held-out (calibrated) NLL goes on.
 - an int: exactly that many passes with warm-up + cosine decay, no held-out slice (the earlier fixed
   schedule).
 
