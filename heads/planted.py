@@ -105,6 +105,11 @@ def _simulate(out: Path, config: SimulateConfig, overwrite: bool) -> SimulationT
     rng.shuffle(triple_prompt)
     response_emb = rng.normal(size=(2 * triples, d))
     a, b = np.arange(0, 2 * triples, 2), np.arange(1, 2 * triples, 2)
+    if G > 1 and c.decisive is not None:  # rare decisive pairs: move e_b so only they differ in the groups' span
+        basis = np.linalg.svd(directions - directions.mean(0), full_matrices=False)[2][: G - 1]  # [G-1, d]
+        along = (response_emb[a] - response_emb[b]) @ basis.T @ basis
+        factor = np.where(rng.random(triples) < c.decisive, 1 / math.sqrt(c.decisive), 0.0)
+        response_emb[b] += (1 - factor)[:, None] * along
     scores_ab = scale * (response_emb[a] - response_emb[b]) @ directions.T  # [triples, G]
 
     if regime == "prompt":
