@@ -10,7 +10,9 @@
 fraction of the groups' mean direction removed). A negative conflict, u_g ∝ v_g + |c| mean_h v_h, ADDS the
 common direction, so most pairs are consensus pairs (every
 group ranks them the same way) and only a minority separate the groups. Each setting's header gives that
-consensus share: the fraction of pairs whose planted scores s_g have the same sign for every group.
+consensus share: the fraction of pairs whose planted scores s_g have the same sign for every group, and
+the Bayes accuracy on the test split with the group known and from the prompt only (mean over the cache
+seeds): their difference is what a user's labels can buy at most.
 
 `--groups G` (default 3) is SimulateConfig.groups of every planted cache, `--decisive q` (default: none)
 its SimulateConfig.decisive: only a share q of the pairs tell the groups apart, by a large margin. Each
@@ -43,7 +45,8 @@ import numpy as np
 import torch
 
 from micro.demo.pipeline import DemoConfig
-from micro.heads import MixtureConfig, run_fit_mixture, simulate
+from micro.embedcache import load_split
+from micro.heads import MixtureConfig, bayes_accuracy, run_fit_mixture, simulate
 from micro.heads.config import SimulateConfig
 from micro.methods import REGISTRY
 from micro.router import AdaptConfig, run_adapt
@@ -174,7 +177,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         for setting, regime, conflict in settings:
-            runs, shares = [], []
+            runs, shares, bayes = [], [], []
             for c in range(args.cache_seeds):
                 name = (regime + ("" if conflict is None else f"{conflict:g}") + f"-g{args.groups}"
                         + ("" if args.decisive is None else f"-q{args.decisive:g}") + f"-{c}")
@@ -184,8 +187,12 @@ def main() -> None:
                                  pairs=args.pairs, dim=args.dim, seed=c, overwrite=True)
                 agree = consensus(truth.pair_scores)
                 shares.append(float(agree.mean()))
+                test = load_split(cache, "test")
+                bayes.append([bayes_accuracy(truth, test, with_context=known) for known in (True, False)])
                 runs.append(run_cache(name, cache, MixtureConfig(seed=c), args.seeds, work, rules, decisive=~agree))
-            lines += table(f"{setting} (consensus share {', '.join(f'{v:.2f}' for v in shares)})", runs, rules)
+            known, blind = np.mean(bayes, axis=0)
+            lines += table(f"{setting} (consensus share {', '.join(f'{v:.2f}' for v in shares)}; Bayes accuracy, group "
+                           f"known {known:.3f}, prompt only {blind:.3f})", runs, rules)
             print("\n".join(lines), file=sys.stderr, flush=True)
         for name, path, stage1 in (("demo (MiniLM)", args.demo_cache, MixtureConfig(seed=0, epochs=DemoConfig().stage1_epochs)),
                                    ("HelpSteer2 subset (MiniLM)", args.hs2_cache, MixtureConfig(seed=0))):
