@@ -8,7 +8,8 @@ the groups' directions are centred before normalising (`conflict`), so they sum 
 single BT direction explains much (one head, or a prompt-routed mixture, sits near 50 % on average) and
 only the context tells the groups apart. In both, attribute = context = the labeling group, and the
 (context + prompt) router input is the prompt embedding plus the group's context vector. Labels are
-sampled from sigmoid(s_z).
+sampled from sigmoid(s_z). With `decisive` = q only a share q of the response pairs differ in the span
+of the centred group directions (by a larger margin); every group scores the others alike.
 
 The truth lives in the HDF5 group "simulation" (readers of the cache ignore it): directions [G, d],
 mixing matrix A [G, d], context vectors [G, d], and per pair its group, p(g|x) [n, G] and the scores of
