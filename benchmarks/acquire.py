@@ -3,8 +3,8 @@
     python benchmarks/acquire.py --out /tmp/acquire.md --demo-cache /work/caches/peers_demo.h5 \\
         --hs2-cache /work/caches/peers_hs2.h5          # planted: 2 regimes x 3 cache seeds, 10 stage-2 seeds
     python benchmarks/acquire.py --planted shared:0.5,shared:-4 --rules bald   # other planted settings
-    python benchmarks/acquire.py --planted shared:-4,prompt --groups 8         # 8 planted groups (K stays 10)
-    python benchmarks/acquire.py --planted shared:-4 --groups 8 --decisive 0.05   # 5 % decisive pairs
+    python benchmarks/acquire.py --planted shared:-4,prompt --groups 8 --pairs 24000   # 8 groups (K stays 10), 3000 pairs each
+    python benchmarks/acquire.py --planted shared:-4,prompt:-4 --groups 8 --pairs 24000 --decisive 0.05   # 5 % decisive pairs
 
 `--planted` lists the planted settings, each `regime` or `regime:conflict` (SimulateConfig.conflict, the
 fraction of the groups' mean direction removed). A negative conflict, u_g ∝ v_g + |c| mean_h v_h, ADDS the
