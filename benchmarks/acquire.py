@@ -3,14 +3,23 @@
     python benchmarks/acquire.py --out /tmp/acquire.md --demo-cache /work/caches/peers_demo.h5 \\
         --hs2-cache /work/caches/peers_hs2.h5          # planted: 2 regimes x 3 cache seeds, 10 stage-2 seeds
     python benchmarks/acquire.py --planted shared:0.5,shared:-4 --rules bald   # other planted settings
+    python benchmarks/acquire.py --planted shared:-4,prompt --groups 8 --pairs 24000   # 8 groups (K stays 10), 3000 pairs each
+    python benchmarks/acquire.py --planted shared:-4,prompt:-4 --groups 8 --pairs 24000 --decisive 0.05   # 5 % decisive pairs
 
 `--planted` lists the planted settings, each `regime` or `regime:conflict` (SimulateConfig.conflict, the
 fraction of the groups' mean direction removed). A negative conflict, u_g ∝ v_g + |c| mean_h v_h, ADDS the
 common direction, so most pairs are consensus pairs (every
 group ranks them the same way) and only a minority separate the groups. Each setting's header gives that
-consensus share: the fraction of pairs whose planted scores s_g have the same sign for every group.
+consensus share: the fraction of pairs whose planted scores s_g have the same sign for every group, and
+the Bayes accuracy on the test split with the group known and from the prompt only (mean over the cache
+seeds): their difference is what a user's labels can buy at most.
 
-Per planted setting and cache seed c: `simulate(regime=..., pairs=3000, dim=64, seed=c)` and a default
+`--groups G` (default 3) is SimulateConfig.groups of every planted cache, `--decisive q` (default: none)
+its SimulateConfig.decisive: only a share q of the pairs tell the groups apart, by a large margin. Each
+planted table ends with the decisive (not consensus) share of the pairs each rule asked after the shared
+first batch, beside that share in the train pools: does the rule find the pairs that separate the groups?
+
+Per planted setting and cache seed c: `simulate(regime=..., groups=G, pairs=3000, dim=64, seed=c)` and a default
 stage-1 fit (`MixtureConfig(seed=c)`, K = 10); per real cache (MiniLM caches of the demo data and of the
 HelpSteer2 subset, if given) one default stage-1 fit (the demo with DemoConfig's stage-1 epochs). Then one
 `run_adapt` per rule (baselines off) with the same stage-2 seeds: the rules see the same first batch,
@@ -30,15 +39,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 
 from micro.demo.pipeline import DemoConfig
-from micro.heads import MixtureConfig, run_fit_mixture, simulate
+from micro.embedcache import load_split
+from micro.heads import MixtureConfig, bayes_accuracy, run_fit_mixture, simulate
 from micro.heads.config import SimulateConfig
 from micro.methods import REGISTRY
 from micro.router import AdaptConfig, run_adapt
+from micro.router import sweep
 
 REGIMES = ("prompt", "shared")
 BUDGETS = [5, 10, 25, 50]
@@ -65,10 +77,11 @@ def planted_settings(spec: str) -> list[tuple[str, str, float | None]]:
     return out
 
 
-def consensus_share(pair_scores: np.ndarray) -> float:
-    """Fraction of pairs whose planted scores [n, G] have one sign for every group."""
+def consensus(pair_scores: np.ndarray) -> np.ndarray:
+    """[n] bool: the pair's planted scores [n, G] have one sign for every group (a consensus pair; the others
+    are the decisive pairs, which tell the groups apart)."""
     signs = np.sign(pair_scores)
-    return float(np.mean(np.all(signs == signs[:, :1], axis=1)))
+    return np.all(signs == signs[:, :1], axis=1)
 
 
 def per_run(records: list[dict], method: str, budget: int) -> dict[int, float]:
@@ -80,16 +93,31 @@ def per_run(records: list[dict], method: str, budget: int) -> dict[int, float]:
     return {s: float(np.mean(v)) for s, v in sorted(by.items())}
 
 
-def run_cache(name: str, cache: Path, stage1: MixtureConfig, seeds: int, work: Path, rules: dict) -> dict:
-    """{rule: {method: {budget: [accuracy per stage-2 seed]}}} for one cache."""
+def run_cache(name: str, cache: Path, stage1: MixtureConfig, seeds: int, work: Path, rules: dict,
+              decisive: np.ndarray | None = None) -> dict:
+    """{rule: {method: {budget: [accuracy per stage-2 seed]}}} for one cache; with `decisive` (bool per cache
+    pair row) also {rule: {"decisive": [share of decisive pairs among each seed's asked pairs after the first
+    batch]}}."""
     run_fit_mixture(cache, work / f"{name}-run", stage1, overwrite=True)
     out = {}
     for label, (rule, share) in rules.items():
         t = time.perf_counter()
         cfg = AdaptConfig(budgets=BUDGETS, seeds=seeds, plot=False, save_routers=False, baselines=False,
                           acquire=rule, acquire_random=share)
-        records = run_adapt(cache, work / f"{name}-run", work / f"{name}-{rule}-{share}", cfg, overwrite=True)["records"]
+        calls = []
+
+        def spy(rule, split, *args, acquire=sweep.acquire_pairs):  # records the train split and the asked rows
+            calls.append((split, acquire(rule, split, *args)))
+            return calls[-1][1]
+
+        with mock.patch.object(sweep, "acquire_pairs", spy):
+            records = run_adapt(cache, work / f"{name}-run", work / f"{name}-{rule}-{share}", cfg, overwrite=True)["records"]
         out[label] = {m: {b: list(per_run(records, m, b).values()) for b in BUDGETS} for m in METHODS}
+        if decisive is not None:  # the pairs asked after the shared first batch, as /pairs rows
+            (split, asked), = calls
+            out[label]["decisive"] = [float(np.mean(np.concatenate([decisive[split.pair_rows[rows[cfg.acquire_batch:]]]
+                                                                    for rows in d.values()]))) for d in asked[BUDGETS[-1]]]
+            out["pool decisive"] = float(np.mean(decisive[split.pair_rows]))
         print(f"{name} {label}: {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
     return out
 
@@ -116,6 +144,11 @@ def table(setting: str, runs: list[dict], rules: dict) -> list[str]:
             worst_cell = "-" if label == "random" else f"{diffs[worst].mean():+.3f} ± {diffs[worst].std(ddof=1):.3f} (B = {worst})"
             lines.append(f"| {REGISTRY[m].label} | {label} | " + " | ".join(ms(acc(label, m, b)) for b in BUDGETS)
                          + f" | {'B = ' + str(reach[0]) if reach else 'not reached'} | {worst_cell} |")
+    if "decisive" in runs[0]["random"]:
+        lines += ["", f"Decisive (not consensus) share of the pairs asked after the first batch (B = 6..{BUDGETS[-1]}), "
+                  "mean ± std over the runs: " + "; ".join(f"{label} {ms(np.concatenate([r[label]['decisive'] for r in runs]))}"
+                                                             for label in rules)
+                  + f"; in the train pools {ms([r['pool decisive'] for r in runs])}."]
     return lines + [""]
 
 
@@ -123,6 +156,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=3000)
     p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--groups", type=int, default=3, help="planted annotator groups G (SimulateConfig.groups)")
+    p.add_argument("--decisive", type=float, default=None, help="share of decisive pairs (SimulateConfig.decisive)")
     p.add_argument("--seeds", type=int, default=10, help="stage-2 seeds per cache")
     p.add_argument("--cache-seeds", type=int, default=3, help="planted caches per setting")
     p.add_argument("--planted", default=",".join(REGIMES),
@@ -142,21 +177,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         for setting, regime, conflict in settings:
-            runs, shares = [], []
+            runs, shares, bayes = [], [], []
             for c in range(args.cache_seeds):
-                name = regime + ("" if conflict is None else f"{conflict:g}") + f"-{c}"
+                name = (regime + ("" if conflict is None else f"{conflict:g}") + f"-g{args.groups}"
+                        + ("" if args.decisive is None else f"-q{args.decisive:g}") + f"-{c}")
                 cache = work / f"{name}.h5"
-                truth = simulate(cache, SimulateConfig(regime=regime, conflict=conflict), pairs=args.pairs, dim=args.dim,
-                                 seed=c, overwrite=True)
-                shares.append(consensus_share(truth.pair_scores))
-                runs.append(run_cache(name, cache, MixtureConfig(seed=c), args.seeds, work, rules))
-            lines += table(f"{setting} (consensus share {', '.join(f'{v:.2f}' for v in shares)})", runs, rules)
+                truth = simulate(cache, SimulateConfig(regime=regime, conflict=conflict, groups=args.groups,
+                                                       decisive=args.decisive),
+                                 pairs=args.pairs, dim=args.dim, seed=c, overwrite=True)
+                agree = consensus(truth.pair_scores)
+                shares.append(float(agree.mean()))
+                test = load_split(cache, "test")
+                bayes.append([bayes_accuracy(truth, test, with_context=known) for known in (True, False)])
+                runs.append(run_cache(name, cache, MixtureConfig(seed=c), args.seeds, work, rules, decisive=~agree))
+            known, blind = np.mean(bayes, axis=0)
+            lines += table(f"{setting} (consensus share {', '.join(f'{v:.2f}' for v in shares)}; Bayes accuracy, group "
+                           f"known {known:.3f}, prompt only {blind:.3f})", runs, rules)
             print("\n".join(lines), file=sys.stderr, flush=True)
         for name, path, stage1 in (("demo (MiniLM)", args.demo_cache, MixtureConfig(seed=0, epochs=DemoConfig().stage1_epochs)),
                                    ("HelpSteer2 subset (MiniLM)", args.hs2_cache, MixtureConfig(seed=0))):
             if path:
                 lines += table(name, [run_cache(name.split()[0], Path(path), stage1, args.seeds, work, rules)], rules)
-    text = "\n".join(lines) + (f"\nPlanted: {args.pairs} pairs, d = {args.dim}, G = 3, cache seeds 0..{args.cache_seeds - 1}; "
+    text = "\n".join(lines) + (f"\nPlanted: {args.pairs} pairs, d = {args.dim}, G = {args.groups}, decisive {args.decisive}, cache seeds 0..{args.cache_seeds - 1}; "
                                f"K = 10, {args.seeds} stage-2 seeds, batch 5; {time.perf_counter() - start:.0f} s on {args.threads} thread(s).\n")
     print(text)
     if args.out:

@@ -299,10 +299,19 @@ class SimulateConfig:
     adds the common direction, so most pairs are consensus pairs that every group ranks alike (3 groups,
     d = 64: c = -4 about 75 %, c = -12 about 90 %). Ignored for one group."""
 
+    decisive: float | None = None
+    """Share q of the response pairs that tell the groups apart (None: every pair, the plain Gaussian
+    draw). The other pairs' differences e_a - e_b lose their component in the span of the centred group
+    directions u_g - mean_h u_h, so every group gives them the same score (consensus pairs, ranked by the
+    common direction: pair with conflict < 1, e.g. -4, for a common direction that ranks them surely); a
+    decisive pair's component there is scaled by 1/sqrt(q), so the groups disagree on it by a large margin
+    and the difference keeps its average size in that span. With 8 groups, d = 64, conflict -4: q = 0.05
+    leaves about 95 % consensus pairs. Ignored for one group."""
+
     def __post_init__(self) -> None:
         check_numbers(self, integers=("groups", "dim", "pairs", "seed", "pairs_per_prompt"),
                       reals=("test_fraction", "scale", "sharpness", "weight_floor", "context_scale")
-                      + (("conflict",) if self.conflict is not None else ()))
+                      + tuple(name for name in ("conflict", "decisive") if getattr(self, name) is not None))
         if self.regime not in SIMULATION_REGIMES:
             raise ValueError(f"regime must be 'prompt' or 'shared', not {self.regime!r}")
         if self.groups < 1 or self.dim < 1 or self.pairs < 2 * self.groups:
@@ -311,6 +320,8 @@ class SimulateConfig:
             raise ValueError(f"test_fraction must be in (0, 1), not {self.test_fraction!r}")
         if self.conflict is not None and not self.conflict <= 1:
             raise ValueError(f"conflict must be at most 1 (negative: consensus), not {self.conflict!r}")
+        if self.decisive is not None and not 0 < self.decisive <= 1:
+            raise ValueError(f"decisive must be in (0, 1] (the share of pairs that tell the groups apart), not {self.decisive!r}")
         if not 0 <= self.weight_floor <= 1:
             raise ValueError(f"weight_floor must be in [0, 1], not {self.weight_floor!r}")
         if self.seed < 0:

@@ -8,7 +8,8 @@ the groups' directions are centred before normalising (`conflict`), so they sum 
 single BT direction explains much (one head, or a prompt-routed mixture, sits near 50 % on average) and
 only the context tells the groups apart. In both, attribute = context = the labeling group, and the
 (context + prompt) router input is the prompt embedding plus the group's context vector. Labels are
-sampled from sigmoid(s_z).
+sampled from sigmoid(s_z). With `decisive` = q only a share q of the response pairs differ in the span
+of the centred group directions (by a larger margin); every group scores the others alike.
 
 The truth lives in the HDF5 group "simulation" (readers of the cache ignore it): directions [G, d],
 mixing matrix A [G, d], context vectors [G, d], and per pair its group, p(g|x) [n, G] and the scores of
@@ -105,6 +106,11 @@ def _simulate(out: Path, config: SimulateConfig, overwrite: bool) -> SimulationT
     rng.shuffle(triple_prompt)
     response_emb = rng.normal(size=(2 * triples, d))
     a, b = np.arange(0, 2 * triples, 2), np.arange(1, 2 * triples, 2)
+    if G > 1 and c.decisive is not None:  # rare decisive pairs: move e_b so only they differ in the groups' span
+        basis = np.linalg.svd(directions - directions.mean(0), full_matrices=False)[2][: G - 1]  # [G-1, d]
+        along = (response_emb[a] - response_emb[b]) @ basis.T @ basis
+        factor = np.where(rng.random(triples) < c.decisive, 1 / math.sqrt(c.decisive), 0.0)
+        response_emb[b] += (1 - factor)[:, None] * along
     scores_ab = scale * (response_emb[a] - response_emb[b]) @ directions.T  # [triples, G]
 
     if regime == "prompt":

@@ -121,3 +121,24 @@ def test_negative_conflict_adds_the_common_direction_so_most_pairs_are_consensus
 
     share = [consensus(c) for c in (1.0, 0.0, -4.0, -12.0)]
     assert share[0] < 0.05 and share[1] < 0.4 < 0.6 < share[2] < share[3], share
+
+
+def test_decisive_makes_pairs_that_tell_the_groups_apart_rare_and_sure(tmp_path):
+    """decisive=q: about 1 - q of the pairs get the same score from every group (consensus by construction,
+    not only by sign), the rest are decisive: the groups' scores there spread widely and often differ in
+    sign. The default draw (None) is unchanged, and q outside (0, 1] is refused."""
+    kw = dict(groups=8, dim=64, pairs=4000, regime="shared", seed=3, conflict=-4.0)
+    plain = simulate(tmp_path / "plain.h5", **kw)
+    truth = simulate(tmp_path / "rare.h5", decisive=0.1, **kw)
+    np.testing.assert_allclose(truth.directions, plain.directions)  # same groups, other pairs
+    spread = truth.pair_scores.max(1) - truth.pair_scores.min(1)
+    same = spread < 1e-6
+    assert 0.85 < same.mean() < 0.95, same.mean()
+    signs = np.sign(truth.pair_scores[~same])
+    assert np.mean(~np.all(signs == signs[:, :1], axis=1)) > 0.8  # decisive pairs mostly split the groups
+    plain_spread = plain.pair_scores.max(1) - plain.pair_scores.min(1)
+    assert np.median(spread[~same]) > 2 * np.median(plain_spread)  # and by a larger margin than a plain pair
+    assert load_truth(tmp_path / "rare.h5").params["decisive"] == 0.1 and plain.params["decisive"] is None
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="decisive"):
+            simulate(tmp_path / "x.h5", pairs=800, decisive=bad)
