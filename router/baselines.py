@@ -108,7 +108,6 @@ def fit_map_heads(
     groups: torch.Tensor | None = None,
     folds: int = 5,
     iterations: int = 15,
-    select_on: torch.Tensor | None = None,
 ) -> MapHeads:
     """MAP BT heads for P independent problems of n pairs each, the prior precision chosen per problem
     by held-out BT loss on the same pairs.
@@ -129,10 +128,6 @@ def fit_map_heads(
     group's problems (empirical Bayes across contexts: A x n pairs decide one c instead of n pairs each);
     whether a context keeps its prior (micro-refine) is still decided per problem, at the pooled c of
     each kind.
-    `select_on` [P, n] bool: the pairs whose held-out losses choose (default: all). Every candidate is
-    still fitted on all n pairs; pairs asked for by an active rule are a biased sample of the user's
-    pairs (chosen where the heads disagree), so the choice is made on the randomly drawn ones. A problem
-    with fewer than 2 such pairs chooses on all of its pairs.
     Computed in float64; returns float32 tensors on the CPU.
     """
     if select not in REFINE_SELECT:
@@ -192,10 +187,7 @@ def fit_map_heads(
         else:
             _, _, theta, x, prec = solve(torch.arange(n), every)
             pair_loss = _alo_pair_loss(x, theta, prec)
-    on = torch.ones(n_problems, n, dtype=torch.float64) if select_on is None else select_on.to(torch.float64).cpu()
-    on = torch.where(on.sum(-1, keepdim=True) < 2, torch.ones_like(on), on)  # [P, n] weights of the choosing pairs
-    n_on = on.sum(-1)  # [P]
-    heldout = (pair_loss * on).sum(-1)  # [L, P]
+    heldout = pair_loss.sum(-1)  # [L, P]
     choice = _choose(heldout, torch.tensor(cand_on), groups if select == "pooled-loo" else None)  # [P]
     if with_prior:
         # Keep the prior alone (candidate 0: delta = 0, only its scale fitted) unless the best candidate
@@ -205,17 +197,15 @@ def fit_map_heads(
         # on most pairs and is left.
         rows = torch.arange(n_problems)
         gap = pair_loss[0] - pair_loss[choice, rows]  # [P, n]
-        mean = (gap * on).sum(-1) / n_on
-        var = ((gap - mean.unsqueeze(-1)) ** 2 * on).sum(-1) / (n_on - 1).clamp_min(1)
-        se = var.sqrt() * n_on.sqrt() if n > 1 else torch.zeros(n_problems, dtype=torch.float64)
-        choice = torch.where((gap * on).sum(-1) <= se, torch.zeros_like(choice), choice)
+        se = gap.std(-1) * (n**0.5) if n > 1 else torch.zeros(n_problems, dtype=torch.float64)
+        choice = torch.where(gap.sum(-1) <= se, torch.zeros_like(choice), choice)
     coef, s, *_ = solve(torch.arange(n), choice.unsqueeze(0))
     delta = (coef[0].unsqueeze(1) @ diff).squeeze(1)  # [P, d]
     return MapHeads(
         delta=delta.float(),
         scale=s[0].float(),
         precision=grid_t[choice].float(),
-        heldout_loss=(heldout / n_on).T.float(),
+        heldout_loss=(heldout / n).T.float(),
     )
 
 
@@ -239,10 +229,9 @@ def _choose(heldout: torch.Tensor, on: torch.Tensor, groups: torch.Tensor | None
     return best.gather(0, own.argmin(0, keepdim=True))[0]
 
 
-def fit_budget_bt(diff: torch.Tensor, grid: tuple[float, ...], *, select: str = "loo", groups: torch.Tensor | None = None,
-                  select_on: torch.Tensor | None = None) -> MapHeads:
+def fit_budget_bt(diff: torch.Tensor, grid: tuple[float, ...], *, select: str = "loo", groups: torch.Tensor | None = None) -> MapHeads:
     """`budget-bt`: a fresh BT head per problem from its budget pairs alone ([P, n, d] -> heads [P, d])."""
-    return fit_map_heads(diff, grid, select=select, groups=groups, select_on=select_on)
+    return fit_map_heads(diff, grid, select=select, groups=groups)
 
 
 def fit_oracle_head(diff: torch.Tensor, grid: tuple[float, ...], *, holdout: float = 0.2, seed: int = 0, max_iter: int = 50) -> tuple[torch.Tensor, float]:

@@ -39,10 +39,8 @@ def fit_refinement(
     scale_precision: float = 1.0,
     select: str = "loo",
     groups: torch.Tensor | None = None,
-    select_on: torch.Tensor | None = None,
 ) -> Refinement:
     """diff [P, n, d] budget pairs of P (context, seed) problems, prior_margins [P, n] the prior head's
-    margins on them -> P refinements; `select`, `groups` and `select_on` as in fit_map_heads."""
-    sol = fit_map_heads(diff, grid, prior_margins=prior_margins, scale_precision=scale_precision, select=select, groups=groups,
-                        select_on=select_on)
+    margins on them -> P refinements; `select` and `groups` as in fit_map_heads."""
+    sol = fit_map_heads(diff, grid, prior_margins=prior_margins, scale_precision=scale_precision, select=select, groups=groups)
     return Refinement(delta=sol.delta, scale=sol.scale, precision=sol.precision)

@@ -82,29 +82,6 @@ def test_cv5_depends_on_the_order_of_the_pairs_and_loo_does_not():
         fit_map_heads(diff, (1.0,), select="loo5")
 
 
-@pytest.mark.parametrize("with_prior", [False, True])
-def test_the_precision_is_chosen_on_the_select_on_pairs_only(with_prior):
-    """Pairs 0-19 follow a linear head, pairs 20-39 have coin-flip labels (what an active rule asks for
-    where the heads disagree): choosing on the first 20 alone picks weaker shrinkage for budget-bt
-    (the noise pairs reward shrinking); all pairs as `select_on` is the default exactly."""
-    gen = torch.Generator().manual_seed(0)
-    problems, n, d = 6, 40, 16
-    x = torch.randn(problems, n, d, generator=gen)
-    clean = (x @ torch.randn(problems, d, 1, generator=gen)).squeeze(-1).sign()
-    coin = torch.randint(0, 2, (problems, n), generator=gen).double() * 2 - 1
-    diff = x * torch.where(torch.arange(n) < 20, clean, coin).unsqueeze(-1)
-    prior = {"prior_margins": 0.1 * torch.randn(problems, n, generator=gen)} if with_prior else {}
-    grid = AdaptConfig().refine_grid
-    default = fit_map_heads(diff, grid, **prior)
-    every = fit_map_heads(diff, grid, select_on=torch.ones(problems, n, dtype=torch.bool), **prior)
-    first = fit_map_heads(diff, grid, select_on=(torch.arange(n) < 20).expand(problems, n), **prior)
-    for field in ("delta", "scale", "precision", "heldout_loss"):
-        assert torch.equal(getattr(default, field), getattr(every, field)), field
-    if not with_prior:  # (with a prior, 'keep the prior alone' competes too)
-        assert (first.precision <= default.precision).all() and (first.precision < default.precision).sum() >= 4, (first.precision, default.precision)
-    assert not torch.equal(first.heldout_loss, default.heldout_loss)
-
-
 def test_pooled_choice_sums_the_group_and_keeps_the_prior_decision_per_problem():
     # rows: candidates (0, 1 prior on; 2, 3 prior off); columns: problems (0-2 one group, 3 another)
     heldout = torch.tensor([
