@@ -14,6 +14,7 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
   calibrated  MixtureConfig(stop_on="calibrated-nll") early stopping on the temperature-calibrated NLL
   later plateau  MixtureConfig(stop_on="later-plateau") stop when both have plateaued, keep the later best
                  (the default's stop; the name keeps the rows measured before it became the default apart)
+  weight decay 0.1  MixtureConfig(weight_decay=0.1)  the default with AdamW's decoupled weight decay
 then stage 2 with run_adapt(AdaptConfig(budgets=[10, 50], seeds=3)) (stage-2 seeds = budget draws; their
 mean is the cache's value). Each line of --out is one (regime, pairs, dim, seed, config) with stage1-best,
 micro, micro-refine, budget-bt, oracle at B = 10 and 50, the smallest cosine between a planted direction
@@ -54,6 +55,7 @@ CONFIGS = {
     "40 epochs": {"epochs": 40},
     "calibrated": {"stop_on": "calibrated-nll"},
     "later plateau": {"stop_on": "later-plateau"},
+    "weight decay 0.1": {"weight_decay": 0.1},
 }
 METHODS = ("stage1-best", "micro", "micro-refine", "budget-bt", "oracle")
 BUDGETS = (10, 50)
