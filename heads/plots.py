@@ -74,8 +74,9 @@ def _short(text: str, width: int = 40) -> str:
 
 
 def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
-    """Write the held-out NLL (one line per restart while they train side by side) and the training loss
-    against the step, with the kept (best) step marked; None for a fixed-epoch fit (no held-out slice)."""
+    """Write the held-out NLL and, where early stopping watched it, the calibrated held-out NLL (one line
+    per restart while they train side by side) and the training loss against the step, with the kept
+    (best) step marked; None for a fixed-epoch fit (no held-out slice)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,12 +86,15 @@ def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
     if not curve:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for r in range(max(len(c["heldout_nll"]) for c in curve)):
-        pts = [(c["step"], c["heldout_nll"][r]) for c in curve if len(c["heldout_nll"]) > r]
-        label = "held-out NLL" if r == 0 else None
-        if record.get("restarts", 1) > 1 and r > 0 and len(pts) < len(curve):
-            label = None
-        ax.plot(*zip(*pts), color="C0", alpha=1.0 if len(pts) == len(curve) else 0.35, label=label)
+    for key, color, name in (("heldout_nll", "C0", "held-out NLL"), ("heldout_calibrated_nll", "C2", "held-out calibrated NLL")):
+        if key not in curve[0]:
+            continue
+        kept = record.get("chosen_restart", 0)  # its index while the restarts train side by side, then the only one
+        ax.plot([c["step"] for c in curve], [c[key][kept if len(c[key]) > 1 else 0] for c in curve], color=color, label=name)
+        for r in range(max(len(c[key]) for c in curve)):
+            if r != kept:  # the restarts dropped at the choice, faint
+                pts = [(c["step"], c[key][r]) for c in curve if len(c[key]) > 1]
+                ax.plot(*zip(*pts), color=color, alpha=0.3)
     ax.plot([c["step"] for c in curve], [c["train_loss"] for c in curve], color="C1", alpha=0.6, label="training NLL (sample of fit pairs)")
     ax.axvline(record["best_step"], color="k", ls="--", lw=0.8, label=f"kept: step {record['best_step']}")
     ax.set_xlabel("step")
