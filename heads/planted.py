@@ -143,6 +143,7 @@ def _simulate(out: Path, config: SimulateConfig, overwrite: bool) -> SimulationT
         old = _existing_params(out)
         if old is None:
             refuse_existing(out, "a file that `micro simulate` did not write", ["not a simulated cache"])
+        old = {**SimulateConfig().to_dict(), **old}  # a field added since that cache was written: its default
         if old != json.loads(json.dumps(params)):
             refuse_existing(out, "a simulated cache", diff_fields(old, params))
     truth = SimulationTruth(

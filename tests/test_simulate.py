@@ -142,3 +142,21 @@ def test_decisive_makes_pairs_that_tell_the_groups_apart_rare_and_sure(tmp_path)
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="decisive"):
             simulate(tmp_path / "x.h5", pairs=800, decisive=bad)
+
+
+def test_a_cache_from_before_a_new_field_counts_as_the_same_parameters(tmp_path):
+    """A cache written before a SimulateConfig field existed records no value for it: re-simulating it
+    with that field at its default is the same cache, not a refusal."""
+    import json
+
+    import h5py
+
+    path = tmp_path / "old.h5"
+    simulate(path, groups=3, dim=16, pairs=600, seed=1)
+    with h5py.File(path, "r+") as f:
+        params = json.loads(f.attrs["simulation"])
+        del params["decisive"]
+        f.attrs["simulation"] = json.dumps(params)
+    simulate(path, groups=3, dim=16, pairs=600, seed=1)  # no refusal
+    with pytest.raises(Exception, match="decisive"):
+        simulate(path, groups=3, dim=16, pairs=600, seed=1, decisive=0.5)
