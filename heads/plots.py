@@ -86,10 +86,10 @@ def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
     if not curve:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    kept = record.get("chosen_restart", 0)  # its index while the restarts train side by side, then the only one
     for key, color, name in (("heldout_nll", "C0", "held-out NLL"), ("heldout_calibrated_nll", "C2", "held-out calibrated NLL")):
         if key not in curve[0]:
             continue
-        kept = record.get("chosen_restart", 0)  # its index while the restarts train side by side, then the only one
         ax.plot([c["step"] for c in curve], [c[key][kept if len(c[key]) > 1 else 0] for c in curve], color=color, label=name)
         for r in range(max(len(c[key]) for c in curve)):
             if r != kept:  # the restarts dropped at the choice, faint

@@ -121,11 +121,10 @@ def step_plan(n_fit: int, config: MixtureConfig) -> StepPlan:
 # ------------------------------------------------------------------------------------------------
 # Margin scales 1/T tried by `calibrated_nll`: 2^(j/4) for j in -40..40 (1/1024 to 1024, 19 % apart).
 CALIBRATION_SCALES = 2.0 ** (torch.arange(-40, 41, dtype=torch.float64) / 4)
-UNIT_SCALE = 40  # CALIBRATION_SCALES[UNIT_SCALE] == 1: the plain NLL
 
 
 def _grid_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
-    """[S, ...] mixture NLL at each scale of `CALIBRATION_SCALES` (index UNIT_SCALE is scale 1).
+    """[S, ...] mixture NLL at each scale of `CALIBRATION_SCALES`.
 
     One scale at a time, in float64, as -mean log sum_k w_k sigmoid(s m_k): a few passes over one
     [..., n, K] buffer that stays in cache, ~8x faster than broadcasting the log-space form over all 81

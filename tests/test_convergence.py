@@ -6,12 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from micro.cli import app
 from micro.embedcache import load_split
 from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, simulate
-from micro.heads.train import MicroStack, Plateaus, batch_loss, build_model, calibrated_nll, heldout_rows, step_plan, stopping_nll
+from micro.heads.train import (CALIBRATION_SCALES, MicroStack, Plateaus, _grid_nll, batch_loss, build_model, calibrated_nll, heldout_rows,
+                               step_plan, stopping_nll)
 
 torch.set_num_threads(1)
 
@@ -82,6 +84,21 @@ def test_calibrated_nll_ignores_the_margin_scale_and_the_config_checks_stop_on()
     assert (calibrated_nll(log_w, margins) <= stopping_nll(plain, log_w, margins)).all()  # T = 1 is on the grid
     with pytest.raises(ValueError, match="stop_on"):
         MixtureConfig(stop_on="accuracy")
+
+
+def test_the_calibration_grid_matches_the_log_space_form_where_probabilities_underflow():
+    """_grid_nll sums probabilities in float64 one scale at a time; where a pair's probability underflows
+    to 0 at a large scale (margins of -1000 x 1024) that scale is recomputed in log space: every value
+    is finite and equals the broadcast log-space form."""
+    gen = torch.Generator().manual_seed(3)
+    margins = torch.randn(2, 300, 4, generator=gen) * 3
+    margins[0, :5] = -1000.0  # every head far on the wrong side for five pairs
+    log_w = torch.log_softmax(torch.randn(2, 300, 4, generator=gen), -1)
+    scales = CALIBRATION_SCALES.view(-1, 1, 1, 1)
+    reference = -torch.logsumexp(log_w.double() + F.logsigmoid(scales * margins.double()), dim=-1).mean(-1)
+    grid = _grid_nll(log_w, margins)
+    assert torch.isfinite(grid).all()
+    torch.testing.assert_close(grid.double(), reference, rtol=1e-5, atol=1e-5)
 
 
 def test_later_plateau_gives_both_values_in_one_pass():
