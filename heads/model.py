@@ -65,6 +65,7 @@ class MixtureRewardModel(nn.Module):
 
     weights: `router` (prompt-conditioned, MiCRo), `static` (one learned logit vector, MaxMin-style),
     or `uniform` (fixed 1/K: single head and the shared-base ensemble).
+    `seed` alone sets every initial weight (heads, prior, router); the global RNG is left as it was.
     """
 
     def __init__(
@@ -88,7 +89,11 @@ class MixtureRewardModel(nn.Module):
         self.heads = nn.Parameter((torch.rand(k, hidden_size, generator=gen) * 2 - 1) * bound)
         prior = torch.randn(k, hidden_size, generator=gen) * (prior_scale / math.sqrt(hidden_size))
         self.register_buffer("prior", prior)
-        self.router = Router(hidden_size, k, router, router_hidden) if weights == "router" else None
+        self.router = None
+        if weights == "router":
+            with torch.random.fork_rng(devices=[]):  # the router's layers draw from the global RNG: seed it, then restore
+                torch.manual_seed(seed)
+                self.router = Router(hidden_size, k, router, router_hidden)
         self.static_logits = nn.Parameter(torch.zeros(k)) if weights == "static" else None
         self.register_buffer("head_mask", torch.zeros(k, dtype=torch.bool), persistent=False)
 

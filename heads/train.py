@@ -53,17 +53,15 @@ def build_model(config: MixtureConfig, hidden_size: int, diff_rms: float = 1.0) 
     weights = {"micro": "router", "static": "static", "single": "uniform", "ensemble": "uniform"}[config.method]
     # The prior's margins p . d have std ~ prior_scale whatever the embedding scale of the cache.
     prior_scale = config.prior_scale / max(diff_rms, 1e-12) if config.method == "ensemble" else 0.0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        return MixtureRewardModel(
-            hidden_size,
-            config.num_heads,
-            weights=weights,
-            router=config.router,
-            router_hidden=config.hidden,
-            prior_scale=prior_scale,
-            seed=config.seed,
-        )
+    return MixtureRewardModel(
+        hidden_size,
+        config.num_heads,
+        weights=weights,
+        router=config.router,
+        router_hidden=config.hidden,
+        prior_scale=prior_scale,
+        seed=config.seed,
+    )
 
 
 def lr_factor(step: int, total: int, warmup: float) -> float:

@@ -102,6 +102,26 @@ def test_training_is_deterministic_for_a_seed(small_cache):
     assert not torch.equal(a.heads, c.heads)
 
 
+def test_a_models_seed_alone_sets_its_initial_weights_router_included():
+    """The router's layers draw from torch's global RNG; the model seeds that draw itself and restores the
+    global state, so a model built outside fit_mixture (a planted stage 1, a benchmark) does not depend on
+    what ran before it in the process."""
+    from micro.heads.model import MixtureRewardModel
+
+    torch.manual_seed(123)
+    a = MixtureRewardModel(8, 3, weights="router", seed=5)
+    after = torch.rand(1)
+    torch.manual_seed(456)
+    torch.rand(7)
+    b = MixtureRewardModel(8, 3, weights="router", seed=5)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after)  # the global stream is untouched by building a model
+    c = MixtureRewardModel(8, 3, weights="router", seed=6)
+    assert not torch.equal(a.router.net[0].weight, c.router.net[0].weight)
+
+
 def test_single_head_is_logistic_regression_on_differences(small_cache):
     from sklearn.linear_model import LogisticRegression
 
