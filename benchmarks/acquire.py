@@ -106,15 +106,15 @@ def run_cache(name: str, cache: Path, stage1: MixtureConfig, seeds: int, work: P
                           acquire=rule, acquire_random=share)
         calls = []
 
-        def spy(rule, split, *args, acquire=sweep.acquire_pairs):  # records the train split and the asked rows
-            calls.append((split, acquire(rule, split, *args)))
+        def spy(rule, split, *args, acquire=sweep.acquire_pairs, **kwargs):  # records the train split and the asked rows
+            calls.append((split, acquire(rule, split, *args, **kwargs)))
             return calls[-1][1]
 
         with mock.patch.object(sweep, "acquire_pairs", spy):
             records = run_adapt(cache, work / f"{name}-run", work / f"{name}-{rule}-{share}", cfg, overwrite=True)["records"]
         out[label] = {m: {b: list(per_run(records, m, b).values()) for b in BUDGETS} for m in METHODS}
         if decisive is not None:  # the pairs asked after the shared first batch, as /pairs rows
-            (split, asked), = calls
+            (split, (asked, _)), = calls
             out[label]["decisive"] = [float(np.mean(np.concatenate([decisive[split.pair_rows[rows[cfg.acquire_batch:]]]
                                                                     for rows in d.values()]))) for d in asked[BUDGETS[-1]]]
             out["pool decisive"] = float(np.mean(decisive[split.pair_rows]))

@@ -60,9 +60,11 @@ SCORES = {"uncertainty": uncertainty, "disagreement": disagreement, "bald": bald
 
 
 def acquire_pairs(rule: str, split: CacheSplit, seeds: list[int], budgets: list[int], batch: int, random_share: float,
-                  informativeness: Informativeness | None = None) -> dict[int, list[dict[int, np.ndarray]]]:
+                  informativeness: Informativeness | None = None, with_random_mask: bool = False):
     """{budget: one {attribute: `budget` train rows} per seed}, chosen by `rule` (see the module
-    docstring); every budget is a prefix of the largest one."""
+    docstring); every budget is a prefix of the largest one. With `with_random_mask`, also the same
+    structure of boolean masks: True where a pair came from the seed's random order (the first batch and
+    each round's random share; every pair under 'random'), the pairs that are a fair sample of the pool."""
     if rule not in ACQUIRE_RULES:
         raise ValueError(f"acquire must be one of {', '.join(ACQUIRE_RULES)}, not {rule!r}")
     if not 0.0 <= random_share <= 1.0:
@@ -73,6 +75,7 @@ def acquire_pairs(rule: str, split: CacheSplit, seeds: list[int], budgets: list[
     orders = [draw_budget_pairs(split, s, max(len(idx) for idx in pools.values())) for s in seeds]  # full permutations
     active = rule != "random" and top > batch
     asked = [{a: order[a][:batch if active else top] for a in pools} for order in orders]
+    at_random = [{a: np.ones(len(rows), dtype=bool) for a, rows in d.items()} for d in asked]
     if active:
         if informativeness is None:
             raise ValueError(f"acquire rule {rule!r} needs the model's informativeness scores")
@@ -87,4 +90,8 @@ def acquire_pairs(rule: str, split: CacheSplit, seeds: list[int], budgets: list[
                         score = scorers[i](rest).double().numpy()
                     best = rest[np.argsort(-score, kind="stable")[:batch - n_random]]
                     asked[i][a] = np.concatenate([asked[i][a], pool[:n_random], best])
-    return {b: [{a: rows[:b] for a, rows in d.items()} for d in asked] for b in budgets}
+                    at_random[i][a] = np.concatenate([at_random[i][a], np.ones(len(pool[:n_random]), bool), np.zeros(len(best), bool)])
+    rows = {b: [{a: r[:b] for a, r in d.items()} for d in asked] for b in budgets}
+    if not with_random_mask:
+        return rows
+    return rows, {b: [{a: m[:b] for a, m in d.items()} for d in at_random] for b in budgets}

@@ -55,23 +55,24 @@ def _span_features(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return evecs * root.unsqueeze(-2), evecs * inv.unsqueeze(-2)
 
 
-def _newton(x: torch.Tensor, prec: torch.Tensor, mean: torch.Tensor, iterations: int) -> torch.Tensor:
-    """argmin_theta sum_i softplus(-x_i . theta) + 1/2 sum_j prec_j (theta_j - mean_j)^2, batched over
-    the leading axis (x [N, n, m]); Newton with a best-of-4 step length (logistic Newton can overshoot
-    on nearly separable pairs)."""
+def _newton(x: torch.Tensor, prec: torch.Tensor, mean: torch.Tensor, iterations: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """argmin_theta sum_i w_i softplus(-x_i . theta) + 1/2 sum_j prec_j (theta_j - mean_j)^2, batched over
+    the leading axis (x [N, n, m], weight [N, n], default 1); Newton with a best-of-4 step length (logistic
+    Newton can overshoot on nearly separable pairs)."""
+    w = torch.ones(x.shape[:2], dtype=x.dtype) if weight is None else weight
     theta = mean.clone()
     steps = torch.tensor([1.0, 0.5, 0.25, 0.0625], dtype=x.dtype)
     xt = x.transpose(1, 2)
 
     def objective(th):  # [..., N, m] -> [..., N]
         margins = (x @ th.unsqueeze(-1)).squeeze(-1)
-        return nn.functional.softplus(-margins).sum(-1) + 0.5 * (prec * (th - mean) ** 2).sum(-1)
+        return (w * nn.functional.softplus(-margins)).sum(-1) + 0.5 * (prec * (th - mean) ** 2).sum(-1)
 
     for _ in range(iterations):
         margins = (x @ theta.unsqueeze(-1)).squeeze(-1)
         p = torch.sigmoid(-margins)  # -d loss / d margin
-        grad = -(xt @ p.unsqueeze(-1)).squeeze(-1) + prec * (theta - mean)
-        hess = (xt * (p * (1 - p)).unsqueeze(1)) @ x + torch.diag_embed(prec)
+        grad = -(xt @ (w * p).unsqueeze(-1)).squeeze(-1) + prec * (theta - mean)
+        hess = (xt * (w * p * (1 - p)).unsqueeze(1)) @ x + torch.diag_embed(prec)
         step = torch.cholesky_solve(grad.unsqueeze(-1), torch.linalg.cholesky(hess)).squeeze(-1)  # hess is SPD
         cand = theta.unsqueeze(0) - steps[:, None, None] * step.unsqueeze(0)  # [4, N, m]
         best = torch.stack([objective(c) for c in cand]).argmin(0)
@@ -81,15 +82,16 @@ def _newton(x: torch.Tensor, prec: torch.Tensor, mean: torch.Tensor, iterations:
     return theta
 
 
-def _alo_pair_loss(x: torch.Tensor, theta: torch.Tensor, prec: torch.Tensor) -> torch.Tensor:
+def _alo_pair_loss(x: torch.Tensor, theta: torch.Tensor, prec: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Approximate leave-one-out BT loss of every pair ([L, P, n]) of the MAP fits theta [L, P, m] on
-    x [P, n, m] with prior precisions prec [L, P, m] (one Newton step from the full fit, exact for a
-    quadratic loss): with l_i = softplus(-m_i), p_i = sigmoid(-m_i), v_i = p_i (1 - p_i), H the Hessian
-    of the full objective and h_i = x_i^T H^-1 x_i, Sherman-Morrison gives the margin without pair i as
-    m_i - p_i h_i / (1 - v_i h_i) (v_i h_i < 1 since H >= v_i x_i x_i^T + diag(prec))."""
+    x [P, n, m] with prior precisions prec [L, P, m] and pair weights weight [P, n] in {0, 1} (one Newton
+    step from the full fit, exact for a quadratic loss): with l_i = softplus(-m_i), p_i = sigmoid(-m_i),
+    v_i = w_i p_i (1 - p_i), H the Hessian of the full objective and h_i = x_i^T H^-1 x_i, Sherman-Morrison
+    gives the margin without pair i as m_i - p_i h_i / (1 - v_i h_i) (v_i h_i < 1 since
+    H >= v_i x_i x_i^T + diag(prec)); a pair of weight 0 is not in the fit, so its loss is already held out."""
     margins = (x.unsqueeze(0) @ theta.unsqueeze(-1)).squeeze(-1)  # [L, P, n]
     p = torch.sigmoid(-margins)
-    v = p * (1 - p)
+    v = weight * p * (1 - p)
     xt = x.transpose(1, 2).unsqueeze(0)  # [1, P, m, n]
     hess = (xt * v.unsqueeze(-2)) @ x.unsqueeze(0) + torch.diag_embed(prec)  # [L, P, m, m]
     solved = torch.cholesky_solve(xt.expand(hess.shape[0], -1, -1, -1), torch.linalg.cholesky(hess))  # H^-1 x_i
@@ -108,6 +110,7 @@ def fit_map_heads(
     groups: torch.Tensor | None = None,
     folds: int = 5,
     iterations: int = 15,
+    fit_on: torch.Tensor | None = None,
 ) -> MapHeads:
     """MAP BT heads for P independent problems of n pairs each, the prior precision chosen per problem
     by held-out BT loss on the same pairs.
@@ -128,6 +131,9 @@ def fit_map_heads(
     group's problems (empirical Bayes across contexts: A x n pairs decide one c instead of n pairs each);
     whether a context keeps its prior (micro-refine) is still decided per problem, at the pooled c of
     each kind.
+    `fit_on` [P, n] bool (default: all): the pairs each problem is fitted and chosen on; the others are
+    left out of both (as if absent). A problem with fewer than 2 of them keeps the first candidate (the
+    prior alone, or budget-bt's largest precision).
     Computed in float64; returns float32 tensors on the CPU.
     """
     if select not in REFINE_SELECT:
@@ -135,9 +141,15 @@ def fit_map_heads(
     diff = diff.detach().to("cpu", torch.float64)
     n_problems, n, _ = diff.shape
     gram = diff @ diff.transpose(1, 2)  # [P, n, n]
-    unit = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)  # mean ||d||^2
     with_prior = prior_margins is not None
     prior = prior_margins.detach().to("cpu", torch.float64) if with_prior else None
+    on = torch.ones(n_problems, n, dtype=torch.float64) if fit_on is None else fit_on.detach().to("cpu", torch.float64)
+    if on.shape != (n_problems, n):
+        raise ValueError(f"fit_on must be [problems, pairs] = {[n_problems, n]}, not {list(on.shape)}")
+    n_on = on.sum(-1)  # [P]
+    norms = gram.diagonal(dim1=1, dim2=2)
+    masked_mean = (norms * on).sum(-1) / n_on.clamp_min(1)
+    unit = torch.where((n_on == n) | (n_on == 0), norms.mean(-1), masked_mean).clamp_min(1e-30)  # mean ||d||^2 of the fit
 
     # Candidates in order of preference (ties go to the first): the grid from the largest c down with
     # the prior on (s ~ N(1, 1/scale_precision)), then, if allowed, with the prior off (s = 0).
@@ -164,7 +176,8 @@ def fit_map_heads(
             prec[..., -1] = s_prec_all[cands]
             mean[..., -1] = s_mean_all[cands]
         xs = x.unsqueeze(0).expand(n_l, -1, -1, -1).reshape(n_l * n_problems, len(rows), m)
-        theta = _newton(xs, prec.reshape(-1, m), mean.reshape(-1, m), iterations).reshape(n_l, n_problems, m)
+        ws = on[:, rows].unsqueeze(0).expand(n_l, -1, -1).reshape(n_l * n_problems, len(rows))
+        theta = _newton(xs, prec.reshape(-1, m), mean.reshape(-1, m), iterations, ws).reshape(n_l, n_problems, m)
         b = theta[..., : z.shape[-1]]
         coef = (to_coef.unsqueeze(0) @ b.unsqueeze(-1)).squeeze(-1)  # [L', P, |rows|]
         s = theta[..., -1] if with_prior else torch.zeros(n_l, n_problems, dtype=torch.float64)
@@ -186,9 +199,11 @@ def fit_map_heads(
                 pair_loss[:, :, ho] = nn.functional.softplus(-margins)
         else:
             _, _, theta, x, prec = solve(torch.arange(n), every)
-            pair_loss = _alo_pair_loss(x, theta, prec)
+            pair_loss = _alo_pair_loss(x, theta, prec, on)
+    pair_loss = pair_loss * on  # only the pairs in the fit choose
     heldout = pair_loss.sum(-1)  # [L, P]
     choice = _choose(heldout, torch.tensor(cand_on), groups if select == "pooled-loo" else None)  # [P]
+    choice = torch.where(n_on < 2, torch.zeros_like(choice), choice)
     if with_prior:
         # Keep the prior alone (candidate 0: delta = 0, only its scale fitted) unless the best candidate
         # beats it by more than one standard error of the paired per-pair loss differences. Held-out losses
@@ -196,8 +211,10 @@ def fit_map_heads(
         # prior by chance (HelpSteer2, benchmarks/README.md), while a prior that the pairs contradict loses
         # on most pairs and is left.
         rows = torch.arange(n_problems)
-        gap = pair_loss[0] - pair_loss[choice, rows]  # [P, n]
-        se = gap.std(-1) * (n**0.5) if n > 1 else torch.zeros(n_problems, dtype=torch.float64)
+        gap = pair_loss[0] - pair_loss[choice, rows]  # [P, n], 0 off the fit
+        mean_gap = gap.sum(-1) / n_on.clamp_min(1)
+        var = ((gap - mean_gap.unsqueeze(-1)) ** 2 * on).sum(-1) / (n_on - 1).clamp_min(1)
+        se = var.sqrt() * n_on.sqrt()
         choice = torch.where(gap.sum(-1) <= se, torch.zeros_like(choice), choice)
     coef, s, *_ = solve(torch.arange(n), choice.unsqueeze(0))
     delta = (coef[0].unsqueeze(1) @ diff).squeeze(1)  # [P, d]
@@ -205,7 +222,7 @@ def fit_map_heads(
         delta=delta.float(),
         scale=s[0].float(),
         precision=grid_t[choice].float(),
-        heldout_loss=(heldout / n).T.float(),
+        heldout_loss=(heldout / n_on.clamp_min(1)).T.float(),
     )
 
 

@@ -11,6 +11,12 @@ loss on the budget pairs (baselines.fit_map_heads), together with whether to kee
 keeps the head near the routed mixture, a large one lets the pairs move it, and a prior the pairs
 contradict is dropped (s = 0: the head becomes `budget-bt`). The fit is exact in the span of the pairs,
 so it costs the same at d = 3072.
+
+Under an active `--acquire` rule the router learns from every asked pair, but the correction (s, delta,
+lambda) is fitted and chosen on the pairs that came from the seed's random order only (the first batch
+and each round's random share): pairs asked where the heads disagree are what the router needs, but a
+biased sample of the user's pairs for fitting a reward (benchmarks/README.md, "Active acquisition with
+many groups and rare decisive pairs"). Under 'random' that is every pair.
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ def fit_refinement(
     scale_precision: float = 1.0,
     select: str = "loo",
     groups: torch.Tensor | None = None,
+    fit_on: torch.Tensor | None = None,
 ) -> Refinement:
     """diff [P, n, d] budget pairs of P (context, seed) problems, prior_margins [P, n] the prior head's
-    margins on them -> P refinements; `select` and `groups` as in fit_map_heads."""
-    sol = fit_map_heads(diff, grid, prior_margins=prior_margins, scale_precision=scale_precision, select=select, groups=groups)
+    margins on them -> P refinements; `select`, `groups` and `fit_on` as in fit_map_heads."""
+    sol = fit_map_heads(diff, grid, prior_margins=prior_margins, scale_precision=scale_precision, select=select, groups=groups,
+                        fit_on=fit_on)
     return Refinement(delta=sol.delta, scale=sol.scale, precision=sol.precision)

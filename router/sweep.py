@@ -230,8 +230,8 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
                 for r in adapt(draws)]
 
     t = time.perf_counter()
-    asked = acquire_pairs(config.acquire, train, seeds, config.budgets, config.acquire_batch, config.acquire_random,
-                          informativeness)  # {budget: draws}, nested across budgets
+    asked, at_random = acquire_pairs(config.acquire, train, seeds, config.budgets, config.acquire_batch, config.acquire_random,
+                                     informativeness, with_random_mask=True)  # {budget: draws}, nested across budgets
     timings["acquire"] = time.perf_counter() - t
     for budget in config.budgets:
         draws = asked[budget]
@@ -252,6 +252,9 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
             eval_attrs = [a for a in attr_ids if a in eval_draws[0]]
             budget_rows = torch.as_tensor(np.stack([np.stack([d[a] for a in eval_attrs]) for d in eval_draws]))  # [S, A', B]
             diff = eval_train.diff[budget_rows.reshape(-1)].reshape(len(seeds) * len(eval_attrs), budget, -1)
+            # micro-refine's correction is fitted on the pairs drawn at random (all of them unless a rule asked)
+            fit_on = (torch.as_tensor(np.stack([np.stack([d[a] for a in eval_attrs]) for d in at_random[budget]])).reshape(-1, budget)
+                      if eval_train is train else None)
             t = time.perf_counter()
             groups = torch.arange(len(seeds)).repeat_interleave(len(eval_attrs))  # problem -> seed (pooled-loo)
             bt = fit_budget_bt(diff, config.refine_grid, select=config.refine_select, groups=groups)
@@ -274,7 +277,7 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
                 ])  # [S, A', d]
                 prior = (diff @ prior_heads.reshape(len(seeds) * len(eval_attrs), -1, 1)).squeeze(-1)  # [S*A', B]
             ref = fit_refinement(diff, prior, config.refine_grid, scale_precision=config.refine_scale_precision,
-                                 select=config.refine_select, groups=groups)
+                                 select=config.refine_select, groups=groups, fit_on=fit_on)
             heads_refined = (ref.scale.reshape(len(seeds), len(eval_attrs), 1) * prior_heads
                              + ref.delta.reshape(len(seeds), len(eval_attrs), -1))  # [S, A', d]
             timings["refine"] += time.perf_counter() - t

@@ -95,6 +95,25 @@ def test_random_share_one_is_the_random_draw_and_a_half_share_mixes(train):
         acquire_pairs("bald", train, [0], [10], 5, 2.0, lambda d: [])
 
 
+def test_the_random_mask_marks_the_pairs_from_the_random_order(train):
+    weights, margins = _random_model(len(train))
+    rows = attribute_rows(train)
+    half, at_random = acquire_pairs("bald", train, [3], [10, 20], 5, 0.4, _fixed(bald, weights, margins, []), with_random_mask=True)
+    plain, all_random = acquire_pairs("random", train, [3], [20], 5, 0.4, with_random_mask=True)
+    for a in rows:
+        order = draw_budget_pairs(train, 3, len(rows[a]))[a]
+        mask = at_random[20][0][a]  # the first batch, then 2 of each round of 5 from the random order
+        np.testing.assert_array_equal(mask, [True] * 5 + [True, True, False, False, False] * 3)
+        np.testing.assert_array_equal(at_random[10][0][a], mask[:10])
+        drawn = half[20][0][a][mask]  # the random order, skipping rows a rule had already asked for
+        np.testing.assert_array_equal(drawn[:7], order[:7])
+        position = {r: i for i, r in enumerate(order)}
+        assert np.all(np.diff([position[r] for r in drawn]) > 0)
+        asked = set(half[20][0][a][~mask])
+        assert all(r in asked for r in order[: position[drawn[-1]]] if r not in set(drawn))
+        assert all_random[20][0][a].all() and len(plain[20][0][a]) == 20
+
+
 def test_bald_asks_the_pair_that_separates_the_two_likely_heads():
     # Heads 0 and 1 carry the router's mass, head 2 almost none. Pair 0: heads 0 and 1 agree, only the
     # unlikely head 2 dissents; pair 1: heads 0 and 1 disagree confidently; pair 2: every head is unsure

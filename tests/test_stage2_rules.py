@@ -82,6 +82,46 @@ def test_cv5_depends_on_the_order_of_the_pairs_and_loo_does_not():
         fit_map_heads(diff, (1.0,), select="loo5")
 
 
+@pytest.mark.parametrize("select", ["loo", "cv5"])
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_fit_on_is_the_fit_on_those_pairs_alone(with_prior, select):
+    """A mask over the pairs gives the same heads, choices and held-out losses as handing the solver only
+    the masked pairs (pairs 0-19 of 40 here, which follow a head; 20-39 have coin-flip labels); an
+    all-True mask is the default exactly."""
+    gen = torch.Generator().manual_seed(0)
+    problems, n, d = 6, 40, 16
+    x = torch.randn(problems, n, d, generator=gen, dtype=torch.float64)
+    clean = (x @ torch.randn(problems, d, 1, generator=gen, dtype=torch.float64)).squeeze(-1).sign()
+    coin = torch.randint(0, 2, (problems, n), generator=gen).double() * 2 - 1
+    diff = x * torch.where(torch.arange(n) < 20, clean, coin).unsqueeze(-1)
+    margins = 0.3 * torch.randn(problems, n, generator=gen, dtype=torch.float64)
+    grid = AdaptConfig().refine_grid
+    if select == "cv5":  # cv5's folds split the pairs by position: the masked pairs sit at every other row
+        first = torch.arange(n) % 2 == 0
+    else:
+        first = torch.arange(n) < 20
+
+    def fit(dd, mm, **kw):
+        return fit_map_heads(dd, grid, select=select, **({"prior_margins": mm} if with_prior else {}), **kw)
+
+    alone = fit(diff[:, first], margins[:, first])
+    masked = fit(diff, margins, fit_on=first.expand(problems, n))
+    if select == "loo":
+        assert torch.equal(alone.precision, masked.precision)
+        torch.testing.assert_close(masked.delta, alone.delta, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(masked.scale, alone.scale, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(masked.heldout_loss, alone.heldout_loss, rtol=1e-4, atol=1e-5)
+    everything = fit(diff, margins)
+    ones = fit(diff, margins, fit_on=torch.ones(problems, n, dtype=torch.bool))
+    for field in ("delta", "scale", "precision", "heldout_loss"):
+        assert torch.equal(getattr(everything, field), getattr(ones, field)), field
+    assert not torch.allclose(masked.delta, everything.delta)
+    few = fit(diff, margins, fit_on=(torch.arange(n) < 1).expand(problems, n))  # one pair: the first candidate
+    assert (few.precision == (1e12 if with_prior else max(grid))).all()
+    with pytest.raises(ValueError, match="fit_on must be"):
+        fit(diff, margins, fit_on=torch.ones(problems, n - 1, dtype=torch.bool))
+
+
 def test_pooled_choice_sums_the_group_and_keeps_the_prior_decision_per_problem():
     # rows: candidates (0, 1 prior on; 2, 3 prior off); columns: problems (0-2 one group, 3 another)
     heldout = torch.tensor([
