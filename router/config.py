@@ -92,6 +92,14 @@ class AdaptConfig:
     refine_scale_precision: float = 1.0
     """micro-refine scales its routed prior by a fitted s ~ N(1, 1/this): a wrong prior can shrink to 0."""
 
+    refine_prior_pairs: int = 256
+    """micro-refine's prior head per context is the stage-1 heads mixed by the adapted router's weights,
+    averaged over pairs of that context: N > 0 over the first N of its training pairs in the seed's random
+    order (their prompts and context only, never their labels), so a budget of 1 does not make the prior
+    one pair's routing; 0 over its budget pairs (the rule before: at B = 1, 0.802 against micro's 0.838
+    on a planted 8-group cache, benchmarks/README.md, "micro-refine's prior routed over the context's
+    training prompts")."""
+
     oracle_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
     """Candidate precisions (same units) for the oracle head, chosen on a 20 % hold-out of ALL the
     attribute's training pairs, then refitted on all of them."""
@@ -170,7 +178,7 @@ class AdaptConfig:
         if isinstance(self.budgets, (str, bytes)) or not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in self.budgets):
             raise ValueError(f"budgets must be a list of positive integers, not {self.budgets!r}")
         check_numbers(self, integers=("seeds", "seed", "epochs", "router_min_steps", "batch_size", "hyre_shots", "drm_components",
-                                       "lore_rank", "lore_steps", "acquire_batch"),
+                                       "lore_rank", "lore_steps", "acquire_batch", "refine_prior_pairs"),
                       reals=("tau", "lr", "weight_decay", "refine_scale_precision", "drm_temperature", "lore_lr",
                              "acquire_random"))
         for name in ("seed", "weight_decay", "router_min_steps"):
@@ -185,6 +193,8 @@ class AdaptConfig:
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError(f"budgets must be distinct, not {self.budgets!r}")
         self.budgets = sorted(self.budgets)
+        if self.refine_prior_pairs < 0:
+            raise ValueError(f"refine_prior_pairs must be >= 0 (0: the budget pairs), not {self.refine_prior_pairs!r}")
         if self.refine_select not in REFINE_SELECT:
             raise ValueError(f"refine_select must be one of {', '.join(REFINE_SELECT)}, not {self.refine_select!r}")
         if self.acquire not in ACQUIRE_RULES:

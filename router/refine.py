@@ -1,8 +1,9 @@
 """`micro-refine` (beyond the paper): adapt the reward itself, not only the routing, from the same budget.
 
 Per context (attribute) one head whose prior mean is the stage-1 heads mixed by the adapted router's
-weights, averaged over that context's budget pairs (w_prior = sum_k fbar_k w_k), fitted MAP on the same
-B pairs:
+weights, averaged over that context's first AdaptConfig.refine_prior_pairs training pairs in the seed's
+order (their prompts, no labels; 0: its budget pairs) (w_prior = sum_k fbar_k w_k), fitted MAP on the
+B budget pairs:
 
     head = s * w_prior + delta,   delta ~ N(0, I / lambda),  s ~ N(1, 1 / scale_precision),
 

@@ -266,15 +266,19 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
             timings["peers"] += time.perf_counter() - t
             t = time.perf_counter()
             # The prior of each context's head is ONE vector: the stage-1 heads mixed by the adapted router's
-            # weights averaged over the context's budget pairs. (Per-pair routed margins on the very pairs the
-            # router was trained on fit them in-sample, and cross-validation then trusts a prior that fails on
-            # test pairs; an average of K weights carries the context's routing without that leak.)
+            # weights averaged over the context's first refine_prior_pairs training pairs (prompts only), or over
+            # its budget pairs. (Per-pair routed margins on the very pairs the router was trained on fit them
+            # in-sample, and cross-validation then trusts a prior that fails on test pairs; an average of K
+            # weights carries the context's routing without that leak.)
             with torch.no_grad():
-                prior_heads = torch.stack([
-                    m.weights(eval_train_inputs[budget_rows[i].reshape(-1)]).reshape(len(eval_attrs), budget, -1).mean(1)
-                    @ model.head_vectors()
-                    for i, m in enumerate(adapted)
-                ])  # [S, A', d]
+                if config.refine_prior_pairs:  # the first N training pairs of each context in the seed's order (no labels)
+                    prior_rows = [draw_budget_pairs(eval_train, s, config.refine_prior_pairs) for s in seeds]
+                    mean_weights = [torch.stack([m.weights(eval_train_inputs[prior_rows[i][a]]).mean(0) for a in eval_attrs])
+                                    for i, m in enumerate(adapted)]
+                else:
+                    mean_weights = [m.weights(eval_train_inputs[budget_rows[i].reshape(-1)]).reshape(len(eval_attrs), budget, -1).mean(1)
+                                    for i, m in enumerate(adapted)]
+                prior_heads = torch.stack([w @ model.head_vectors() for w in mean_weights])  # [S, A', d]
                 prior = (diff @ prior_heads.reshape(len(seeds) * len(eval_attrs), -1, 1)).squeeze(-1)  # [S*A', B]
             ref = fit_refinement(diff, prior, config.refine_grid, scale_precision=config.refine_scale_precision,
                                  select=config.refine_select, groups=groups, fit_on=fit_on)

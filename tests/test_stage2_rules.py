@@ -160,3 +160,41 @@ def test_default_rule_is_not_worse_than_the_old_one_on_a_planted_cache(tmp_path)
     for b in ("5", "25"):
         for method in ("micro", "micro-refine", "budget-bt"):
             assert new[b][method]["Average"]["mean"] >= old[b][method]["Average"]["mean"] - 0.01, (b, method, new[b][method], old[b][method])
+
+
+@pytest.mark.parametrize("prior_pairs", [0, 40])
+def test_micro_refine_prior_is_routed_over_the_budget_or_the_first_training_pairs(tmp_path, planted_run, prior_pairs):
+    """At B = 1 micro-refine keeps its prior alone (one pair validates nothing), so the saved head is
+    s x (stage-1 heads mixed by the adapted router's weights averaged over the pairs refine_prior_pairs
+    names): the budget pair (0), or the context's first N training pairs in the seed's order (N)."""
+    from micro.embedcache import load_split
+    from micro.router import run_adapt
+
+    cache, run = planted_run(1200, 16)
+    config = AdaptConfig(budgets=[1], seeds=2, baselines=False, plot=False, refine_prior_pairs=prior_pairs)
+    run_adapt(cache, run, tmp_path / "out", config)
+    train = load_split(cache, "train")
+    inputs = train.context_embedding[train.context_index]
+    torch.set_grad_enabled(False)
+    try:
+        _check_prior_heads(tmp_path, run, train, inputs, config, prior_pairs)
+    finally:
+        torch.set_grad_enabled(True)
+
+
+def _check_prior_heads(tmp_path, run, train, inputs, config, prior_pairs):
+    from micro.router import load_adapted
+    from micro.router.draws import draw_budget_pairs
+
+    for seed in config.seed_values:
+        rows = draw_budget_pairs(train, seed, prior_pairs or 1)
+        router = tmp_path / "out" / "routers" / f"b1_s{seed}.safetensors"
+        plain = load_adapted(run, router)
+        for a, name in enumerate(train.attributes):
+            expected = plain.weights(inputs[rows[a]]).mean(0) @ plain.heads_model.head_vectors()
+            head = load_adapted(run, router, attribute=name).head
+            cos = torch.nn.functional.cosine_similarity(head, expected, dim=0)
+            assert float(cos) > 1 - 1e-5, (seed, name, float(cos))
+            if prior_pairs:  # not the budget pair's routing
+                other = plain.weights(inputs[draw_budget_pairs(train, seed, 1)[a]]).mean(0) @ plain.heads_model.head_vectors()
+                assert float(torch.nn.functional.cosine_similarity(head, other, dim=0)) < 1 - 1e-4
