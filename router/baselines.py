@@ -111,6 +111,7 @@ def fit_map_heads(
     folds: int = 5,
     iterations: int = 15,
     fit_on: torch.Tensor | None = None,
+    keep_prior_se: float = 1.0,
 ) -> MapHeads:
     """MAP BT heads for P independent problems of n pairs each, the prior precision chosen per problem
     by held-out BT loss on the same pairs.
@@ -131,6 +132,8 @@ def fit_map_heads(
     group's problems (empirical Bayes across contexts: A x n pairs decide one c instead of n pairs each);
     whether a context keeps its prior (micro-refine) is still decided per problem, at the pooled c of
     each kind.
+    `keep_prior_se`: with a prior, the best candidate replaces "the prior alone" only if its summed
+    held-out loss is lower by more than this many standard errors of the per-pair differences.
     `fit_on` [P, n] bool (default: all): the pairs each problem is fitted and chosen on; the others are
     left out of both (as if absent). A problem with fewer than 2 of them keeps the first candidate (the
     prior alone, or budget-bt's largest precision).
@@ -206,16 +209,17 @@ def fit_map_heads(
     choice = torch.where(n_on < 2, torch.zeros_like(choice), choice)
     if with_prior:
         # Keep the prior alone (candidate 0: delta = 0, only its scale fitted) unless the best candidate
-        # beats it by more than one standard error of the paired per-pair loss differences. Held-out losses
-        # of a few dozen pairs are noisy: on a weak signal the plain minimum moves a head away from a good
-        # prior by chance (HelpSteer2, benchmarks/README.md), while a prior that the pairs contradict loses
-        # on most pairs and is left.
+        # beats it by more than keep_prior_se standard errors of the paired per-pair loss differences.
+        # Held-out losses of a few dozen pairs are noisy, and the best of many candidates looks better than
+        # it is: on a weak signal the plain minimum moves a head away from a good prior by chance
+        # (HelpSteer2, benchmarks/README.md), while a prior that the pairs contradict loses on most pairs
+        # and is left.
         rows = torch.arange(n_problems)
         gap = pair_loss[0] - pair_loss[choice, rows]  # [P, n], 0 off the fit
         mean_gap = gap.sum(-1) / n_on.clamp_min(1)
         var = ((gap - mean_gap.unsqueeze(-1)) ** 2 * on).sum(-1) / (n_on - 1).clamp_min(1)
         se = var.sqrt() * n_on.sqrt()
-        choice = torch.where(gap.sum(-1) <= se, torch.zeros_like(choice), choice)
+        choice = torch.where(gap.sum(-1) <= keep_prior_se * se, torch.zeros_like(choice), choice)
     coef, s, *_ = solve(torch.arange(n), choice.unsqueeze(0))
     delta = (coef[0].unsqueeze(1) @ diff).squeeze(1)  # [P, d]
     return MapHeads(

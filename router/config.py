@@ -92,6 +92,12 @@ class AdaptConfig:
     refine_scale_precision: float = 1.0
     """micro-refine scales its routed prior by a fitted s ~ N(1, 1/this): a wrong prior can shrink to 0."""
 
+    refine_keep_prior_se: float = 3.0
+    """micro-refine keeps its prior alone unless the best candidate's leave-one-out loss on the budget
+    pairs is lower by more than this many standard errors of the per-pair differences (1.0: the rule
+    before; the best of 15 candidates looks better than it is on 5-10 pairs: benchmarks/README.md,
+    "micro-refine keeps its prior unless 3 standard errors say otherwise")."""
+
     refine_prior_pairs: int = 256
     """micro-refine's prior head per context is the stage-1 heads mixed by the adapted router's weights,
     averaged over pairs of that context: N > 0 over the first N of its training pairs in the seed's random
@@ -179,7 +185,7 @@ class AdaptConfig:
             raise ValueError(f"budgets must be a list of positive integers, not {self.budgets!r}")
         check_numbers(self, integers=("seeds", "seed", "epochs", "router_min_steps", "batch_size", "hyre_shots", "drm_components",
                                        "lore_rank", "lore_steps", "acquire_batch", "refine_prior_pairs"),
-                      reals=("tau", "lr", "weight_decay", "refine_scale_precision", "drm_temperature", "lore_lr",
+                      reals=("tau", "lr", "weight_decay", "refine_scale_precision", "refine_keep_prior_se", "drm_temperature", "lore_lr",
                              "acquire_random"))
         for name in ("seed", "weight_decay", "router_min_steps"):
             if getattr(self, name) < 0:
@@ -193,6 +199,8 @@ class AdaptConfig:
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError(f"budgets must be distinct, not {self.budgets!r}")
         self.budgets = sorted(self.budgets)
+        if self.refine_keep_prior_se < 0:
+            raise ValueError(f"refine_keep_prior_se must be >= 0, not {self.refine_keep_prior_se!r}")
         if self.refine_prior_pairs < 0:
             raise ValueError(f"refine_prior_pairs must be >= 0 (0: the budget pairs), not {self.refine_prior_pairs!r}")
         if self.refine_select not in REFINE_SELECT:

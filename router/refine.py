@@ -47,9 +47,10 @@ def fit_refinement(
     select: str = "loo",
     groups: torch.Tensor | None = None,
     fit_on: torch.Tensor | None = None,
+    keep_prior_se: float = 1.0,
 ) -> Refinement:
     """diff [P, n, d] budget pairs of P (context, seed) problems, prior_margins [P, n] the prior head's
-    margins on them -> P refinements; `select`, `groups` and `fit_on` as in fit_map_heads."""
+    margins on them -> P refinements; `select`, `groups`, `fit_on` and `keep_prior_se` as in fit_map_heads."""
     sol = fit_map_heads(diff, grid, prior_margins=prior_margins, scale_precision=scale_precision, select=select, groups=groups,
-                        fit_on=fit_on)
+                        fit_on=fit_on, keep_prior_se=keep_prior_se)
     return Refinement(delta=sol.delta, scale=sol.scale, precision=sol.precision)

@@ -281,7 +281,8 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
                 prior_heads = torch.stack([w @ model.head_vectors() for w in mean_weights])  # [S, A', d]
                 prior = (diff @ prior_heads.reshape(len(seeds) * len(eval_attrs), -1, 1)).squeeze(-1)  # [S*A', B]
             ref = fit_refinement(diff, prior, config.refine_grid, scale_precision=config.refine_scale_precision,
-                                 select=config.refine_select, groups=groups, fit_on=fit_on)
+                                 select=config.refine_select, groups=groups, fit_on=fit_on,
+                                 keep_prior_se=config.refine_keep_prior_se)
             heads_refined = (ref.scale.reshape(len(seeds), len(eval_attrs), 1) * prior_heads
                              + ref.delta.reshape(len(seeds), len(eval_attrs), -1))  # [S, A', d]
             timings["refine"] += time.perf_counter() - t

@@ -122,6 +122,26 @@ def test_fit_on_is_the_fit_on_those_pairs_alone(with_prior, select):
         fit(diff, margins, fit_on=torch.ones(problems, n - 1, dtype=torch.bool))
 
 
+def test_keep_prior_se_sets_how_much_evidence_moves_a_head_off_its_prior():
+    """The prior alone is kept unless the best candidate wins by more than keep_prior_se standard errors:
+    a higher bar keeps it on a superset of the problems, and 1 vs 3 differ on some of 40 weak-signal ones."""
+    gen = torch.Generator().manual_seed(0)
+    problems, n, d = 40, 12, 16
+    truth = torch.randn(problems, d, 1, generator=gen, dtype=torch.float64)
+    x = torch.randn(problems, n, d, generator=gen, dtype=torch.float64)
+    margin = (x @ truth).squeeze(-1)
+    label = torch.where(torch.rand(problems, n, generator=gen, dtype=torch.float64) < torch.sigmoid(margin), 1.0, -1.0)
+    diff = x * label.unsqueeze(-1)
+    prior = (diff @ (truth + 2.0 * torch.randn(problems, d, 1, generator=gen, dtype=torch.float64))).squeeze(-1)
+    kept = {}
+    for bar in (0.0, 1.0, 3.0):
+        sol = fit_map_heads(diff, AdaptConfig().refine_grid, prior_margins=prior, keep_prior_se=bar)
+        kept[bar] = set(torch.nonzero(sol.precision >= 1e11).flatten().tolist())
+    assert kept[0.0] <= kept[1.0] <= kept[3.0]
+    assert len(kept[3.0] - kept[1.0]) >= 2, kept
+    assert len(kept[1.0]) < problems
+
+
 def test_pooled_choice_sums_the_group_and_keeps_the_prior_decision_per_problem():
     # rows: candidates (0, 1 prior on; 2, 3 prior off); columns: problems (0-2 one group, 3 another)
     heldout = torch.tensor([
