@@ -56,6 +56,7 @@ CONFIGS = {
     "calibrated": {"stop_on": "calibrated-nll"},
     "later plateau": {"stop_on": "later-plateau"},
     "weight decay 0.1": {"weight_decay": 0.1},
+    "warm refit": {"refit_warm": 0.25},
 }
 METHODS = ("stage1-best", "micro", "micro-refine", "budget-bt", "oracle")
 BUDGETS = (10, 50)

@@ -10,7 +10,9 @@ Per round, on a planted HelpSteer2-shaped cache (`simulate`, 5 groups, 3 pairs p
 - `autograd-4-epochs`: the same fit with `reference=True` (autograd on losses.py + fused AdamW: the step
   loop stage 1 used before);
 - `default`: `fit_mixture(MixtureConfig())`, early stopping with 4 restarts (stop_on 'later-plateau');
-- `nll-stop`: the same with `stop_on="nll"` (the plain held-out NLL alone: the default before 'later-plateau').
+- `nll-stop`: the same with `stop_on="nll"` (the plain held-out NLL alone: the default before 'later-plateau');
+- `warm-refit`: the default with `refit_warm=0.25` (the refit continues the kept weights for a quarter of
+  the steps instead of training the initialisation again).
 Times are CPU seconds of this process (`time.process_time`, one thread), so other jobs on a shared
 machine do not inflate them. Prints each timing, the ratios fit/products and autograd/fit, each early-stopping fit over both 4-epoch fits, and the largest
 weight difference between the two 4-epoch fits (same init, same batches: float tolerance).
@@ -32,7 +34,7 @@ from micro.heads import MixtureConfig, evaluate, fit_mixture, simulate
 
 
 #: the early-stopping fits timed beside the fixed ones: the default, and the plain held-out NLL stop
-EARLY = {"default": MixtureConfig(), "nll-stop": MixtureConfig(stop_on="nll")}
+EARLY = {"default": MixtureConfig(), "nll-stop": MixtureConfig(stop_on="nll"), "warm-refit": MixtureConfig(refit_warm=0.25)}
 
 
 def products(steps: int, batch: int, d: int, k: int, hidden: int) -> float:

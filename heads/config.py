@@ -176,6 +176,11 @@ class MixtureConfig:
     the refit fixes both (on 600-pair planted caches the kept weights of the search reached 0.80
     best-head accuracy, 40 cosine epochs 0.83). Only for caches up to `refit_max_pairs`."""
 
+    refit_warm: float = 0.0
+    """Early stopping with `refit`: 0 (default) trains the chosen initialisation again from scratch; f > 0
+    continues the kept weights of the search on every pair instead, for f x the scaled best step count,
+    with warm-up + cosine decay (a shorter second pass: benchmarks/README.md, "A warm refit")."""
+
     refit_max_pairs: int = 100_000
     """Early stopping: refit only caches with at most this many training pairs (above it the held-out
     slice is a small share of the pairs and a second pass costs minutes)."""
@@ -190,7 +195,7 @@ class MixtureConfig:
                                       "patience", "lr_drops", "min_steps", "max_steps", "restarts", "refit_max_pairs",
                                       "restart_steps") + (("epochs",) if self.epochs is not None else ()),
                       reals=("alpha", "lr", "warmup", "weight_decay", "prior_scale", "prior_l2", "holdout", "min_delta",
-                             "lr_drop_factor", "min_epochs", "max_epochs"))
+                             "lr_drop_factor", "min_epochs", "max_epochs", "refit_warm"))
         for name in ("alpha", "weight_decay", "prior_scale", "prior_l2", "seed", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
@@ -217,6 +222,8 @@ class MixtureConfig:
             raise ValueError(f"lr_drop_factor must be in (0, 1), not {self.lr_drop_factor!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), not {self.warmup!r}")
+        if not 0 <= self.refit_warm <= 1:
+            raise ValueError(f"refit_warm is a fraction of the refit's steps in [0, 1], not {self.refit_warm!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, not {self.lr!r}")
 

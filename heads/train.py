@@ -22,6 +22,7 @@ tests; the baselines use autograd on the same losses.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -508,9 +509,9 @@ def fit_mixture(
 
 
 def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] | None, reference: bool = False,
-         steps: int | None = None) -> MixtureRewardModel:
+         steps: int | None = None, init: MixtureRewardModel | None = None) -> MixtureRewardModel:
     """The fit; `steps` (with config.epochs None) runs exactly that many steps of the fixed warm-up +
-    cosine schedule on all pairs (the refit after early stopping)."""
+    cosine schedule on all pairs (the refit after early stopping), from `init`'s weights if given."""
     device = torch.device(config.device)
     n, d = train.diff.shape
     if n == 0:
@@ -537,7 +538,8 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
         table, index = router_table(train, config.router_input)
         table, index = table.to(device, torch.float32), index.to(device)
     restarts = max(1, config.restarts) if (uses_router and early and not reference) else 1
-    models = [build_model(replace(config, seed=config.seed + 7919 * r), d, prior_unit) for r in range(restarts)]
+    models = ([copy.deepcopy(init).to(device)] if init is not None else
+              [build_model(replace(config, seed=config.seed + 7919 * r), d, prior_unit) for r in range(restarts)])
     if uses_router and not reference:
         trainer = MicroStack(models, config, device)
     else:
@@ -641,7 +643,11 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
             # better than the constant rate of the search).
             record.refit_steps = max(1, int(round(record.best_step * n / n_fit)))
             seed = config.seed + 7919 * record.chosen_restart
-            model = _fit(train, replace(config, seed=seed), None, reference, steps=record.refit_steps)
+            if config.refit_warm:  # continue the kept weights on every pair, a shorter cosine pass
+                record.refit_steps = max(1, int(round(config.refit_warm * record.refit_steps)))
+                model = _fit(train, replace(config, seed=seed), None, reference, steps=record.refit_steps, init=model)
+            else:
+                model = _fit(train, replace(config, seed=seed), None, reference, steps=record.refit_steps)
     else:
         model = trainer.to_model(trainer.snapshot(0), 0)
         record.best_step = step

@@ -195,6 +195,28 @@ def test_refit_trains_the_chosen_start_on_all_pairs_for_the_found_length(small):
     assert not torch.equal(refit.heads, searched.heads)
 
 
+def test_warm_refit_continues_the_kept_weights_for_a_share_of_the_steps(small):
+    """refit_warm = f: the refit starts from the search's kept weights (with a vanishing rate it leaves
+    them where they are, while a refit from scratch at that rate stays at the initialisation) and runs
+    f x the scaled best step count."""
+    from micro.heads.train import _fit
+
+    _, _, train, _ = small
+    searched = fit_mixture(train, MixtureConfig(k=3, refit=False))
+    warm = fit_mixture(train, MixtureConfig(k=3, refit_warm=0.25))
+    rec = warm.fit_record
+    assert rec.refit_steps == round(0.25 * round(rec.best_step * len(train) / rec.train_pairs)) > 0
+    assert warm.train_steps == rec.steps + rec.refit_steps
+    assert not torch.equal(warm.heads, searched.heads)
+    still = _fit(train, MixtureConfig(k=3, lr=1e-12).resolved(train), None, steps=20, init=searched)
+    for (name, a), (_, b) in zip(still.state_dict().items(), searched.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    fresh = _fit(train, MixtureConfig(k=3, lr=1e-12).resolved(train), None, steps=20)
+    assert float((fresh.heads - searched.heads).detach().abs().max()) > 1e-2
+    with pytest.raises(ValueError, match="refit_warm"):
+        MixtureConfig(refit_warm=1.5)
+
+
 def test_default_fit_recovers_planted_groups_on_a_small_cache(tmp_path):
     """The defaults alone (no epoch count) recover the planted directions at 6K pairs, d = 64."""
     path = tmp_path / "six.h5"
