@@ -233,6 +233,9 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
     asked, at_random = acquire_pairs(config.acquire, train, seeds, config.budgets, config.acquire_batch, config.acquire_random,
                                      informativeness, with_random_mask=True)  # {budget: draws}, nested across budgets
     timings["acquire"] = time.perf_counter() - t
+    # micro-refine's prior: the first refine_prior_pairs training pairs of each context in the seed's order (no labels)
+    prior_rows = ([draw_budget_pairs(eval_train, s, config.refine_prior_pairs) for s in seeds]
+                  if eval_train is not None and config.refine_prior_pairs else None)
     for budget in config.budgets:
         draws = asked[budget]
         t = time.perf_counter()
@@ -271,8 +274,7 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
             # in-sample, and cross-validation then trusts a prior that fails on test pairs; an average of K
             # weights carries the context's routing without that leak.)
             with torch.no_grad():
-                if config.refine_prior_pairs:  # the first N training pairs of each context in the seed's order (no labels)
-                    prior_rows = [draw_budget_pairs(eval_train, s, config.refine_prior_pairs) for s in seeds]
+                if prior_rows:
                     mean_weights = [torch.stack([m.weights(eval_train_inputs[prior_rows[i][a]]).mean(0) for a in eval_attrs])
                                     for i, m in enumerate(adapted)]
                 else:
