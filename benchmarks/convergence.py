@@ -15,6 +15,9 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
   later plateau  MixtureConfig(stop_on="later-plateau") stop when both have plateaued, keep the later best
                  (the default's stop; the name keeps the rows measured before it became the default apart)
   weight decay 0.1  MixtureConfig(weight_decay=0.1)  the default with AdamW's decoupled weight decay
+  warm refit  MixtureConfig(refit_warm=0.25)      the refit continues the kept weights for a quarter of the steps
+  batch 32    MixtureConfig(batch_size=32)        the default before the batch grew with the cache
+  batch N     MixtureConfig(batch_size=N)         N = 64, 128, 256, 512: a fixed larger batch
 then stage 2 with run_adapt(AdaptConfig(budgets=[10, 50], seeds=3)) (stage-2 seeds = budget draws; their
 mean is the cache's value). Each line of --out is one (regime, pairs, dim, seed, config) with stage1-best,
 micro, micro-refine, budget-bt, oracle at B = 10 and 50, the smallest cosine between a planted direction
@@ -57,6 +60,11 @@ CONFIGS = {
     "later plateau": {"stop_on": "later-plateau"},
     "weight decay 0.1": {"weight_decay": 0.1},
     "warm refit": {"refit_warm": 0.25},
+    "batch 32": {"batch_size": 32},
+    "batch 64": {"batch_size": 64},
+    "batch 128": {"batch_size": 128},
+    "batch 256": {"batch_size": 256},
+    "batch 512": {"batch_size": 512},
 }
 METHODS = ("stage1-best", "micro", "micro-refine", "budget-bt", "oracle")
 BUDGETS = (10, 50)

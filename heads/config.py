@@ -26,6 +26,21 @@ def check_numbers(config: Any, *, integers: tuple[str, ...] = (), reals: tuple[s
             raise ValueError(f"{name} must be a finite number, not {value!r}")
 
 
+#: the paper's batch (4 x 8 gradient-accumulation steps); early stopping's step counts are in such steps
+BASE_BATCH = 32
+#: early stopping's automatic batch: about this many steps per pass, between BASE_BATCH and MAX_AUTO_BATCH
+AUTO_BATCH_STEPS_PER_EPOCH = 150
+MAX_AUTO_BATCH = 512
+
+
+def auto_batch_size(pairs: int) -> int:
+    """The batch of an early-stopping fit on `pairs` training pairs: the power of two nearest
+    pairs / AUTO_BATCH_STEPS_PER_EPOCH, within [BASE_BATCH, MAX_AUTO_BATCH] (32 up to ~7K pairs, 64 at
+    9K, 128 at 18.8K, 512 from ~55K)."""
+    target = max(1.0, pairs / AUTO_BATCH_STEPS_PER_EPOCH)
+    return int(min(MAX_AUTO_BATCH, max(BASE_BATCH, 2 ** round(math.log2(target)))))
+
+
 @dataclass
 class MixtureConfig:
     """How to fit stage 1 (paper section 4.1, appendix B.1) or one of its baselines on a cache."""
@@ -119,8 +134,14 @@ class MixtureConfig:
     lr: float = 2e-3
     """Peak AdamW learning rate (paper B.1)."""
 
-    batch_size: int = 32
-    """Pairs per optimiser step (paper: 4 x 8 gradient-accumulation steps = effective 32)."""
+    batch_size: int | None = None
+    """Pairs per optimiser step; None (default): 32 (the paper's 4 x 8 gradient-accumulation steps) with
+    fixed `epochs` and on caches up to ~7K training pairs, and with early stopping on larger caches the
+    power of two nearest n / 150 for n training pairs, at most 512 (`auto_batch_size`: 128 at 18.8K), so
+    that a step averages out more of the noise of weak-signal pairs in high dimensions and a big cache
+    needs fewer steps (benchmarks/README.md, "A batch that grows with the cache"). The step counts of
+    early stopping (min_steps, max_steps, eval_every, restart_steps) are counted in steps of 32 pairs and
+    shrink in proportion for a larger batch."""
 
     warmup: float = 0.05
     """Fraction of all steps spent in linear warm-up (paper B.1); then cosine decay to 0."""
@@ -191,9 +212,9 @@ class MixtureConfig:
     optimum is already behind by then (benchmarks/README.md, "Convergence")."""
 
     def __post_init__(self) -> None:
-        check_numbers(self, integers=("k", "batch_size", "hidden", "seed", "threads", "holdout_max_pairs", "eval_every",
+        check_numbers(self, integers=("k", "hidden", "seed", "threads", "holdout_max_pairs", "eval_every",
                                       "patience", "lr_drops", "min_steps", "max_steps", "restarts", "refit_max_pairs",
-                                      "restart_steps") + (("epochs",) if self.epochs is not None else ()),
+                                      "restart_steps") + tuple(f for f in ("epochs", "batch_size") if getattr(self, f) is not None),
                       reals=("alpha", "lr", "warmup", "weight_decay", "prior_scale", "prior_l2", "holdout", "min_delta",
                              "lr_drop_factor", "min_epochs", "max_epochs", "refit_warm"))
         for name in ("alpha", "weight_decay", "prior_scale", "prior_l2", "seed", "threads"):
@@ -211,7 +232,7 @@ class MixtureConfig:
             raise ValueError(f"stop_on must be 'nll', 'calibrated-nll' or 'later-plateau', not {self.stop_on!r}")
         if self.balance not in ("example", "batch"):
             raise ValueError(f"balance must be 'example' or 'batch', not {self.balance!r}")
-        for name in ("k", "batch_size", "hidden", "patience", "restarts", "holdout_max_pairs"):
+        for name in ("k", "hidden", "patience", "restarts", "holdout_max_pairs") + (("batch_size",) if self.batch_size is not None else ()):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
         if self.epochs is not None and int(self.epochs) < 1:
@@ -240,14 +261,17 @@ class MixtureConfig:
         regulariser is eq. 4's per-example entropy, and the ensemble is a frozen random prior network plus
         trainable heads on the uniform sum of BT losses (no anchor, no calibration). The per-dataset K is
         `micro.paper.PRESETS`. Other fields keep their defaults unless overridden."""
-        paper = {"router_input": "prompt", "balance": "example", "prior_l2": 0.0, "prior_calibration": "none"}
+        paper = {"router_input": "prompt", "balance": "example", "prior_l2": 0.0, "prior_calibration": "none", "batch_size": BASE_BATCH}
         return cls(**{**paper, **overrides})
 
     def resolved(self, train: "Any") -> "MixtureConfig":
-        """This config with router_input 'auto' decided for a training split (a CacheSplit)."""
-        if self.router_input != "auto":
-            return self
-        return replace(self, router_input="context" if train.all_have_context else "prompt")
+        """This config with router_input 'auto' and batch_size None decided for a training split (a CacheSplit)."""
+        done = self
+        if self.router_input == "auto":
+            done = replace(done, router_input="context" if train.all_have_context else "prompt")
+        if self.batch_size is None:
+            done = replace(done, batch_size=BASE_BATCH if self.epochs is not None else auto_batch_size(len(train)))
+        return done
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MixtureConfig":

@@ -33,7 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from ..embedcache.store import CacheSplit, require_contexts
-from .config import MixtureConfig
+from .config import BASE_BATCH, MixtureConfig
 from .losses import mixture_nll, per_head_bt, weight_regulariser
 from .model import MixtureRewardModel
 
@@ -98,21 +98,27 @@ def heldout_rows(train: CacheSplit, fraction: float, max_pairs: int, seed: int =
 @dataclass(frozen=True)
 class StepPlan:
     """Steps of an early-stopped fit: at least `min_steps`, at most `max_steps`, an evaluation every
-    `eval_every`, linear warm-up over `warmup_steps`."""
+    `eval_every`, linear warm-up over `warmup_steps`, restarts side by side for `restart_steps`."""
 
     min_steps: int
     max_steps: int
     eval_every: int
     warmup_steps: int
+    restart_steps: int
 
 
 def step_plan(n_fit: int, config: MixtureConfig) -> StepPlan:
-    """The plan for `n_fit` training pairs (see MixtureConfig.min_steps / max_steps / eval_every)."""
-    per_epoch = math.ceil(n_fit / config.batch_size)
+    """The plan for `n_fit` training pairs (see MixtureConfig.min_steps / max_steps / eval_every /
+    restart_steps): made in steps of BASE_BATCH pairs, then shrunk in proportion for a larger batch (the
+    same pairs seen, in fewer steps)."""
+    per_epoch = math.ceil(n_fit / BASE_BATCH)
     lo = max(config.min_steps, int(round(config.min_epochs * per_epoch)))
     hi = max(lo, config.max_steps, int(round(config.max_epochs * per_epoch)))
     every = config.eval_every or int(min(500, max(50, per_epoch // 4)))
-    return StepPlan(min_steps=lo, max_steps=hi, eval_every=every, warmup_steps=max(1, int(round(config.warmup * lo))))
+    factor = config.batch_size / BASE_BATCH
+    lo, hi, restart = (max(1, math.ceil(v / factor)) for v in (lo, hi, config.restart_steps))
+    every = max(1, int(round(every / factor)))
+    return StepPlan(min_steps=lo, max_steps=hi, eval_every=every, warmup_steps=max(1, int(round(config.warmup * lo))), restart_steps=restart)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -604,7 +610,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                     log({"step": step, "epoch": step * config.batch_size / n_fit, "loss": mean_loss, "heldout_nll": min(nll),
                          "best_nll": min(best), "best_step": best_step[int(np.argmin(best))], "lr": lr, "restarts": trainer.restarts,
                          "seconds": time.perf_counter() - start})
-                if trainer.restarts > 1 and step >= min(config.restart_steps, plan.min_steps):
+                if trainer.restarts > 1 and step >= min(plan.restart_steps, plan.min_steps):
                     keep = int(np.argmin(plateaus.best[-1]))
                     record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in plateaus.best[-1]]
                     trainer.keep(keep)

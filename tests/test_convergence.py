@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from micro.cli import app
 from micro.embedcache import load_split
 from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, simulate
+from micro.heads.config import auto_batch_size
 from micro.heads.train import (CALIBRATION_SCALES, MicroStack, Plateaus, _grid_nll, batch_loss, build_model, calibrated_nll, heldout_rows,
                                step_plan, stopping_nll)
 
@@ -158,11 +159,26 @@ def test_both_trainers_honour_the_later_plateau(small, reference):
 
 
 def test_step_plan_scales_with_the_cache():
-    config = MixtureConfig()
+    config = MixtureConfig(batch_size=32)
     small, mid, big = step_plan(600, config), step_plan(23_500, config), step_plan(700_000, config)
     assert small.min_steps == mid.min_steps == 1000 and big.min_steps == 5469  # a quarter epoch of 700K
     assert small.max_steps == mid.max_steps == 20_000 and big.max_steps == 87_500  # 4 epochs of 700K
     assert (small.eval_every, mid.eval_every, big.eval_every) == (50, 183, 500)
+    assert small.restart_steps == mid.restart_steps == 500
+
+
+def test_the_default_batch_grows_with_the_cache_and_the_plan_counts_pairs():
+    sizes = {540: 32, 4_800: 32, 6_700: 32, 9_200: 64, 18_800: 128, 40_000: 256, 700_000: 512}
+    assert {n: auto_batch_size(n) for n in sizes} == sizes
+    train = lambda n: type("Split", (), {"__len__": lambda self: n, "all_have_context": False})()  # noqa: E731
+    assert MixtureConfig().resolved(train(18_800)).batch_size == 128
+    assert MixtureConfig(epochs=4).resolved(train(18_800)).batch_size == 32  # fixed epochs: the paper's 32
+    assert MixtureConfig(batch_size=16).resolved(train(18_800)).batch_size == 16  # a given batch is kept
+    assert MixtureConfig.paper().resolved(train(18_800)).batch_size == 32
+    # the plan is made in steps of 32 pairs: a 4x batch sees the same pairs in a quarter of the steps
+    base, big = step_plan(18_800, MixtureConfig(batch_size=32)), step_plan(18_800, MixtureConfig(batch_size=128))
+    assert (big.min_steps, big.max_steps, big.restart_steps) == (base.min_steps // 4, base.max_steps // 4, base.restart_steps // 4)
+    assert big.eval_every == round(base.eval_every / 4) and big.warmup_steps == round(base.warmup_steps / 4)
 
 
 def test_early_stopping_keeps_the_best_weights_and_records_the_curve(small):
