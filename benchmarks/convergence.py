@@ -15,6 +15,7 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
   later plateau  MixtureConfig(stop_on="later-plateau") stop when both have plateaued, keep the later best
                  (the default's stop; the name keeps the rows measured before it became the default apart)
   weight decay 0.1  MixtureConfig(weight_decay=0.1)  the default with AdamW's decoupled weight decay
+  weight decay 1    MixtureConfig(weight_decay=1.0)  the same, ten times stronger
   warm refit  MixtureConfig(refit_warm=0.25)      the refit continues the kept weights for a quarter of the steps
   batch 32    MixtureConfig(batch_size=32)        the default before the batch grew with the cache
   batch N     MixtureConfig(batch_size=N)         N = 64, 128, 256, 512: a fixed larger batch
@@ -59,6 +60,7 @@ CONFIGS = {
     "calibrated": {"stop_on": "calibrated-nll"},
     "later plateau": {"stop_on": "later-plateau"},
     "weight decay 0.1": {"weight_decay": 0.1},
+    "weight decay 1": {"weight_decay": 1.0},
     "warm refit": {"refit_warm": 0.25},
     "batch 32": {"batch_size": 32},
     "batch 64": {"batch_size": 64},

@@ -133,8 +133,9 @@ def _run_differences(out_dir: Path, config: MixtureConfig, cache_path) -> list[s
     except (OSError, ValueError, KeyError, TypeError):
         return [f"it is not a finished `micro fit-mixture` run ({len(list(out_dir.iterdir()))} entries)"]
     new_config = config.to_dict()
-    if new_config.get("router_input") == "auto":
-        new_config.pop("router_input")
+    for name, undecided in (("router_input", "auto"), ("batch_size", None)):  # decided by the cache: compare the rest
+        if name in new_config and new_config[name] == undecided:
+            new_config.pop(name)
     diffs = diff_fields(old_config, new_config, new_config)
     try:
         new_cache = cache_identity(read_meta(cache_path), cache_path)
