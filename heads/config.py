@@ -146,6 +146,12 @@ class MixtureConfig:
     warmup: float = 0.05
     """Fraction of all steps spent in linear warm-up (paper B.1); then cosine decay to 0."""
 
+    head_init: float = 1.0
+    """Initial head weights are uniform in +-head_init / sqrt(d). Early stopping keeps whatever part of the
+    initialisation no gradient removes, and in high dimensions that part is noise in every head's
+    direction; 0.01 starts the heads near zero, as a logistic regression starts (benchmarks/README.md,
+    "Heads started near zero")."""
+
     weight_decay: float = 0.0
     """Decoupled AdamW weight decay on heads and router. 0 (the paper's probes are unregularised), which
     also makes 'single' plain maximum-likelihood logistic regression on the difference vectors."""
@@ -215,9 +221,9 @@ class MixtureConfig:
         check_numbers(self, integers=("k", "hidden", "seed", "threads", "holdout_max_pairs", "eval_every",
                                       "patience", "lr_drops", "min_steps", "max_steps", "restarts", "refit_max_pairs",
                                       "restart_steps") + tuple(f for f in ("epochs", "batch_size") if getattr(self, f) is not None),
-                      reals=("alpha", "lr", "warmup", "weight_decay", "prior_scale", "prior_l2", "holdout", "min_delta",
+                      reals=("alpha", "lr", "warmup", "head_init", "weight_decay", "prior_scale", "prior_l2", "holdout", "min_delta",
                              "lr_drop_factor", "min_epochs", "max_epochs", "refit_warm"))
-        for name in ("alpha", "weight_decay", "prior_scale", "prior_l2", "seed", "threads"):
+        for name in ("alpha", "head_init", "weight_decay", "prior_scale", "prior_l2", "seed", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if self.method not in FIT_METHODS:

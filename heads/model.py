@@ -66,6 +66,7 @@ class MixtureRewardModel(nn.Module):
     weights: `router` (prompt-conditioned, MiCRo), `static` (one learned logit vector, MaxMin-style),
     or `uniform` (fixed 1/K: single head and the shared-base ensemble).
     `seed` alone sets every initial weight (heads, prior, router); the global RNG is left as it was.
+    Heads start uniform in +-head_init / sqrt(hidden_size).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class MixtureRewardModel(nn.Module):
         router_hidden: int = 128,
         prior_scale: float = 0.0,
         seed: int = 0,
+        head_init: float = 1.0,
     ):
         super().__init__()
         if weights not in ("router", "static", "uniform"):
@@ -86,7 +88,7 @@ class MixtureRewardModel(nn.Module):
         self.hidden_size, self.k, self.weights_kind = hidden_size, k, weights
         self.router_kind, self.router_hidden, self.prior_scale = router, router_hidden, prior_scale
         bound = 1.0 / math.sqrt(hidden_size)
-        self.heads = nn.Parameter((torch.rand(k, hidden_size, generator=gen) * 2 - 1) * bound)
+        self.heads = nn.Parameter((torch.rand(k, hidden_size, generator=gen) * 2 - 1) * (bound * head_init))
         prior = torch.randn(k, hidden_size, generator=gen) * (prior_scale / math.sqrt(hidden_size))
         self.register_buffer("prior", prior)
         self.router = None

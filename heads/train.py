@@ -62,6 +62,7 @@ def build_model(config: MixtureConfig, hidden_size: int, diff_rms: float = 1.0) 
         router_hidden=config.hidden,
         prior_scale=prior_scale,
         seed=config.seed,
+        head_init=config.head_init,
     )
 
 

@@ -267,3 +267,13 @@ def test_default_stop_waits_for_the_later_plateau_on_a_sample_limited_cache(tmp_
     assert rec.kept_criterion == "calibrated-nll" and rec.best_step > 2 * plain.fit_record.best_step, (rec.criterion_best_steps, plain.fit_record.best_step)
     cos = [min(match_heads(truth, m.head_vectors())["cosine"]) for m in (plain, default)]
     assert cos[1] > cos[0] + 0.05, cos
+
+
+def test_head_init_scales_the_initial_heads_and_nothing_else():
+    d = 256
+    base, small = build_model(MixtureConfig(seed=4), d), build_model(MixtureConfig(seed=4, head_init=0.01), d)
+    assert float(base.heads.detach().abs().max()) > 0.5 / d**0.5  # uniform in +-1/sqrt(d)
+    assert torch.allclose(small.heads, 0.01 * base.heads) and float(small.heads.detach().abs().max()) <= 0.01 / d**0.5
+    assert all(torch.equal(a, b) for a, b in zip(base.router.state_dict().values(), small.router.state_dict().values()))
+    with pytest.raises(ValueError, match="head_init"):
+        MixtureConfig(head_init=-1.0)
