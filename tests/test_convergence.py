@@ -275,5 +275,6 @@ def test_head_init_scales_the_initial_heads_and_nothing_else():
     assert float(base.heads.detach().abs().max()) > 0.5 / d**0.5  # uniform in +-1/sqrt(d)
     assert torch.allclose(small.heads, 0.01 * base.heads) and float(small.heads.detach().abs().max()) <= 0.01 / d**0.5
     assert all(torch.equal(a, b) for a, b in zip(base.router.state_dict().values(), small.router.state_dict().values()))
+    assert MixtureConfig.paper().head_init == 1.0  # --paper: the usual layer initialisation
     with pytest.raises(ValueError, match="head_init"):
         MixtureConfig(head_init=-1.0)
