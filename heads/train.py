@@ -62,7 +62,7 @@ def build_model(config: MixtureConfig, hidden_size: int, diff_rms: float = 1.0) 
         router_hidden=config.hidden,
         prior_scale=prior_scale,
         seed=config.seed,
-        head_init=config.head_init,
+        head_init=config.head_init[0],
     )
 
 
@@ -478,6 +478,7 @@ class FitRecord:
     refit_steps: int = 0  # steps of the refit on all pairs (0: the kept weights are the returned model)
     kept_criterion: str = ""  # whose best weights were kept: "nll" | "calibrated-nll" (early stopping)
     criterion_best_steps: dict = field(default_factory=dict)  # each watched criterion's best step
+    head_init: float | None = None  # the initial head scale of the kept start (early stopping with a refit)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -544,9 +545,12 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     if uses_router:
         table, index = router_table(train, config.router_input)
         table, index = table.to(device, torch.float32), index.to(device)
-    restarts = max(1, config.restarts) if (uses_router and early and not reference) else 1
+    several = uses_router and early and not reference and init is None  # restarts, one set per head scale
+    start_scales = [s for s in (config.head_init if several else config.head_init[:1]) for _ in range(max(1, config.restarts) if several else 1)]
+    # scale-major: the first `restarts` starts are those of the first scale (seeds as with one scale)
     models = ([copy.deepcopy(init).to(device)] if init is not None else
-              [build_model(replace(config, seed=config.seed + 7919 * r), d, prior_unit) for r in range(restarts)])
+              [build_model(replace(config, seed=config.seed + 7919 * r, head_init=(scale,)), d, prior_unit) for r, scale in enumerate(start_scales)])
+    restarts = len(models)
     if uses_router and not reference:
         trainer = MicroStack(models, config, device)
     else:
@@ -650,6 +654,8 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
             # better than the constant rate of the search).
             record.refit_steps = max(1, int(round(record.best_step * n / n_fit)))
             seed = config.seed + 7919 * record.chosen_restart
+            record.head_init = start_scales[record.chosen_restart]
+            config = replace(config, head_init=(record.head_init,))  # the refit starts as the chosen start did
             if config.refit_warm:  # continue the kept weights on every pair, a shorter cosine pass
                 record.refit_steps = max(1, int(round(config.refit_warm * record.refit_steps)))
                 model = _fit(train, replace(config, seed=seed), None, reference, steps=record.refit_steps, init=model)

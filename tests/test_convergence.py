@@ -141,7 +141,7 @@ def test_later_plateau_stops_when_both_have_plateaued_and_keeps_the_later_best()
 @pytest.mark.parametrize("reference", [False, True])
 def test_both_trainers_honour_the_later_plateau(small, reference):
     _, _, train, _ = small
-    config = MixtureConfig(k=3, restarts=2, refit=False, stop_on="later-plateau")  # the reference runs one restart
+    config = MixtureConfig(k=3, restarts=2, refit=False, stop_on="later-plateau", head_init=(1.0,))  # the reference runs one restart
     rec = fit_mixture(train, config, reference=reference).fit_record
     if not reference:  # restarts are chosen by the calibrated NLL
         two = [c["heldout_calibrated_nll"] for c in rec.curve if len(c["heldout_calibrated_nll"]) == 2]
@@ -183,7 +183,7 @@ def test_the_default_batch_grows_with_the_cache_and_the_plan_counts_pairs():
 
 def test_early_stopping_keeps_the_best_weights_and_records_the_curve(small):
     _, _, train, _ = small
-    config = MixtureConfig(k=3, restarts=2, refit=False, stop_on="nll")  # one criterion: the kept weights are its best
+    config = MixtureConfig(k=3, restarts=2, refit=False, stop_on="nll", head_init=(1.0,))  # one criterion: the kept weights are its best
     model = fit_mixture(train, config)
     rec = model.fit_record
     assert rec.schedule == "early-stopping" and rec.stop_reason == "patience", rec.stop_reason
@@ -261,8 +261,8 @@ def test_default_stop_waits_for_the_later_plateau_on_a_sample_limited_cache(tmp_
     path = tmp_path / "wide.h5"
     truth = simulate(path, regime="shared", pairs=3000, dim=1024, seed=0)
     train = load_split(path, "train")
-    plain = fit_mixture(train, MixtureConfig(k=3, restarts=2, stop_on="nll"))
-    default = fit_mixture(train, MixtureConfig(k=3, restarts=2))
+    plain = fit_mixture(train, MixtureConfig(k=3, restarts=2, stop_on="nll", head_init=(1.0,)))
+    default = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0,)))
     rec = default.fit_record
     assert rec.kept_criterion == "calibrated-nll" and rec.best_step > 2 * plain.fit_record.best_step, (rec.criterion_best_steps, plain.fit_record.best_step)
     cos = [min(match_heads(truth, m.head_vectors())["cosine"]) for m in (plain, default)]
@@ -271,10 +271,31 @@ def test_default_stop_waits_for_the_later_plateau_on_a_sample_limited_cache(tmp_
 
 def test_head_init_scales_the_initial_heads_and_nothing_else():
     d = 256
-    base, small = build_model(MixtureConfig(seed=4), d), build_model(MixtureConfig(seed=4, head_init=0.01), d)
+    base, small = build_model(MixtureConfig(seed=4, head_init=1.0), d), build_model(MixtureConfig(seed=4, head_init=0.01), d)
     assert float(base.heads.detach().abs().max()) > 0.5 / d**0.5  # uniform in +-1/sqrt(d)
     assert torch.allclose(small.heads, 0.01 * base.heads) and float(small.heads.detach().abs().max()) <= 0.01 / d**0.5
     assert all(torch.equal(a, b) for a, b in zip(base.router.state_dict().values(), small.router.state_dict().values()))
-    assert MixtureConfig.paper().head_init == 1.0  # --paper: the usual layer initialisation
-    with pytest.raises(ValueError, match="head_init"):
-        MixtureConfig(head_init=-1.0)
+    assert MixtureConfig.paper().head_init == (1.0,)  # --paper: the usual layer initialisation
+    assert MixtureConfig().head_init == (1.0, 0.01) and MixtureConfig(head_init=0.5).head_init == (0.5,)
+    for bad in (-1.0, (), (1.0, 0.0), (float("nan"),)):
+        with pytest.raises(ValueError, match="head_init"):
+            MixtureConfig(head_init=bad)
+
+
+def test_restarts_run_once_per_head_scale_and_the_refit_starts_as_the_kept_start(small, monkeypatch):
+    _, _, train, _ = small
+    import micro.heads.train as train_module
+    built = []
+    real = train_module.build_model
+    monkeypatch.setattr(train_module, "build_model", lambda config, *a, **k: built.append((config.seed, config.head_init)) or real(config, *a, **k))
+    model = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0, 0.01), seed=5))
+    rec = model.fit_record
+    assert rec.restarts == 4 and built[:4] == [(5, (1.0,)), (5 + 7919, (1.0,)), (5 + 2 * 7919, (0.01,)), (5 + 3 * 7919, (0.01,))]
+    assert rec.head_init == (1.0, 1.0, 0.01, 0.01)[rec.chosen_restart]
+    assert built[4] == (5 + 7919 * rec.chosen_restart, (rec.head_init,)) and rec.refit_steps > 0  # the refit's start
+    built.clear()
+    one = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0,), seed=5)).fit_record
+    assert one.restarts == 2 and built[:2] == [(5, (1.0,)), (5 + 7919, (1.0,))]  # one scale: the starts before
+    built.clear()
+    fit_mixture(train, MixtureConfig(k=3, epochs=1, head_init=(0.01, 1.0), seed=5))
+    assert built == [(5, (0.01,))]  # fixed epochs: one start, the first scale
