@@ -266,7 +266,8 @@ class MixtureConfig:
         return 1 if self.method == "single" else int(self.k)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as JSON holds them (tuples as lists), so a stored config compares equal to its source."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def paper(cls, **overrides: Any) -> "MixtureConfig":
