@@ -12,6 +12,7 @@ Per round, on a planted HelpSteer2-shaped cache (`simulate`, 5 groups, 3 pairs p
 - `default`: `fit_mixture(MixtureConfig())`, early stopping with 4 restarts (stop_on 'later-plateau'),
   the batch grown with the cache (128 here);
 - `batch-32`: the default with `batch_size=32` (the default before the batch grew with the cache);
+- `two-scales`: the default with `head_init=(1.0, 0.01)` (the restarts once with each initial head scale);
 - `nll-stop`: the same with `stop_on="nll"` (the plain held-out NLL alone: the default before 'later-plateau');
 - `warm-refit`: the default with `refit_warm=0.25` (the refit continues the kept weights for a quarter of
   the steps instead of training the initialisation again);
@@ -46,7 +47,7 @@ from micro.heads import MixtureConfig, evaluate, fit_mixture, simulate
 
 #: the early-stopping fits timed beside the fixed ones: the default, and the plain held-out NLL stop
 EARLY = {"default": MixtureConfig(), "batch-32": MixtureConfig(batch_size=32), "nll-stop": MixtureConfig(stop_on="nll"),
-         "warm-refit": MixtureConfig(refit_warm=0.25)}
+         "warm-refit": MixtureConfig(refit_warm=0.25), "two-scales": MixtureConfig(head_init=(1.0, 0.01))}
 
 
 def products(steps: int, batch: int, d: int, k: int, hidden: int) -> float:

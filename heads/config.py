@@ -146,14 +146,15 @@ class MixtureConfig:
     warmup: float = 0.05
     """Fraction of all steps spent in linear warm-up (paper B.1); then cosine decay to 0."""
 
-    head_init: tuple[float, ...] = (1.0, 0.01)
+    head_init: tuple[float, ...] = (1.0,)
     """Scales of the heads' initial weights (uniform in +-s / sqrt(d)). An early-stopping `micro` fit trains
     `restarts` starts with each scale side by side (seeds seed, seed + 7919, ... in this order) and keeps
-    the one the held-out slice prefers; other fits use the first scale. 1 is the usual layer
+    the one the held-out slice prefers; other fits use the first scale. 1 (default) is the usual layer
     initialisation; 0.01 starts the heads near zero, as a logistic regression starts: early stopping keeps
     whatever part of the initialisation no gradient removes, and in high dimensions that part is noise in
-    every head's direction. Planted caches prefer 0.01, the demo 1 (benchmarks/README.md, "Heads started
-    near zero"); (1.0,) is the fit before."""
+    every head's direction. (1, 0.01) lets the held-out slice choose: better on planted caches, the same
+    on the demo and the HelpSteer2 subset, worse in 2 of 7 fits at 6K x 3072 (benchmarks/README.md,
+    "Heads started near zero")."""
 
     weight_decay: float = 0.0
     """Decoupled AdamW weight decay on heads and router. 0 (the paper's probes are unregularised), which

@@ -276,7 +276,7 @@ def test_head_init_scales_the_initial_heads_and_nothing_else():
     assert torch.allclose(small.heads, 0.01 * base.heads) and float(small.heads.detach().abs().max()) <= 0.01 / d**0.5
     assert all(torch.equal(a, b) for a, b in zip(base.router.state_dict().values(), small.router.state_dict().values()))
     assert MixtureConfig.paper().head_init == (1.0,)  # --paper: the usual layer initialisation
-    assert MixtureConfig().head_init == (1.0, 0.01) and MixtureConfig(head_init=0.5).head_init == (0.5,)
+    assert MixtureConfig().head_init == (1.0,) and MixtureConfig(head_init=[1, 0.01]).head_init == (1.0, 0.01)
     for bad in (-1.0, (), (1.0, 0.0), (float("nan"),)):
         with pytest.raises(ValueError, match="head_init"):
             MixtureConfig(head_init=bad)
