@@ -21,6 +21,7 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
   batch N     MixtureConfig(batch_size=N)         N = 64, 128, 256, 512: a fixed larger batch
   head init 0.01  MixtureConfig(head_init=0.01)   heads started near zero (and 'head init 0.1', 'head init 1');
                   'two head scales' = head_init (1, 0.01): the restarts once per scale
+                  ('two head scales late choice': with restart_steps 1000)
 then stage 2 with run_adapt(AdaptConfig(budgets=[10, 50], seeds=3)) (stage-2 seeds = budget draws; their
 mean is the cache's value). Each line of --out is one (regime, pairs, dim, seed, config) with stage1-best,
 micro, micro-refine, budget-bt, oracle at B = 10 and 50, the smallest cosine between a planted direction
@@ -69,6 +70,7 @@ CONFIGS = {
     "head init 0.1": {"head_init": 0.1},
     "head init 1": {"head_init": 1.0},
     "two head scales": {"head_init": (1.0, 0.01)},
+    "two head scales late choice": {"head_init": (1.0, 0.01), "restart_steps": 1000},
     "batch 64": {"batch_size": 64},
     "batch 128": {"batch_size": 128},
     "batch 256": {"batch_size": 256},
