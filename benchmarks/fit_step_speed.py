@@ -118,8 +118,7 @@ def main() -> None:
     simulate(path, groups=5, dim=args.dim, pairs=args.pairs, pairs_per_prompt=3, test_fraction=0.1)
     train, test = load_split(path, "train"), load_split(path, "test")
     before = extract(args.before, Path(tmp.name) / "before") if args.before else None
-    fixed = MixtureConfig(epochs=4)
-    fixed = fixed.resolved(train)
+    fixed = MixtureConfig(epochs=4).resolved(train)
     steps = 4 * -(-len(train) // fixed.batch_size)
     print(json.dumps({"train_pairs": len(train), "d": args.dim, "k": fixed.k, "steps_4_epochs": steps, "torch": torch.__version__}), flush=True)
     times: dict[str, list[float]] = {"products": [], "fit-4-epochs": [], "autograd-4-epochs": [], "before-4-epochs": [], **{name: [] for name in EARLY}}

@@ -478,7 +478,7 @@ class FitRecord:
     refit_steps: int = 0  # steps of the refit on all pairs (0: the kept weights are the returned model)
     kept_criterion: str = ""  # whose best weights were kept: "nll" | "calibrated-nll" (early stopping)
     criterion_best_steps: dict = field(default_factory=dict)  # each watched criterion's best step
-    head_init: float | None = None  # the initial head scale of the kept start (early stopping with a refit)
+    head_init: float | None = None  # the initial head scale of the kept start (early stopping)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -546,8 +546,9 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
         table, index = router_table(train, config.router_input)
         table, index = table.to(device, torch.float32), index.to(device)
     several = uses_router and early and not reference and init is None  # restarts, one set per head scale
-    start_scales = [s for s in (config.head_init if several else config.head_init[:1]) for _ in range(max(1, config.restarts) if several else 1)]
+    scales, per_scale = (config.head_init, max(1, config.restarts)) if several else (config.head_init[:1], 1)
     # scale-major: the first `restarts` starts are those of the first scale (seeds as with one scale)
+    start_scales = [scale for scale in scales for _ in range(per_scale)]
     models = ([copy.deepcopy(init).to(device)] if init is not None else
               [build_model(replace(config, seed=config.seed + 7919 * r, head_init=(scale,)), d, prior_unit) for r, scale in enumerate(start_scales)])
     restarts = len(models)
@@ -647,6 +648,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
         model = trainer.to_model(plateaus.weights[c][0], record.chosen_restart)
         record.best_step, record.best_heldout_nll = plateaus.step[c][0], round(plateaus.best[c][0], 6)
         record.kept_criterion = criteria[c]
+        record.head_init = start_scales[record.chosen_restart]
         record.criterion_best_steps = {name: plateaus.step[i][0] for i, name in enumerate(criteria)}
         if config.refit and n <= config.refit_max_pairs:
             # The held-out slice has decided how long to train; train the chosen initialisation again on every
@@ -654,7 +656,6 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
             # better than the constant rate of the search).
             record.refit_steps = max(1, int(round(record.best_step * n / n_fit)))
             seed = config.seed + 7919 * record.chosen_restart
-            record.head_init = start_scales[record.chosen_restart]
             config = replace(config, head_init=(record.head_init,))  # the refit starts as the chosen start did
             if config.refit_warm:  # continue the kept weights on every pair, a shorter cosine pass
                 record.refit_steps = max(1, int(round(config.refit_warm * record.refit_steps)))
