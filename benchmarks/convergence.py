@@ -5,8 +5,10 @@
 
 For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension and cache seed (a fresh
 `simulate(seed=...)`), stage 1 is fitted with
-  default     MixtureConfig()                     early stopping on a held-out prompt slice, 4 restarts
-                                                  (stop_on 'later-plateau' since it became the default)
+  default     MixtureConfig()                     early stopping on a held-out prompt slice, 4 restarts per
+                                                  head scale (stop_on 'later-plateau' since it became the
+                                                  default; head_init (1, 0.01) since then, 'head init 1' is
+                                                  the default before)
   nll stop    MixtureConfig(stop_on="nll")        early stopping on the plain held-out NLL (the default before)
   restarts=1  MixtureConfig(restarts=1)           early stopping, one initialisation
   4 epochs    MixtureConfig(epochs=4)             the earlier default
@@ -20,8 +22,10 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
   batch 32    MixtureConfig(batch_size=32)        the default before the batch grew with the cache
   batch N     MixtureConfig(batch_size=N)         N = 64, 128, 256, 512: a fixed larger batch
   head init 0.01  MixtureConfig(head_init=0.01)   heads started near zero (and 'head init 0.1', 'head init 1');
-                  'two head scales' = head_init (1, 0.01): the restarts once per scale
-                  ('two head scales late choice': with restart_steps 1000)
+                  'two head scales' = head_init (1, 0.01): the restarts once per scale, a start near
+                  zero kept only one standard error ahead (scale_choice_z 1; now the default);
+                  'two head scales any margin': the lowest held-out NLL wins (scale_choice_z 0;
+                  'late choice': and restart_steps 1000)
 then stage 2 with run_adapt(AdaptConfig(budgets=[10, 50], seeds=3)) (stage-2 seeds = budget draws; their
 mean is the cache's value). Each line of --out is one (regime, pairs, dim, seed, config) with stage1-best,
 micro, micro-refine, budget-bt, oracle at B = 10 and 50, the smallest cosine between a planted direction
@@ -70,7 +74,8 @@ CONFIGS = {
     "head init 0.1": {"head_init": 0.1},
     "head init 1": {"head_init": 1.0},
     "two head scales": {"head_init": (1.0, 0.01)},
-    "two head scales late choice": {"head_init": (1.0, 0.01), "restart_steps": 1000},
+    "two head scales late choice": {"head_init": (1.0, 0.01), "restart_steps": 1000, "scale_choice_z": 0.0},
+    "two head scales any margin": {"head_init": (1.0, 0.01), "scale_choice_z": 0.0},
     "batch 64": {"batch_size": 64},
     "batch 128": {"batch_size": 128},
     "batch 256": {"batch_size": 256},
@@ -92,6 +97,7 @@ def fit_and_adapt(cache: Path, train, name: str, fit_seed: int, adapt: AdaptConf
     row = {"seed": fit_seed, "config": name, "train_pairs": len(train), "adapt_seeds": adapt.seeds,
            "steps": model.train_steps, "best_step": model.fit_record.best_step, "stop": model.fit_record.stop_reason,
            "kept": model.fit_record.kept_criterion, "criterion_best_steps": model.fit_record.criterion_best_steps,
+           "head_init": model.fit_record.head_init, "start_z": model.fit_record.start_z, "restart_nll": model.fit_record.restart_nll,
            "fit_cpu_s": round(fit_cpu, 2), "head_cos": None if truth is None else min(match_heads(truth, model.head_vectors())["cosine"])}
     for b in BUDGETS:
         for m in METHODS:

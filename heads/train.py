@@ -11,7 +11,9 @@ Two schedules (MixtureConfig.epochs):
   value's best weights are kept, the learning rate drops when neither improves and the fit stops after
   the last such plateau, between a minimum and a maximum number of steps that scale with the cache
   (`step_plan`); the weights of the later best are returned. For `micro`, `restarts` initialisations
-  train side by side until the minimum and the one with the lowest held-out (calibrated) NLL goes on.
+  per head scale (MixtureConfig.head_init) train side by side for `restart_steps` and the one with the
+  lowest held-out (calibrated) NLL goes on; a start of a later scale only when it leads the first
+  scale's best by `scale_choice_z` standard errors of the per-pair difference (`paired_z`).
 - an int: exactly that many passes with warm-up + cosine decay, no held-out slice (the earlier fixed
   schedule).
 
@@ -166,6 +168,23 @@ def calibrated_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Te
 # the last chooses among restarts).
 STOP_CRITERIA = {"nll": ("nll",), "calibrated-nll": ("calibrated-nll",), "later-plateau": ("nll", "calibrated-nll")}
 CRITERION_VALUES = {"nll": plain_nll, "calibrated-nll": calibrated_nll}
+
+
+def pair_nll(criterion: str, log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """[n] each pair's share of CRITERION_VALUES[criterion] (their mean is its value); log_weights,
+    margins: [n, K]. For 'calibrated-nll', at the scale that minimises the mean."""
+    scale = 1.0
+    if criterion == "calibrated-nll":
+        scale = float(CALIBRATION_SCALES[int(_grid_nll(log_weights, margins).argmin())])
+    return -torch.logsumexp(log_weights.double() + F.logsigmoid(scale * margins.double()), dim=-1)
+
+
+def paired_z(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """How many standard errors of the per-pair difference `ours` lies below `theirs` (per-pair values on
+    the same pairs; positive: ours lower). +-inf for a difference without spread, 0 for none."""
+    diff = (theirs - ours).double()
+    mean, se = float(diff.mean()), float(diff.std()) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+    return mean / se if se > 0 else math.copysign(math.inf, mean) if mean else 0.0
 
 
 def stopping_nll(config: MixtureConfig, log_weights: torch.Tensor, margins: torch.Tensor, first_only: bool = False) -> torch.Tensor:
@@ -384,6 +403,13 @@ class MicroStack:
         self._build([f(p) for f, p in zip(pick, self.params)], state)
         self.templates = [self.templates[r]]
 
+    @torch.no_grad()
+    def model_outputs(self, weights: list[torch.Tensor], r: int, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor) -> tuple:
+        """(log weights [m, K], margins [m, K]) of restart r with `weights` (a snapshot) on held-out pairs
+        (arguments as in `heldout_nll`)."""
+        model = self.to_model(weights, r)
+        return model.log_weights(table)[inverse], d @ model.head_vectors().T
+
     def to_model(self, weights: list[torch.Tensor], r: int) -> MixtureRewardModel:
         """Restart r's template model with `weights` (a snapshot) loaded."""
         model = self.templates[r if len(self.templates) > 1 else 0]
@@ -471,6 +497,7 @@ class FitRecord:
     restarts: int = 1
     chosen_restart: int = 0
     restart_nll: list = field(default_factory=list)  # best held-out NLL of each restart at the choice
+    start_z: float | None = None  # with several head scales: paired z of the best later-scale start vs the first scale's
     curve: list = field(default_factory=list)  # [{"step", "heldout_nll": [per live restart], "train_loss", "lr"}]
     # train_loss: with early stopping, the mean NLL over live restarts on a fixed sample of fit pairs as
     # large as the held-out slice (comparable with the held-out NLL); with fixed epochs, the epoch's mean loss
@@ -618,6 +645,14 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                          "seconds": time.perf_counter() - start})
                 if trainer.restarts > 1 and step >= min(plan.restart_steps, plan.min_steps):
                     keep = int(np.argmin(plateaus.best[-1]))
+                    if start_scales[keep] != start_scales[0]:  # a start of a later scale must win clearly
+                        first = [r for r, scale in enumerate(start_scales) if scale == start_scales[0]]
+                        home = min(first, key=lambda r: plateaus.best[-1][r])
+                        values = [pair_nll(criteria[-1], *trainer.model_outputs(plateaus.weights[-1][r], r, *held)) for r in (keep, home)]
+                        z = paired_z(*values)
+                        record.start_z = round(max(-1e6, min(1e6, z)), 3)  # finite, for metrics.json
+                        if z < config.scale_choice_z:
+                            keep = home
                     record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in plateaus.best[-1]]
                     trainer.keep(keep)
                     plateaus.keep_restart(keep)
