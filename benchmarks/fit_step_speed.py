@@ -9,10 +9,11 @@ Per round, on a planted HelpSteer2-shaped cache (`simulate`, 5 groups, 3 pairs p
 - `fit-4-epochs`: `fit_mixture(MixtureConfig(epochs=4))`, the hand-written stacked step;
 - `autograd-4-epochs`: the same fit with `reference=True` (autograd on losses.py + fused AdamW: the step
   loop stage 1 used before);
-- `default`: `fit_mixture(MixtureConfig())`, early stopping with 4 restarts (stop_on 'later-plateau'),
+- `default`: `fit_mixture(MixtureConfig())`, early stopping with 4 restarts per head scale (1, 0.01; stop_on 'later-plateau'),
   the batch grown with the cache (128 here);
 - `batch-32`: the default with `batch_size=32` (the default before the batch grew with the cache);
-- `two-scales`: the default with `head_init=(1.0, 0.01)` (the restarts once with each initial head scale);
+- `one-scale`: the default with `head_init=(1.0,)` (the restarts with the usual initialisation only, the
+  default before both head scales);
 - `nll-stop`: the same with `stop_on="nll"` (the plain held-out NLL alone: the default before 'later-plateau');
 - `warm-refit`: the default with `refit_warm=0.25` (the refit continues the kept weights for a quarter of
   the steps instead of training the initialisation again);
@@ -47,7 +48,7 @@ from micro.heads import MixtureConfig, evaluate, fit_mixture, simulate
 
 #: the early-stopping fits timed beside the fixed ones: the default, and the plain held-out NLL stop
 EARLY = {"default": MixtureConfig(), "batch-32": MixtureConfig(batch_size=32), "nll-stop": MixtureConfig(stop_on="nll"),
-         "warm-refit": MixtureConfig(refit_warm=0.25), "two-scales": MixtureConfig(head_init=(1.0, 0.01))}
+         "warm-refit": MixtureConfig(refit_warm=0.25), "one-scale": MixtureConfig(head_init=(1.0,))}
 
 
 def products(steps: int, batch: int, d: int, k: int, hidden: int) -> float:
