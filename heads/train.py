@@ -183,8 +183,11 @@ def paired_z(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     """How many standard errors of the per-pair difference `ours` lies below `theirs` (per-pair values on
     the same pairs; positive: ours lower). +-inf for a difference without spread, 0 for none."""
     diff = (theirs - ours).double()
-    mean, se = float(diff.mean()), float(diff.std()) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
-    return mean / se if se > 0 else math.copysign(math.inf, mean) if mean else 0.0
+    mean = float(diff.mean())
+    se = float(diff.std()) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+    if se > 0:
+        return mean / se
+    return math.copysign(math.inf, mean) if mean else 0.0
 
 
 def stopping_nll(config: MixtureConfig, log_weights: torch.Tensor, margins: torch.Tensor, first_only: bool = False) -> torch.Tensor:
