@@ -27,12 +27,6 @@ from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, simul
 from micro.heads.train import _fit, build_model, router_table
 
 
-def stage1_best(heads: torch.Tensor, test) -> float:
-    margins = test.diff @ heads.T
-    groups = range(len(test.attributes))
-    return sum(float((margins[test.attribute == a] > 0).float().mean(0).max()) for a in groups) / len(groups)
-
-
 def kmeans(x: torch.Tensor, weight: torch.Tensor, k: int, seed: int, iters: int = 30) -> torch.Tensor:
     """Cluster labels of the rows of x (weighted k-means, k-means++ seeding)."""
     gen = torch.Generator().manual_seed(seed)
@@ -72,12 +66,11 @@ def compare(train, test, seed: int, truth=None) -> dict:
     fits = {"default": fit_mixture(train, config), "cluster": _fit(train, replace(config, restarts=1), None, init=start)}
     row = {"seed": seed}
     for name, model in fits.items():
-        heads = model.head_vectors().detach()
-        row[name] = {"stage1_best": round(stage1_best(heads, test), 4),
-                     "routed": round(evaluate(model, test, config.router_input)["average"]["routed_accuracy"], 4),
+        scores = evaluate(model, test, config.router_input)["average"]
+        row[name] = {"stage1_best": round(scores["best_accuracy"], 4), "routed": round(scores["routed_accuracy"], 4),
                      "heldout_nll": model.fit_record.best_heldout_nll}
         if truth is not None:
-            row[name]["head_cos"] = round(min(match_heads(truth, heads)["cosine"]), 3)
+            row[name]["head_cos"] = round(min(match_heads(truth, model.head_vectors())["cosine"]), 3)
     return row
 
 
