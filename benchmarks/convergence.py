@@ -26,6 +26,7 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
                   zero kept only one standard error ahead (scale_choice_z 1; now the default);
                   'two head scales any margin': the lowest held-out NLL wins (scale_choice_z 0;
                   'late choice': and restart_steps 1000)
+  refit x3    MixtureConfig(refit_length=3)       the refit three times as long as the search's best step
 then stage 2 with run_adapt(AdaptConfig(budgets=[10, 50], seeds=3)) (stage-2 seeds = budget draws; their
 mean is the cache's value). Each line of --out is one (regime, pairs, dim, seed, config) with stage1-best,
 micro, micro-refine, budget-bt, oracle at B = 10 and 50, the smallest cosine between a planted direction
@@ -76,6 +77,7 @@ CONFIGS = {
     "two head scales": {"head_init": (1.0, 0.01)},
     "two head scales late choice": {"head_init": (1.0, 0.01), "restart_steps": 1000, "scale_choice_z": 0.0},
     "two head scales any margin": {"head_init": (1.0, 0.01), "scale_choice_z": 0.0},
+    "refit x3": {"refit_length": 3.0},
     "batch 64": {"batch_size": 64},
     "batch 128": {"batch_size": 128},
     "batch 256": {"batch_size": 256},

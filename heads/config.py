@@ -220,6 +220,10 @@ class MixtureConfig:
     continues the kept weights of the search on every pair instead, for f x the scaled best step count,
     with warm-up + cosine decay (a shorter second pass: benchmarks/README.md, "A warm refit")."""
 
+    refit_length: float = 1.0
+    """Early stopping with `refit`: the refit's length in units of the search's best step count (scaled by
+    the pair counts); 1 (default) trains as long as the held-out slice asked for."""
+
     refit_max_pairs: int = 100_000
     """Early stopping: refit only caches with at most this many training pairs (above it the held-out
     slice is a small share of the pairs and a second pass costs minutes)."""
@@ -234,7 +238,7 @@ class MixtureConfig:
                                       "patience", "lr_drops", "min_steps", "max_steps", "restarts", "refit_max_pairs",
                                       "restart_steps") + tuple(f for f in ("epochs", "batch_size") if getattr(self, f) is not None),
                       reals=("alpha", "lr", "warmup", "weight_decay", "prior_scale", "prior_l2", "holdout", "min_delta",
-                             "lr_drop_factor", "min_epochs", "max_epochs", "refit_warm", "scale_choice_z"))
+                             "lr_drop_factor", "min_epochs", "max_epochs", "refit_warm", "scale_choice_z", "refit_length"))
         for name in ("alpha", "weight_decay", "prior_scale", "prior_l2", "seed", "threads", "scale_choice_z"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
@@ -265,6 +269,8 @@ class MixtureConfig:
             raise ValueError(f"lr_drop_factor must be in (0, 1), not {self.lr_drop_factor!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), not {self.warmup!r}")
+        if not self.refit_length > 0:
+            raise ValueError(f"refit_length must be > 0, not {self.refit_length!r}")
         if not 0 <= self.refit_warm <= 1:
             raise ValueError(f"refit_warm is a fraction of the refit's steps in [0, 1], not {self.refit_warm!r}")
         if self.lr <= 0:

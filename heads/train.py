@@ -692,7 +692,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
             # The held-out slice has decided how long to train; train the chosen initialisation again on every
             # pair for as many epochs' worth of steps, with warm-up + cosine decay (which settles the weights
             # better than the constant rate of the search).
-            record.refit_steps = max(1, int(round(record.best_step * n / n_fit)))
+            record.refit_steps = max(1, int(round(config.refit_length * record.best_step * n / n_fit)))
             seed = config.seed + 7919 * record.chosen_restart
             config = replace(config, head_init=(record.head_init,))  # the refit starts as the chosen start did
             if config.refit_warm:  # continue the kept weights on every pair, a shorter cosine pass

@@ -327,3 +327,13 @@ def test_a_start_of_a_later_head_scale_is_kept_only_when_it_wins_by_scale_choice
     usual = min((0, 1), key=lambda r: rec.restart_nll[r])
     assert rec.chosen_restart == (lowest if near_zero_kept else usual)
     assert rec.head_init == (0.01 if near_zero_kept else 1.0)
+
+
+def test_refit_length_scales_the_refit_and_leaves_the_search_alone(small):
+    _, _, train, _ = small
+    one, three = (fit_mixture(train, MixtureConfig(k=3, restarts=1, seed=3, refit_length=f)).fit_record for f in (1.0, 3.0))
+    assert (three.best_step, three.curve) == (one.best_step, one.curve)  # the same search
+    assert one.refit_steps == max(1, round(one.best_step * len(train) / one.train_pairs))
+    assert three.refit_steps == max(1, round(3.0 * one.best_step * len(train) / one.train_pairs)) != one.refit_steps
+    with pytest.raises(ValueError, match="refit_length"):
+        MixtureConfig(refit_length=0.0)
