@@ -83,12 +83,13 @@ def main() -> None:
     if (args.planted is None) == (args.cache is None):
         p.error("give one of --planted REGIME:PAIRS:DIM or --cache PATH")
     torch.set_num_threads(1)
-    for seed in range(args.seeds):
-        if args.cache:
-            train, test = load_split(Path(args.cache), "train"), load_split(Path(args.cache), "test")
+    if args.cache:  # one embedded cache, stage 1 fitted with each seed
+        train, test = load_split(Path(args.cache), "train"), load_split(Path(args.cache), "test")
+        for seed in range(args.seeds):
             print(json.dumps({"cache": args.cache, **compare(train, test, seed)}), flush=True)
-            continue
-        regime, pairs, dim = args.planted.split(":")
+        return
+    regime, pairs, dim = args.planted.split(":")
+    for seed in range(args.seeds):
         with tempfile.TemporaryDirectory() as tmp:
             cache = Path(tmp) / "planted.h5"
             truth = simulate(cache, regime=regime, pairs=int(pairs), dim=int(dim), seed=seed)

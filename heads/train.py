@@ -13,7 +13,7 @@ Two schedules (MixtureConfig.epochs):
   (`step_plan`); the weights of the later best are returned. For `micro`, `restarts` initialisations
   per head scale (MixtureConfig.head_init) train side by side for `restart_steps` and the one with the
   lowest held-out (calibrated) NLL goes on; a start of a later scale only when it leads the first
-  scale's best by `scale_choice_z` standard errors of the per-pair difference (`paired_z`).
+  scale's best by `scale_choice_z` standard errors of the per-pair difference (`choose_start`).
 - an int: exactly that many passes with warm-up + cosine decay, no held-out slice (the earlier fixed
   schedule).
 
@@ -151,9 +151,14 @@ def _grid_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows).to(margins.dtype)
 
 
+def _pair_values(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """[..., n] each pair's -log sum_k w_k sigmoid(m_k); log_weights, margins: [..., n, K]."""
+    return -torch.logsumexp(log_weights + F.logsigmoid(margins), dim=-1)
+
+
 def plain_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
     """[...] mixture NLL -mean_i log sum_k w_ik sigmoid(m_ik); log_weights, margins: [..., n, K]."""
-    return -torch.logsumexp(log_weights + F.logsigmoid(margins), dim=-1).mean(-1)
+    return _pair_values(log_weights, margins).mean(-1)
 
 
 def calibrated_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
@@ -176,7 +181,7 @@ def pair_nll(criterion: str, log_weights: torch.Tensor, margins: torch.Tensor) -
     scale = 1.0
     if criterion == "calibrated-nll":
         scale = float(CALIBRATION_SCALES[int(_grid_nll(log_weights, margins).argmin())])
-    return -torch.logsumexp(log_weights.double() + F.logsigmoid(scale * margins.double()), dim=-1)
+    return _pair_values(log_weights.double(), scale * margins.double())
 
 
 def paired_z(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -647,15 +652,9 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                          "best_nll": min(best), "best_step": best_step[int(np.argmin(best))], "lr": lr, "restarts": trainer.restarts,
                          "seconds": time.perf_counter() - start})
                 if trainer.restarts > 1 and step >= min(plan.restart_steps, plan.min_steps):
-                    keep = int(np.argmin(plateaus.best[-1]))
-                    if start_scales[keep] != start_scales[0]:  # a start of a later scale must win clearly
-                        first = [r for r, scale in enumerate(start_scales) if scale == start_scales[0]]
-                        home = min(first, key=lambda r: plateaus.best[-1][r])
-                        values = [pair_nll(criteria[-1], *trainer.model_outputs(plateaus.weights[-1][r], r, *held)) for r in (keep, home)]
-                        z = paired_z(*values)
+                    keep, z = choose_start(trainer, plateaus, start_scales, criteria[-1], held, config.scale_choice_z)
+                    if z is not None:
                         record.start_z = round(max(-1e6, min(1e6, z)), 3)  # finite, for metrics.json
-                        if z < config.scale_choice_z:
-                            keep = home
                     record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in plateaus.best[-1]]
                     trainer.keep(keep)
                     plateaus.keep_restart(keep)
@@ -708,6 +707,20 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     model.train_steps = step + record.refit_steps
     model.fit_record = record
     return model
+
+
+def choose_start(trainer: MicroStack, plateaus: Plateaus, start_scales: list, criterion: str, held: tuple, bar: float) -> tuple[int, float | None]:
+    """(the start that goes on, the paired z it was judged by or None): the lowest best held-out value of
+    `criterion` (the last row of `plateaus`), except that a start of a later head scale must lead the first
+    scale's best start by `bar` standard errors of the per-pair difference on the held-out pairs `held`."""
+    best = plateaus.best[-1]
+    keep = int(np.argmin(best))
+    if start_scales[keep] == start_scales[0]:
+        return keep, None
+    home = min((r for r, scale in enumerate(start_scales) if scale == start_scales[0]), key=lambda r: best[r])
+    ours, theirs = (pair_nll(criterion, *trainer.model_outputs(plateaus.weights[-1][r], r, *held)) for r in (keep, home))
+    z = paired_z(ours, theirs)
+    return (keep if z >= bar else home), z
 
 
 def _check_finite(config: MixtureConfig, loss: float, where: str) -> None:
