@@ -27,6 +27,9 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
                   'two head scales any margin': the lowest held-out NLL wins (scale_choice_z 0;
                   'late choice': and restart_steps 1000)
   refit x3    MixtureConfig(refit_length=3)       the refit three times as long as the search's best step
+  one slice   MixtureConfig(folds=1)              one held-out slice on every cache (the default before
+                                                  small caches were cross-validated); 'folds below
+                                                  1000': cross-validated up to ~10K training pairs
 then stage 2 with run_adapt(AdaptConfig(budgets=[10, 50], seeds=3)) (stage-2 seeds = budget draws; their
 mean is the cache's value). Each line of --out is one (regime, pairs, dim, seed, config) with stage1-best,
 micro, micro-refine, budget-bt, oracle at B = 10 and 50, the smallest cosine between a planted direction
@@ -78,6 +81,8 @@ CONFIGS = {
     "two head scales late choice": {"head_init": (1.0, 0.01), "restart_steps": 1000, "scale_choice_z": 0.0},
     "two head scales any margin": {"head_init": (1.0, 0.01), "scale_choice_z": 0.0},
     "refit x3": {"refit_length": 3.0},
+    "one slice": {"folds": 1},
+    "folds below 1000": {"folds_below": 1000},
     "batch 64": {"batch_size": 64},
     "batch 128": {"batch_size": 128},
     "batch 256": {"batch_size": 256},
@@ -99,7 +104,7 @@ def fit_and_adapt(cache: Path, train, name: str, fit_seed: int, adapt: AdaptConf
     row = {"seed": fit_seed, "config": name, "train_pairs": len(train), "adapt_seeds": adapt.seeds,
            "steps": model.train_steps, "best_step": model.fit_record.best_step, "stop": model.fit_record.stop_reason,
            "kept": model.fit_record.kept_criterion, "criterion_best_steps": model.fit_record.criterion_best_steps,
-           "head_init": model.fit_record.head_init, "start_z": model.fit_record.start_z, "restart_nll": model.fit_record.restart_nll,
+           "head_init": model.fit_record.head_init, "folds": model.fit_record.folds, "start_z": model.fit_record.start_z, "restart_nll": model.fit_record.restart_nll,
            "fit_cpu_s": round(fit_cpu, 2), "head_cos": None if truth is None else min(match_heads(truth, model.head_vectors())["cosine"])}
     for b in BUDGETS:
         for m in METHODS:

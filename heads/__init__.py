@@ -26,7 +26,7 @@ _EXPORTS = {
     "match_heads": ".planted",
     "simulate": ".planted",
     "theorem_bound": ".planted",
-    "fit_mixture": ".train",
+    "fit_mixture": ".fit",
 }
 
 

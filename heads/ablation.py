@@ -19,7 +19,7 @@ from .config import EVAL_SPLIT, MixtureConfig
 from .metrics import evaluate
 from .model import save_model
 from .run import cache_identity, train_and_eval_splits
-from .train import fit_mixture
+from .fit import fit_mixture
 from .plots import save_figure
 
 

@@ -76,7 +76,8 @@ def _short(text: str, width: int = 40) -> str:
 def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
     """Write the held-out NLL and, where early stopping watched it, the calibrated held-out NLL (one line
     per restart while they train side by side) and the training loss against the step, with the kept
-    (best) step marked; None for a fixed-epoch fit (no held-out slice)."""
+    (best) step marked (a cross-validated fit: its first fold's search); None for a fixed-epoch fit (no
+    held-out slice)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,10 +97,15 @@ def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
                 pts = [(c["step"], c[key][r]) for c in curve if len(c[key]) > 1]
                 ax.plot(*zip(*pts), color=color, alpha=0.3)
     ax.plot([c["step"] for c in curve], [c["train_loss"] for c in curve], color="C1", alpha=0.6, label="training NLL (sample of fit pairs)")
-    ax.axvline(record["best_step"], color="k", ls="--", lw=0.8, label=f"kept: step {record['best_step']}")
+    folds = record.get("folds") or 0
+    best = record["fold_best_steps"][0] if folds else record["best_step"]
+    ax.axvline(best, color="k", ls="--", lw=0.8, label=f"kept: step {best}")
     ax.set_xlabel("step")
     ax.set_ylabel("nats per pair")
-    ax.set_title(f"Stage 1: stopped at step {record['steps']} ({record['stop_reason']})")
+    if folds:  # cross-validated: the first fold's search; each fold's best step in the title
+        ax.set_title(f"Stage 1, fold 1 of {folds}: best steps {record['fold_best_steps']}", fontsize=10)
+    else:
+        ax.set_title(f"Stage 1: stopped at step {record['steps']} ({record['stop_reason']})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)

@@ -50,7 +50,15 @@ def print_report(metrics: dict[str, Any], console: Console | None = None) -> Non
         f"on {metrics['train_pairs']} pairs"
     )
     fit = metrics.get("fit") or {}
-    if fit.get("schedule") == "early-stopping":
+    if fit.get("schedule") == "early-stopping" and fit.get("folds"):
+        console.print(
+            f"early stopping by {fit['folds']}-fold cross-validation over prompts (every training pair held out once): "
+            f"best steps {fit['fold_best_steps']} ({fit['stop_reason']}), held-out NLL {fit['best_heldout_nll']:.4f}"
+            + (f"; start {fit['chosen_restart'] + 1} of {fit['restarts']} kept (head scale {fit['head_init']:g}"
+               + (f", {fit['start_z']:.2f} SE ahead of the first scale" if fit.get("start_z") is not None else "") + ")" if fit["restarts"] > 1 else "")
+            + f"; refitted on all {metrics['train_pairs']} pairs for {fit['refit_steps']} steps"
+        )
+    elif fit.get("schedule") == "early-stopping":
         console.print(
             f"early stopping: {fit['steps']} steps ({fit['stop_reason']}), kept step {fit['best_step']} with held-out NLL "
             f"{fit['best_heldout_nll']:.4f} on {fit['heldout_pairs']} held-out pairs"

@@ -16,7 +16,7 @@ from ..embedcache.store import BACKBONE_FIELDS, RUN_FIELDS, CacheError, CacheSpl
 from .config import EVAL_SPLIT, MixtureConfig
 from .metrics import evaluate
 from .model import MixtureRewardModel, load_model, save_model
-from .train import fit_mixture
+from .fit import fit_mixture
 
 #: Cache metadata a run records and later checks (defined with the cache format in embedcache.store).
 CACHE_IDENTITY = RUN_FIELDS

@@ -1,4 +1,5 @@
-"""`fit_mixture`: train K linear BT heads (+ router) on a cache split, read top to bottom.
+"""The fit behind `fit_mixture` (heads/fit.py) on one held-out slice: train K linear BT heads (+ router) on a
+cache split, read top to bottom.
 
 All tensors go to the device once; each step gathers a batch of difference vectors and router inputs
 by index (router inputs stay deduplicated, and the held-out slice is a set of row indices, so a 700K-pair
@@ -28,7 +29,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -514,47 +515,26 @@ class FitRecord:
     kept_criterion: str = ""  # whose best weights were kept: "nll" | "calibrated-nll" (early stopping)
     criterion_best_steps: dict = field(default_factory=dict)  # each watched criterion's best step
     head_init: float | None = None  # the initial head scale of the kept start (early stopping)
+    # cross-validation (heads/fit.py) instead of one held-out slice: the number of folds (0: one slice), and
+    # per fold the best step and best held-out NLL of the chosen start; `curve` is then the first fold's
+    folds: int = 0
+    fold_best_steps: list = field(default_factory=list)
+    fold_heldout_nll: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def fit_mixture(
-    train: CacheSplit,
-    config: MixtureConfig | None = None,
-    *,
-    log: Callable[[dict], None] | None = None,
-    reference: bool = False,
-) -> MixtureRewardModel:
-    """Fit stage 1 (or a baseline) on `train`; deterministic for `config.seed` on a given device.
-
-    `reference=True` trains `micro` by autograd on `batch_loss` instead of the hand-written stacked step
-    (one restart; the slow reference the tests and benchmarks/fit_mixture_speed.py compare against).
-
-    `log`, if given, receives {"step", "epoch", "loss", "heldout_nll" (None with fixed epochs), "best_step",
-    "lr", "seconds"} after each held-out evaluation (or each epoch with fixed epochs). The returned model is
-    on the CPU in eval mode; `model.fit_record` (a FitRecord) says how it stopped, `model.train_history`
-    holds the logged training losses and `model.train_steps` the steps run.
-    """
-    config = (config or MixtureConfig()).resolved(train)
-    threads = torch.get_num_threads()
-    if config.threads and config.device == "cpu":
-        torch.set_num_threads(config.threads)
-    # Subnormal floats (router weights of unused heads, exp(-90)) make every CPU product they enter
-    # many times slower; flushing them to zero changes no result beyond float tolerance.
-    flushed = config.device == "cpu" and torch.set_flush_denormal(True)
-    try:
-        return _fit(train, config, log, reference)
-    finally:
-        torch.set_num_threads(threads)
-        if flushed:
-            torch.set_flush_denormal(False)
-
-
 def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] | None, reference: bool = False,
-         steps: int | None = None, init: MixtureRewardModel | None = None) -> MixtureRewardModel:
+         steps: int | None = None, init: MixtureRewardModel | None = None, *, split: tuple | None = None,
+         only_start: int | None = None, until_choice: bool = False) -> Any:
     """The fit; `steps` (with config.epochs None) runs exactly that many steps of the fixed warm-up +
-    cosine schedule on all pairs (the refit after early stopping), from `init`'s weights if given."""
+    cosine schedule on all pairs (the refit after early stopping), from `init`'s weights if given.
+    Early stopping only: `split` = (fit rows, held-out rows) replaces the held-out slice of
+    `heldout_rows` (a fold of cross-validation); `only_start` trains that start of `start_scales(config)`
+    alone; `until_choice` returns, at the point where the best start would be chosen, the [starts, held-out
+    pairs] per-pair values of the restart criterion at each start's best weights (`pair_nll`) instead of
+    a model."""
     device = torch.device(config.device)
     n, d = train.diff.shape
     if n == 0:
@@ -563,7 +543,10 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     diff = train.diff.to(device, torch.float32)
     diff_rms = float(train.diff[: min(n, 4096)].pow(2).mean().sqrt())
     early = config.epochs is None and steps is None
-    fit_rows, held_rows = heldout_rows(train, config.holdout, config.holdout_max_pairs, config.seed) if early else (torch.arange(n), torch.zeros(0, dtype=torch.long))
+    if early:
+        fit_rows, held_rows = split if split is not None else heldout_rows(train, config.holdout, config.holdout_max_pairs, config.seed)
+    else:
+        fit_rows, held_rows = torch.arange(n), torch.zeros(0, dtype=torch.long)
     fit_rows = None if not early else fit_rows.to(device)
 
     prior_unit = diff_rms
@@ -581,11 +564,10 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
         table, index = router_table(train, config.router_input)
         table, index = table.to(device, torch.float32), index.to(device)
     several = uses_router and early and not reference and init is None  # restarts, one set per head scale
-    scales, per_scale = (config.head_init, max(1, config.restarts)) if several else (config.head_init[:1], 1)
-    # scale-major: the first `restarts` starts are those of the first scale (seeds as with one scale)
-    start_scales = [scale for scale in scales for _ in range(per_scale)]
+    scales = start_scales(config) if several else [config.head_init[0]]
+    starts = range(len(scales)) if only_start is None else [only_start]
     models = ([copy.deepcopy(init).to(device)] if init is not None else
-              [build_model(replace(config, seed=config.seed + 7919 * r, head_init=(scale,)), d, prior_unit) for r, scale in enumerate(start_scales)])
+              [build_model(replace(config, seed=config.seed + 7919 * r, head_init=(scales[r],)), d, prior_unit) for r in starts])
     restarts = len(models)
     if uses_router and not reference:
         trainer = MicroStack(models, config, device)
@@ -593,7 +575,8 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
         trainer = AutogradTrainer(models[0].to(device).train(), config, diff_rms)
 
     n_fit = n if fit_rows is None else len(fit_rows)
-    record = FitRecord(schedule="early-stopping" if early else "fixed-epochs", train_pairs=n_fit, heldout_pairs=len(held_rows), restarts=restarts)
+    record = FitRecord(schedule="early-stopping" if early else "fixed-epochs", train_pairs=n_fit, heldout_pairs=len(held_rows), restarts=restarts,
+                       chosen_restart=only_start or 0)
     if early:
         plan = step_plan(n_fit, config)
         record.plan = plan.__dict__.copy()
@@ -652,7 +635,9 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                          "best_nll": min(best), "best_step": best_step[int(np.argmin(best))], "lr": lr, "restarts": trainer.restarts,
                          "seconds": time.perf_counter() - start})
                 if trainer.restarts > 1 and step >= min(plan.restart_steps, plan.min_steps):
-                    keep, z = choose_start(trainer, plateaus, start_scales, criteria[-1], held, config.scale_choice_z)
+                    if until_choice:
+                        return torch.stack([start_values(trainer, plateaus, criteria[-1], held, r) for r in range(trainer.restarts)])
+                    keep, z = choose_start(trainer, plateaus, scales, criteria[-1], held, config.scale_choice_z)
                     if z is not None:
                         record.start_z = round(max(-1e6, min(1e6, z)), 3)  # finite, for metrics.json
                     record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in plateaus.best[-1]]
@@ -682,10 +667,10 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     record.stop_reason = stop
     if early:
         c = plateaus.kept()
-        model = trainer.to_model(plateaus.weights[c][0], record.chosen_restart)
+        model = trainer.to_model(plateaus.weights[c][0], record.chosen_restart if only_start is None else 0)
         record.best_step, record.best_heldout_nll = plateaus.step[c][0], round(plateaus.best[c][0], 6)
         record.kept_criterion = criteria[c]
-        record.head_init = start_scales[record.chosen_restart]
+        record.head_init = scales[record.chosen_restart]
         record.criterion_best_steps = {name: plateaus.step[i][0] for i, name in enumerate(criteria)}
         if config.refit and n <= config.refit_max_pairs:
             # The held-out slice has decided how long to train; train the chosen initialisation again on every
@@ -709,18 +694,33 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     return model
 
 
-def choose_start(trainer: MicroStack, plateaus: Plateaus, start_scales: list, criterion: str, held: tuple, bar: float) -> tuple[int, float | None]:
-    """(the start that goes on, the paired z it was judged by or None): the lowest best held-out value of
-    `criterion` (the last row of `plateaus`), except that a start of a later head scale must lead the first
-    scale's best start by `bar` standard errors of the per-pair difference on the held-out pairs `held`."""
-    best = plateaus.best[-1]
-    keep = int(np.argmin(best))
-    if start_scales[keep] == start_scales[0]:
+def start_scales(config: MixtureConfig) -> list[float]:
+    """The head scale of each start of an early-stopping `micro` fit with restarts, scale-major: the first
+    `restarts` starts are those of the first scale (seeds seed, seed + 7919, ... as with one scale)."""
+    return [scale for scale in config.head_init for _ in range(max(1, config.restarts))]
+
+
+def scale_choice(means: list, scales: list, pair_values: Callable[[int], torch.Tensor], bar: float) -> tuple[int, float | None]:
+    """(the start that goes on, the paired z it was judged by or None): the lowest of `means` (a criterion
+    per start), except that a start of a later head scale must lead the first scale's best start by `bar`
+    standard errors of the per-pair difference (`pair_values(r)`: start r's per-pair values)."""
+    keep = int(np.argmin(means))
+    if scales[keep] == scales[0]:
         return keep, None
-    home = min((r for r, scale in enumerate(start_scales) if scale == start_scales[0]), key=lambda r: best[r])
-    ours, theirs = (pair_nll(criterion, *trainer.model_outputs(plateaus.weights[-1][r], r, *held)) for r in (keep, home))
-    z = paired_z(ours, theirs)
+    home = min((r for r, scale in enumerate(scales) if scale == scales[0]), key=lambda r: means[r])
+    z = paired_z(pair_values(keep), pair_values(home))
     return (keep if z >= bar else home), z
+
+
+def start_values(trainer: MicroStack, plateaus: Plateaus, criterion: str, held: tuple, r: int) -> torch.Tensor:
+    """Per-pair values of `criterion` on the held-out pairs `held` at start r's best weights for it."""
+    return pair_nll(criterion, *trainer.model_outputs(plateaus.weights[-1][r], r, *held))
+
+
+def choose_start(trainer: MicroStack, plateaus: Plateaus, scales: list, criterion: str, held: tuple, bar: float) -> tuple[int, float | None]:
+    """`scale_choice` on one held-out slice: the best held-out values of `criterion` (the last row of
+    `plateaus`) and the per-pair values on the held-out pairs `held`."""
+    return scale_choice(plateaus.best[-1], scales, lambda r: start_values(trainer, plateaus, criterion, held, r), bar)
 
 
 def _check_finite(config: MixtureConfig, loss: float, where: str) -> None:

@@ -205,7 +205,7 @@ def test_early_stopping_keeps_the_best_weights_and_records_the_curve(small):
 def test_refit_trains_the_chosen_start_on_all_pairs_for_the_found_length(small):
     _, _, train, _ = small
     searched = fit_mixture(train, MixtureConfig(k=3, refit=False))
-    refit = fit_mixture(train, MixtureConfig(k=3))
+    refit = fit_mixture(train, MixtureConfig(k=3, folds=1))  # one slice (folds: test_small_caches_are_cross_validated...)
     rec = refit.fit_record
     assert rec.refit_steps == round(rec.best_step * len(train) / rec.train_pairs) > 0
     assert refit.train_steps == rec.steps + rec.refit_steps
@@ -246,13 +246,17 @@ def test_run_records_the_fit_and_plots_the_curve(small, tmp_path):
     path = small[0]
     result = CliRunner().invoke(app, ["fit-mixture", str(path), "--out", str(tmp_path / "run"), "--k", "3", "--restarts", "1"])
     assert result.exit_code == 0, result.output
-    assert "held-out NLL" in result.stderr and "early stopping:" in result.stdout
+    # a 560-pair cache: cross-validated (tests/test_folds.py), the progress lines say which fold
+    assert "fold 5/5  step" in result.stderr and "early stopping by 5-fold cross-validation" in result.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     fit = metrics["fit"]
+    assert fit["folds"] == 5 and len(fit["fold_best_steps"]) == 5
     assert {"steps", "best_step", "stop_reason", "curve", "best_heldout_nll", "heldout_pairs"} <= set(fit)
     assert metrics["train_steps"] == fit["steps"] + fit["refit_steps"] and (tmp_path / "run" / "heldout_curve.png").stat().st_size > 0
     quiet = CliRunner().invoke(app, ["fit-mixture", str(path), "--out", str(tmp_path / "q"), "--k", "3", "--restarts", "1", "--quiet"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
+    one = CliRunner().invoke(app, ["fit-mixture", str(path), "--out", str(tmp_path / "one"), "--k", "3", "--restarts", "1", "--folds", "1"])
+    assert one.exit_code == 0 and "held-out NLL" in one.stderr and "early stopping:" in one.stdout
 
 
 def test_default_stop_waits_for_the_later_plateau_on_a_sample_limited_cache(tmp_path):
@@ -289,13 +293,13 @@ def test_restarts_run_once_per_head_scale_and_the_refit_starts_as_the_kept_start
     built = []
     real = train_module.build_model
     monkeypatch.setattr(train_module, "build_model", lambda config, *a, **k: built.append((config.seed, config.head_init)) or real(config, *a, **k))
-    model = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0, 0.01), seed=5))
+    model = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0, 0.01), seed=5, folds=1))
     rec = model.fit_record
     assert rec.restarts == 4 and built[:4] == [(5, (1.0,)), (5 + 7919, (1.0,)), (5 + 2 * 7919, (0.01,)), (5 + 3 * 7919, (0.01,))]
     assert rec.head_init == (1.0, 1.0, 0.01, 0.01)[rec.chosen_restart]
     assert built[4] == (5 + 7919 * rec.chosen_restart, (rec.head_init,)) and rec.refit_steps > 0  # the refit's start
     built.clear()
-    one = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0,), seed=5)).fit_record
+    one = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0,), seed=5, folds=1)).fit_record
     assert one.restarts == 2 and built[:2] == [(5, (1.0,)), (5 + 7919, (1.0,))]  # one scale: the starts before
     built.clear()
     fit_mixture(train, MixtureConfig(k=3, epochs=1, head_init=(0.01, 1.0), seed=5))
@@ -331,7 +335,7 @@ def test_a_start_of_a_later_head_scale_is_kept_only_when_it_wins_by_scale_choice
 
 def test_refit_length_scales_the_refit_and_leaves_the_search_alone(small):
     _, _, train, _ = small
-    one, three = (fit_mixture(train, MixtureConfig(k=3, restarts=1, seed=3, refit_length=f)).fit_record for f in (1.0, 3.0))
+    one, three = (fit_mixture(train, MixtureConfig(k=3, restarts=1, seed=3, refit_length=f, folds=1)).fit_record for f in (1.0, 3.0))
     assert (three.best_step, three.curve) == (one.best_step, one.curve)  # the same search
     assert one.refit_steps == max(1, round(one.best_step * len(train) / one.train_pairs))
     assert three.refit_steps == max(1, round(3.0 * one.best_step * len(train) / one.train_pairs)) != one.refit_steps
