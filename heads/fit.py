@@ -94,18 +94,20 @@ def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Te
         mask = torch.ones(n, dtype=torch.bool)
         mask[held] = False
         splits.append((mask.nonzero().flatten(), held))
+    def fold_log(f: int) -> Callable[[dict], None] | None:
+        return None if log is None else (lambda entry: log({**entry, "fold": f + 1, "folds": len(splits)}))
+
     # 1. the start: per-pair values at the choice point of every fold, pooled
     scales = start_scales(config)
     keep, z, nll = 0, None, []
     if len(scales) > 1:
-        values = torch.cat([_fit(train, config, None, split=split, until_choice=True) for split in splits], dim=1)
+        values = torch.cat([_fit(train, config, fold_log(f), split=split, until_choice=True) for f, split in enumerate(splits)], dim=1)
         nll = values.mean(1).tolist()
         keep, z = scale_choice(nll, scales, lambda r: values[r], config.scale_choice_z)
     # 2. the length: the chosen start alone on each fold until its held-out values stop improving
     searches = []
     for f, split in enumerate(splits):
-        fold_log = None if log is None else (lambda entry, f=f: log({**entry, "fold": f + 1, "folds": len(splits)}))
-        searches.append(_fit(train, replace(config, refit=False), fold_log, split=split, only_start=keep).fit_record)
+        searches.append(_fit(train, replace(config, refit=False), fold_log(f), split=split, only_start=keep).fit_record)
     best = float(np.mean([s.best_step * n / s.train_pairs for s in searches]))
     # 3. the refit on every pair
     refit_steps = max(1, int(round(config.refit_length * best)))
