@@ -94,6 +94,7 @@ def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Te
         mask = torch.ones(n, dtype=torch.bool)
         mask[held] = False
         splits.append((mask.nonzero().flatten(), held))
+
     def fold_log(f: int) -> Callable[[dict], None] | None:
         return None if log is None else (lambda entry: log({**entry, "fold": f + 1, "folds": len(splits)}))
 
