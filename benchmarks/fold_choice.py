@@ -26,7 +26,7 @@ import torch
 
 from micro.embedcache import load_split
 from micro.heads import MixtureConfig, evaluate, match_heads, simulate
-from micro.heads.fit import prompt_folds
+from micro.heads.fit import fold_splits, prompt_folds
 from micro.heads.train import _fit, scale_choice, start_scales
 
 
@@ -52,12 +52,8 @@ def main() -> None:
             return scale_choice(values.mean(1).tolist(), scales, lambda r: values[r], config.scale_choice_z)[0]
 
         one = _fit(train, config, None, until_choice=True)
-        folds = []
-        for held in prompt_folds(train, config.folds, config.seed):
-            mask = torch.ones(n, dtype=torch.bool)
-            mask[held] = False
-            folds.append(_fit(train, config, None, split=(mask.nonzero().flatten(), held), until_choice=True))
-        pooled = torch.cat(folds, dim=1)
+        splits = fold_splits(n, prompt_folds(train, config.folds, config.seed))
+        pooled = torch.cat([_fit(train, config, None, split=split, until_choice=True) for split in splits], dim=1)
         cos, best = [], []
         for r in range(len(scales)):
             model = _fit(train, replace(config, folds=1), None, only_start=r)

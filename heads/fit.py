@@ -87,13 +87,19 @@ def prompt_folds(train: CacheSplit, folds: int, seed: int = 0) -> list[torch.Ten
     return [torch.from_numpy(np.flatnonzero(fold_of == f)) for f in range(folds) if (fold_of == f).any()]
 
 
-def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Tensor], log: Callable[[dict], None] | None) -> MixtureRewardModel:
-    n = len(train.diff)
+def fold_splits(n: int, folds: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(fit rows, held-out rows) of each fold of `n` pairs, as `_fit(split=...)` takes them."""
     splits = []
     for held in folds:
         mask = torch.ones(n, dtype=torch.bool)
         mask[held] = False
         splits.append((mask.nonzero().flatten(), held))
+    return splits
+
+
+def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Tensor], log: Callable[[dict], None] | None) -> MixtureRewardModel:
+    n = len(train.diff)
+    splits = fold_splits(n, folds)
 
     def fold_log(f: int) -> Callable[[dict], None] | None:
         return None if log is None else (lambda entry: log({**entry, "fold": f + 1, "folds": len(splits)}))
