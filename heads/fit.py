@@ -25,7 +25,7 @@ import torch
 from ..embedcache.store import CacheSplit
 from .config import MixtureConfig
 from .model import MixtureRewardModel
-from .train import FitRecord, _fit, heldout_rows, scale_choice, start_scales
+from .train import FitRecord, _fit, heldout_rows, recorded_z, scale_choice, start_scales
 
 
 def fit_mixture(
@@ -125,7 +125,7 @@ def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Te
         schedule="early-stopping", steps=sum(s.steps for s in searches), best_step=int(round(np.mean([s.best_step for s in searches]))),
         stop_reason=", ".join(sorted({s.stop_reason for s in searches})), train_pairs=n, heldout_pairs=n, plan=first.plan,
         restarts=len(scales), chosen_restart=keep, restart_nll=[round(v, 6) for v in nll],
-        start_z=None if z is None else round(max(-1e6, min(1e6, z)), 3), curve=first.curve,
+        start_z=recorded_z(z), curve=first.curve,
         best_heldout_nll=round(float(np.average([s.best_heldout_nll for s in searches], weights=[len(h) for h in folds])), 6),
         refit_steps=refit_steps, kept_criterion=first.kept_criterion, criterion_best_steps=first.criterion_best_steps,
         head_init=scales[keep], folds=len(splits), fold_best_steps=[s.best_step for s in searches],

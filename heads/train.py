@@ -185,6 +185,11 @@ def pair_nll(criterion: str, log_weights: torch.Tensor, margins: torch.Tensor) -
     return _pair_values(log_weights.double(), scale * margins.double())
 
 
+def recorded_z(z: float | None) -> float | None:
+    """A paired z as the fit record keeps it: finite (clipped to +-1e6, for metrics.json), 3 decimals."""
+    return None if z is None else round(max(-1e6, min(1e6, z)), 3)
+
+
 def paired_z(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     """How many standard errors of the per-pair difference `ours` lies below `theirs` (per-pair values on
     the same pairs; positive: ours lower). +-inf for a difference without spread, 0 for none."""
@@ -638,8 +643,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                     if until_choice:
                         return torch.stack([start_values(trainer, plateaus, criteria[-1], held, r) for r in range(trainer.restarts)])
                     keep, z = choose_start(trainer, plateaus, scales, criteria[-1], held, config.scale_choice_z)
-                    if z is not None:
-                        record.start_z = round(max(-1e6, min(1e6, z)), 3)  # finite, for metrics.json
+                    record.start_z = recorded_z(z)
                     record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in plateaus.best[-1]]
                     trainer.keep(keep)
                     plateaus.keep_restart(keep)
