@@ -7,7 +7,9 @@
 `context_prompt_emb` is the backbone's router-input embedding of (context + prompt), as in the cache's
 /context_prompts; response embeddings are the cache's /sequences rows (same backbone). With
 `attribute=...` (and a router saved by `micro adapt` with micro-refine heads) the model scores with that
-context's refined head instead: margin = head . d.
+context's refined head instead: margin = head . d; with `attribute=..., refined=False` it scores as micro
+for that context: the router's weights times the context's Hedge factor over its budget pairs
+(AdaptConfig.context_rate), saved in the router's JSON as context_log_weights.
 """
 
 from __future__ import annotations
@@ -24,18 +26,24 @@ from ..heads.model import MixtureRewardModel, Router, load_model
 
 
 class PersonalizedRewardModel(nn.Module):
-    """Frozen stage-1 heads + an adapted router, or, for one context, its micro-refine head."""
+    """Frozen stage-1 heads + an adapted router (+ one context's log-weights from its budget pairs), or,
+    for one context, its micro-refine head."""
 
-    def __init__(self, heads_model: MixtureRewardModel, router: Router, *, head: torch.Tensor | None = None):
+    def __init__(self, heads_model: MixtureRewardModel, router: Router, *, head: torch.Tensor | None = None,
+                 log_weights: torch.Tensor | None = None):
         super().__init__()
         self.heads_model = heads_model.eval()
         self.router = router.eval()
         self.register_buffer("head", None if head is None else head.detach().float().reshape(-1))
+        self.register_buffer("log_weights", None if log_weights is None else log_weights.detach().float())
 
     @torch.no_grad()
-    def weights(self, context_prompt_emb: torch.Tensor) -> torch.Tensor:
-        """[n, K] mixture weights f(x, c) on the stage-1 heads."""
-        return torch.softmax(self.router(context_prompt_emb.float()), dim=-1)
+    def weights(self, context_prompt_emb: torch.Tensor, log_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, K] mixture weights on the stage-1 heads: softmax(router logits + the context's log-weights),
+        f(x, c) when there are none. `log_weights` ([K] or [n, K]) replaces the model's own."""
+        logits = self.router(context_prompt_emb.float())
+        extra = self.log_weights if log_weights is None else log_weights
+        return torch.softmax(logits if extra is None else logits + extra.to(logits), dim=-1)
 
     @torch.no_grad()
     def _linear_score(self, x: torch.Tensor, context_prompt_emb: torch.Tensor) -> torch.Tensor:
@@ -107,15 +115,26 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
     return router.eval(), meta
 
 
-def load_adapted(run_dir: str | Path, router_path: str | Path, *, attribute: str | None = None) -> PersonalizedRewardModel:
+def load_adapted(run_dir: str | Path, router_path: str | Path, *, attribute: str | None = None,
+                 refined: bool = True) -> PersonalizedRewardModel:
     """Stage-1 heads of `run_dir` + the adapted router at `router_path`; with `attribute`, that
-    attribute's micro-refine head too (refused if the router was saved without one for it)."""
+    attribute's micro-refine head too (refused if the router was saved without one for it), or with
+    `refined=False` micro for that attribute: the router plus its context log-weights."""
     heads_model, _ = load_model(run_dir)
     router, meta = load_router(router_path)
     if router.net[-1].out_features != heads_model.k:
         raise ValueError(f"router has {router.net[-1].out_features} outputs but {run_dir} has {heads_model.k} heads")
     if attribute is None:
         return PersonalizedRewardModel(heads_model, router)
+    if not refined:
+        table = meta.get("context_log_weights") or {}
+        if attribute not in table:
+            raise ValueError(f"no context log-weights for attribute {attribute!r} in {router_paths(router_path)[1]} (has: "
+                             f"{sorted(table)}); it was adapted with context_rate 0 or without that attribute.")
+        values = torch.tensor(table[attribute], dtype=torch.float32)
+        if values.shape != (heads_model.k,) or not torch.isfinite(values).all():
+            raise ValueError(f"context log-weights of {attribute!r} in {router_paths(router_path)[1]} are damaged; rerun `micro adapt ... --overwrite`.")
+        return PersonalizedRewardModel(heads_model, router, log_weights=values)
     names = meta.get("refine_attributes") or []
     _, _, refine_path = router_paths(router_path)
     if attribute not in names or not refine_path.exists():

@@ -46,6 +46,14 @@ class AdaptConfig:
     it went the other way (5 epochs -1, 20 epochs +2, a 30-step floor +4 on the demo). No rule won
     everywhere, so the paper's 10 are kept."""
 
+    context_rate: float = 1.0
+    """micro's context factor (beyond the paper): each context's routing is multiplied by Hedge's weights
+    over its budget pairs, exp(-eta * sum_i L_ik) with eta = context_rate * sqrt(8 ln K / B)
+    (micro.router.hedge.context_log_weights), at scoring time and in micro-refine's prior. The router
+    learns each pair's label one pair at a time and carries a context's evidence only as far as it
+    generalises: measured on planted caches and the demo (benchmarks/README.md, "Stage 2: Hedge over
+    each context's budget pairs"). 0: the router alone (the paper's micro; `--paper`)."""
+
     router_min_steps: int = 0
     """At least this many router steps: the router runs max(epochs, ceil(router_min_steps / steps per
     epoch)) epochs (micro.router.hedge.router_epochs). 0 (the default and the paper's): `epochs` alone;
@@ -187,9 +195,9 @@ class AdaptConfig:
             raise ValueError(f"budgets must be a list of positive integers, not {self.budgets!r}")
         check_numbers(self, integers=("seeds", "seed", "epochs", "router_min_steps", "batch_size", "hyre_shots", "drm_components",
                                        "lore_rank", "lore_steps", "acquire_batch", "refine_prior_pairs"),
-                      reals=("tau", "lr", "weight_decay", "refine_scale_precision", "refine_keep_prior_se", "drm_temperature", "lore_lr",
+                      reals=("tau", "context_rate", "lr", "weight_decay", "refine_scale_precision", "refine_keep_prior_se", "drm_temperature", "lore_lr",
                              "acquire_random"))
-        for name in ("seed", "weight_decay", "router_min_steps"):
+        for name in ("seed", "weight_decay", "router_min_steps", "context_rate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if isinstance(self.mask_heads, (str, bytes)) or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 0 for h in self.mask_heads):
@@ -235,7 +243,7 @@ class AdaptConfig:
     def paper(cls, **overrides: Any) -> "AdaptConfig":
         """The paper's stage 2 (appendix B.1, section 5.3): tau = 1e-3 (the per-dataset value is
         `micro.paper.PRESETS`: 1e-4 on RPR), heads scoring context-augmented sequences when cached."""
-        return cls(**{"tau": 1e-3, "head_input": "auto", "router_min_steps": 0, **overrides})
+        return cls(**{"tau": 1e-3, "head_input": "auto", "router_min_steps": 0, "context_rate": 0.0, **overrides})
 
     @property
     def seed_values(self) -> list[int]:

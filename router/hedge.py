@@ -47,6 +47,24 @@ def soft_labels(log_prior: torch.Tensor, losses: torch.Tensor, tau: float) -> to
     return torch.log_softmax(log_prior - scaled, dim=-1)
 
 
+def context_log_weights(losses: torch.Tensor, rate: float) -> torch.Tensor:
+    """Hedge over one context's budget pairs: [..., B, K] frozen-head BT losses -> [..., K] log-weights.
+
+    Hedge (Freund & Schapire) after B rounds weights head k by exp(-eta * sum_i L_ik), with its
+    learning rate eta = sqrt(8 ln K / B) for a horizon of B rounds; `rate` multiplies that eta (0: no
+    factor, the paper's micro). Added to the router's logits, the context's routing becomes
+    f(x, c)_k exp(-eta sum_i L_ik) / Z: the evidence of all of the context's pairs at once, where the
+    router's per-pair labels (eq. 6) carry it only as far as the router generalises over them.
+    Masked heads (infinite losses) get -inf; the best head gets 0.
+    """
+    finite = torch.isfinite(losses).all(dim=-2)  # [..., K] heads with a loss on every pair
+    total = losses.masked_fill(~torch.isfinite(losses), 0.0).sum(dim=-2)
+    heads = finite.sum(dim=-1, keepdim=True).clamp_min(1).to(losses.dtype)
+    eta = rate * torch.sqrt(8.0 * torch.log(heads) / max(losses.shape[-2], 1))
+    total = total - total.masked_fill(~finite, float("inf")).min(dim=-1, keepdim=True).values
+    return (-eta * total).masked_fill(~finite, float("-inf"))
+
+
 def router_epochs(pairs: int, epochs: int, batch_size: int, min_steps: int = 0) -> int:
     """Epochs the router runs over `pairs` budget pairs: at least `epochs`, and enough for `min_steps`
     optimiser steps (ceil(pairs / batch_size) per epoch), so a small budget is not adapted in a handful

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +35,7 @@ from .api import PersonalizedRewardModel, save_router
 from .baselines import fit_budget_bt, fit_oracle_head
 from .config import AdaptConfig
 from .draws import attribute_rows, check_budgets, draw_budget_pairs, draw_shots
-from .hedge import adapt_routers, head_losses
+from .hedge import adapt_routers, context_log_weights, head_losses
 from .hyre import hyre_margins, hyre_weights
 from .peers import drm_heads, drm_margins, drm_weights, fit_lore, fit_lore_users
 from .refine import fit_refinement
@@ -224,6 +225,13 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
             weight_decay=config.weight_decay, min_steps=config.router_min_steps, history=history,
         )
 
+    def context_weights(draws: list[dict]) -> dict[str, torch.Tensor]:
+        """{attribute name: [S, K]} Hedge log-weights of each context over its budget pairs (context_rate)."""
+        attrs = sorted(draws[0])
+        idx = torch.as_tensor(np.stack([np.stack([d[a] for a in attrs]) for d in draws]))  # [S, A, B]
+        table = context_log_weights(train_losses[idx], config.context_rate)  # [S, A, K]
+        return {train.attributes[a]: table[:, j] for j, a in enumerate(attrs)}
+
     def informativeness(draws: list[dict]) -> list:  # active acquisition (micro.router.acquire)
         score = SCORES[config.acquire]
         return [lambda rows, m=PersonalizedRewardModel(model, r): score(m.weights(train_inputs[rows]), train_margins[rows])
@@ -241,12 +249,20 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
         t = time.perf_counter()
         history: list = []
         routers = adapt(draws, history)
+        by_context = context_weights(draws) if config.context_rate > 0 else {}
         timings["adapt"] += time.perf_counter() - t
+
+        def log_weights(split, attribute_ids: torch.Tensor, i: int) -> torch.Tensor | None:
+            """[n, K] router R_i's context log-weights of each row's attribute (0 where none), or None."""
+            if not by_context:
+                return None
+            table = torch.stack([by_context[name][i] if name in by_context else torch.zeros(model.k) for name in split.attributes])
+            return table[attribute_ids]
 
         t = time.perf_counter()
         adapted = [PersonalizedRewardModel(model, r) for r in routers]
-        for s, m in zip(seeds, adapted):
-            scores.add("micro", budget, s, (m.weights(test_inputs) * test_margins).sum(-1))
+        for i, (s, m) in enumerate(zip(seeds, adapted)):
+            scores.add("micro", budget, s, (m.weights(test_inputs, log_weights(test, test.attribute, i)) * test_margins).sum(-1))
         timings["evaluate"] += time.perf_counter() - t
 
         refine_heads = {}
@@ -268,17 +284,21 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
             lore_w = fit_lore_users(lore, diff, steps=config.lore_steps, lr=config.lore_lr)  # [S*A', r]
             timings["peers"] += time.perf_counter() - t
             t = time.perf_counter()
-            # The prior of each context's head is ONE vector: the stage-1 heads mixed by the adapted router's
-            # weights averaged over the context's first refine_prior_pairs training pairs (prompts only), or over
+            # The prior of each context's head is ONE vector: the stage-1 heads mixed by micro's weights (the
+            # adapted router's, times the context's Hedge factor) averaged over the context's first refine_prior_pairs training pairs (prompts only), or over
             # its budget pairs. (Per-pair routed margins on the very pairs the router was trained on fit them
             # in-sample, and cross-validation then trusts a prior that fails on test pairs; an average of K
             # weights carries the context's routing without that leak.)
             with torch.no_grad():
                 if prior_rows:
-                    mean_weights = [torch.stack([m.weights(eval_train_inputs[prior_rows[i][a]]).mean(0) for a in eval_attrs])
+                    mean_weights = [torch.stack([m.weights(eval_train_inputs[prior_rows[i][a]],
+                                                           log_weights(eval_train, torch.full((len(prior_rows[i][a]),), a), i)).mean(0)
+                                                 for a in eval_attrs])
                                     for i, m in enumerate(adapted)]
                 else:
-                    mean_weights = [m.weights(eval_train_inputs[budget_rows[i].reshape(-1)]).reshape(len(eval_attrs), budget, -1).mean(1)
+                    mean_weights = [m.weights(eval_train_inputs[budget_rows[i].reshape(-1)],
+                                              log_weights(eval_train, eval_train.attribute[budget_rows[i].reshape(-1)], i)
+                                              ).reshape(len(eval_attrs), budget, -1).mean(1)
                                     for i, m in enumerate(adapted)]
                 prior_heads = torch.stack([w @ model.head_vectors() for w in mean_weights])  # [S, A', d]
                 prior = (diff @ prior_heads.reshape(len(seeds) * len(eval_attrs), -1, 1)).squeeze(-1)  # [S*A', B]
@@ -309,13 +329,17 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
                 scores.add_value(method, budget, s, a, value)
 
         if config.save_routers:
-            for s, r in zip(seeds, routers):
+            for i, (s, r) in enumerate(zip(seeds, routers)):
                 refined = refine_heads.get(s)
                 info = {"budget": budget, "seed": s, "tau": config.tau, "epochs": config.epochs, "lr": config.lr,
                         "head_input": "context" if augmented else "response",
                         "run_dir": str(run_dir.resolve()), "cache": str(cache.resolve()), "attributes": list(train.attributes),
                         "masked_heads": model.masked_heads,
                         "label_entropy_last_epoch": history[-1]["label_entropy"] if history else None,
+                        "context_rate": config.context_rate,
+                        # masked heads' -inf is stored as 0: the router's own mask (masked_heads) removes them
+                        "context_log_weights": {name: [round(float(v), 6) if math.isfinite(v) else 0.0 for v in w[i].tolist()]
+                                                for name, w in by_context.items()} or None,
                         "refine_precision": refined["precision"] if refined else None,
                         "refine_prior_scale": refined["scale"] if refined else None}
                 save_router(out / "routers" / f"b{budget}_s{s}.safetensors", r, info,

@@ -114,11 +114,11 @@ def test_results_files_have_the_tidy_columns_methods_and_routers(prompt_sim):
     for b in (10, 50):
         for s in range(3):
             assert (out / "routers" / f"b{b}_s{s}.safetensors").exists() and (out / "routers" / f"b{b}_s{s}.json").exists()
-    # the saved router + the scoring API reproduce the sweep's accuracy for seed 0, B = 50
+    # the saved router + each context's log-weights + the scoring API reproduce the sweep's accuracy (seed 0, B = 50)
     test = load_split(cache, "test")
-    prm = load_adapted(run, out / "routers" / "b50_s0.safetensors")
-    correct = (prm.score(test.diff, torch.zeros_like(test.diff), test.context_inputs()) > 0).numpy()
     for a, name in enumerate(test.attributes):
+        prm = load_adapted(run, out / "routers" / "b50_s0.safetensors", attribute=name, refined=False)
+        correct = (prm.score(test.diff, torch.zeros_like(test.diff), test.context_inputs()) > 0).numpy()
         mask = test.attribute.numpy() == a  # MiCRo is scored on all test pairs (only HyRe loses its shots)
         row = df[(df.method == "micro") & (df.budget == 50) & (df.seed == 0) & (df.attribute == name)]
         assert math.isclose(float(row.accuracy.iloc[0]), float(correct[mask].mean()), abs_tol=1e-9)

@@ -47,6 +47,28 @@ def test_soft_labels_stay_finite_at_tau_1e4_with_huge_losses():
     assert torch.equal(out.argmax(-1), losses.argmin(-1))
 
 
+def test_context_log_weights_are_hedge_after_b_rounds():
+    """Hedge over a context's B pairs: weights prop. to exp(-eta sum_i L_ik), eta = rate sqrt(8 ln K / B);
+    masked heads (infinite losses) get none and K counts the others; rate 0 leaves the router alone."""
+    from micro.router.hedge import context_log_weights
+
+    gen = torch.Generator().manual_seed(0)
+    losses = torch.rand(2, 3, 7, 4, generator=gen, dtype=torch.float64) * 2  # [S, A, B, K]
+    for rate in (0.5, 1.0):
+        eta = rate * math.sqrt(8 * math.log(4) / 7)
+        naive = torch.exp(-eta * losses.sum(-2))
+        got = torch.softmax(context_log_weights(losses, rate), -1)
+        assert torch.allclose(got, naive / naive.sum(-1, keepdim=True), atol=1e-12)
+    assert torch.equal(context_log_weights(losses, 0.0), torch.zeros(2, 3, 4, dtype=torch.float64))
+    masked = losses.clone()
+    masked[..., 1] = float("inf")
+    out = context_log_weights(masked, 1.0)
+    assert torch.isinf(out[..., 1]).all() and torch.isfinite(out[..., [0, 2, 3]]).all()
+    eta3 = math.sqrt(8 * math.log(3) / 7)
+    keep = losses[..., [0, 2, 3]].sum(-2)
+    assert torch.allclose(torch.softmax(out, -1)[..., [0, 2, 3]], torch.softmax(-eta3 * keep, -1), atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["mlp", "linear"])
 def test_stacked_router_is_its_copies(kind):
     torch.manual_seed(0)
