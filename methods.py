@@ -41,7 +41,7 @@ _REGISTRY = (
     Method("hyre", "HyRe", "HyRe: ensemble reweighted from 16 labelled test pairs", 1, "fixed", "ensemble", True, True),
     Method("micro-hyre", "MiCRo-HyRe", "MiCRo heads reweighted from 16 labelled test pairs", 1, "fixed", "micro", True, True),
     Method("budget-bt", "Budget BT", "Fresh BT head per group on the budget pairs only", 2, "budget", None, True),
-    Method("micro", "MiCRo", "MiCRo: stage-2 router with the user context", 2, "budget", "micro", False),
+    Method("micro", "MiCRo", "MiCRo: stage-2 router with the user context, times Hedge over its budget pairs", 2, "budget", "micro", False),
     Method("micro-refine", "MiCRo-refine", "MiCRo + refined head per context", 2, "budget", "micro", True),
     Method("drm", "DRM", "Decomposed reward models: PCA heads of the diffs, weighted on the budget pairs (Luo et al. 2025)", 2, "budget", None, True),
     Method("lore", "LoRe", "LoRe: low-rank basis from the training groups, user weights on the budget pairs (Bose et al. 2025)", 2, "budget", None, True),

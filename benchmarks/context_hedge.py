@@ -2,8 +2,8 @@
 router alone (context_rate 0, the paper's micro), on the same stage-1 fits and the same budget pairs.
 
     python benchmarks/context_hedge.py --regimes prompt,shared --pairs 600,1500 --dims 64 --seeds 5 --out /tmp/ch.jsonl
-    python benchmarks/context_hedge.py --cache demo=/path/demo.h5 --cache hs2=/path/hs2.h5 --seeds 3 --out /tmp/ch.jsonl
-    python benchmarks/context_hedge.py --cache demo=/path/demo.h5 --unseen --seeds 3 --out /tmp/ch.jsonl
+    python benchmarks/context_hedge.py --cache demo=micro-demo/demo.h5 --cache hs2=/tmp/hs2.h5 --seeds 3 --out /tmp/ch.jsonl
+    python benchmarks/context_hedge.py --cache demo=micro-demo/demo.h5 --unseen --seeds 3 --out /tmp/ch.jsonl
     python benchmarks/context_hedge.py --table /tmp/ch.jsonl
 
 Per cache (a planted `simulate(regime, pairs, dim, seed)` per seed, or an embedded cache fitted with stage-1
