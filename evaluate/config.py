@@ -15,7 +15,8 @@ class EvalConfig:
     routes, fed the (context + prompt) embedding. Needs a context (`context` or `attribute`)."""
 
     attribute: str | None = None
-    """With `router`: use the context of this attribute, read from the cache the router was adapted on."""
+    """With `router`: use the context of this attribute, read from the cache the router was adapted on, and its
+    Hedge weights over its budget pairs saved with the router (as `micro adapt` scores micro)."""
 
     context: str | None = None
     """Context text given to every pair (replaces the source's own contexts); the stage-1 router reads it

@@ -128,9 +128,12 @@ def run_eval(run_dir: str | os.PathLike, source: Any, out: str | os.PathLike, co
 
     single_dir = find_single(run_dir, run_config) if run_config["config"].get("method") != "single" else None
     single = load_model(single_dir)[0].eval() if single_dir else None
-    adapted = None
+    adapted, known = None, False
     if config.router:
-        adapted = load_adapted(run_dir, config.router)
+        # an attribute the router was adapted with is scored as `micro adapt` scores it: the router's weights
+        # times the attribute's Hedge weights over its budget pairs (saved with the router)
+        known = config.attribute is not None and config.attribute in (router_meta.get("context_log_weights") or {})
+        adapted = load_adapted(run_dir, config.router, attribute=config.attribute if known else None, refined=False)
         adapted.router.mask_heads(mask)
         if not split.has_context or bool((split.context_index < 0).any()):
             raise no_context
@@ -145,7 +148,8 @@ def run_eval(run_dir: str | os.PathLike, source: Any, out: str | os.PathLike, co
         "source": source_name or (str(source) if isinstance(source, (str, os.PathLike)) else "table"),
         "cache": str(cache),
         "config": {**config.to_dict(), "mask_heads": mask, "context": context, "router_input": router_input,
-                   "single_run": str(single_dir) if single_dir else None},
+                   "single_run": str(single_dir) if single_dir else None,
+                   "attribute_hedge_weights": known},
         "stage1_config": run_config["config"],
         "methods": list(margins),
         **table,

@@ -20,6 +20,10 @@ class ModelConfig:
     attribute: str | None = None
     """Score as this attribute's user with its micro-refine head (needs `router`)."""
 
+    refine: bool = True
+    """With `attribute`: its micro-refine head (True), or micro as `micro adapt` scores it (--no-refine): the
+    router's weights on each row's (context + prompt) times the attribute's Hedge weights over its budget pairs."""
+
     mask_heads: list[int] = field(default_factory=list)
     """Stage-1 heads given zero weight, e.g. 3,7 (the others renormalise); `--mask-from` adds an audit's flagged heads."""
 
@@ -38,7 +42,7 @@ class ModelConfig:
         """The `PersonalizedRewardModel` of run `run_dir` these fields describe."""
         from .model import PersonalizedRewardModel
 
-        return PersonalizedRewardModel.from_run(run_dir, router=self.router, attribute=self.attribute,
+        return PersonalizedRewardModel.from_run(run_dir, router=self.router, attribute=self.attribute, refine=self.refine,
                                                 heads_mask=self.mask_heads or None, device=self.device, head=head,
                                                 backbone=self.backbone, batch_tokens=batch_tokens)
 
@@ -106,5 +110,5 @@ class ServeConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.attribute is not None and self.context is not None:
-            raise ValueError("--attribute and --context both pick the user; give one")
+        if self.attribute is not None and self.context is not None and self.refine:
+            raise ValueError("--attribute and --context both pick the user; give one (or --no-refine: the context routes, the attribute adds its Hedge weights)")

@@ -30,7 +30,7 @@ from ..embedcache.backbone import Backbone, load_backbone
 from ..embedcache.encode import embed_texts
 from ..embedcache.store import CacheError
 from ..heads.model import MixtureRewardModel, Router, build_mask, load_model, mask_logits
-from ..router.api import load_router, router_paths
+from ..router.api import load_router, router_paths, saved_log_weights
 
 #: Fields of the run's cache identity the loaded backbone must reproduce (what makes embeddings equal).
 TEXT_FIELDS = ("model_id", "model_revision", "pooling", "hidden_size", "max_length", "template")
@@ -44,13 +44,15 @@ class PersonalizedRewardModel:
     def __init__(self, backbone: Backbone, heads_model: MixtureRewardModel, run_config: dict[str, Any], *,
                  router: Router | None = None, router_meta: dict[str, Any] | None = None,
                  head: torch.Tensor | None = None, heads_mask: Sequence[int] | None = None,
-                 source: dict[str, Any] | None = None, batch_tokens: int | None = None):
+                 source: dict[str, Any] | None = None, batch_tokens: int | None = None,
+                 log_weights: torch.Tensor | None = None):
         self.backbone = backbone
         self.heads_model = heads_model.eval()
         self.run_config = run_config
         self.router = None if router is None else router.eval()
         self.router_meta = router_meta or {}
         self.head = None if head is None else head.detach().float().reshape(-1)
+        self.log_weights = None if log_weights is None else log_weights.detach().float().reshape(-1)  # a context's Hedge weights
         # the mask an adapted router was adapted with stays on; heads_mask adds to it
         self.heads_mask = sorted({int(k) for k in heads_mask or []} | set(self.router_meta.get("masked_heads") or []))
         self.source = source or {}
@@ -63,12 +65,13 @@ class PersonalizedRewardModel:
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, router: str | os.PathLike | None = None, attribute: str | None = None,
-                 heads_mask: Sequence[int] | None = None, device: str | None = None, *, head: int | None = None,
+                 heads_mask: Sequence[int] | None = None, device: str | None = None, *, head: int | None = None, refine: bool = True,
                  backbone: str | None = None, dtype: str | None = None, batch_tokens: int | None = None) -> "PersonalizedRewardModel":
         """Load a `micro fit-mixture` run (+ a router saved by `micro adapt`) with the backbone its cache names.
 
         router: None scores with the run's own stage-1 weights. attribute: that attribute's micro-refine
-        head saved beside `router`. head: stage-1 head N alone. backbone: load the backbone from this path
+        head saved beside `router`, or with refine=False micro for it (the router's weights times the
+        attribute's Hedge weights over its budget pairs, saved in the router's JSON). head: stage-1 head N alone. backbone: load the backbone from this path
         or hub id instead of the one the cache names (a local copy); it must give the same pooling, hidden
         size, template and max length. dtype: compute dtype (default as `micro embed`: bf16 on GPU, fp32 on CPU).
         """
@@ -81,20 +84,23 @@ class PersonalizedRewardModel:
             raise ValueError(f"head {head}: {run_dir} has heads 0..{heads_model.k - 1}")
         if head is not None and (router is not None or attribute is not None):
             raise ValueError("head= scores with one stage-1 head; it does not combine with router= or attribute=")
-        router_model, router_meta, fixed = None, {}, None
+        router_model, router_meta, fixed, log_weights = None, {}, None, None
         if router is not None:
             router_model, router_meta = load_router(router)
             if router_model.net[-1].out_features != heads_model.k:
                 raise ValueError(f"router {router} has {router_model.net[-1].out_features} outputs but {run_dir} has {heads_model.k} heads")
             if attribute is not None:
-                fixed = _refine_head(router, router_meta, attribute)
+                if refine:
+                    fixed = _refine_head(router, router_meta, attribute)
+                else:
+                    log_weights = saved_log_weights(router, router_meta, attribute, heads_model.k)
         if head is not None:
             fixed = heads_model.head_vectors()[head].detach()
         bb = _load_text_backbone(cache, backbone=backbone, device=device, dtype=dtype)
         source = {"run_dir": str(run_dir.resolve()), "router": None if router is None else str(router_paths(router)[0].resolve()),
-                  "attribute": attribute, "head": head, "backbone": backbone}
+                  "attribute": attribute, "refine": refine, "head": head, "backbone": backbone}
         return cls(bb, heads_model, config, router=router_model, router_meta=router_meta, head=fixed,
-                   heads_mask=heads_mask, source=source, batch_tokens=batch_tokens)
+                   heads_mask=heads_mask, source=source, batch_tokens=batch_tokens, log_weights=log_weights)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None, **kwargs: Any) -> "PersonalizedRewardModel":
@@ -106,6 +112,7 @@ class PersonalizedRewardModel:
         saved = json.loads(cfg_file.read_text())
         router = directory / "router.safetensors" if saved.get("router") else None
         options = {k: saved.get(k) for k in ("attribute", "heads_mask", "head", "backbone")}
+        options["refine"] = saved.get("refine", True)
         return cls.from_run(directory, router=router, device=device, **{**options, **kwargs})
 
     def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -123,7 +130,7 @@ class PersonalizedRewardModel:
                 if src.exists():
                     shutil.copy2(src, dst)
         saved = {"format": "micro-personalized-reward", "router": bool(self.source.get("router")),
-                 "attribute": self.source.get("attribute"), "head": self.source.get("head"),
+                 "attribute": self.source.get("attribute"), "refine": self.source.get("refine", True), "head": self.source.get("head"),
                  "heads_mask": self.heads_mask, "backbone": self.source.get("backbone"),
                  "backbone_identity": self.backbone.identity(), "saved_from": self.source}
         (directory / SAVED_CONFIG).write_text(json.dumps(saved, indent=2) + "\n")
@@ -146,6 +153,8 @@ class PersonalizedRewardModel:
         """[n, K] mixture weights on the stage-1 heads (masked heads get 0)."""
         if self.router is not None:
             logits = self.router(router_inputs.float())
+            if self.log_weights is not None:
+                logits = logits + self.log_weights
         elif self.heads_model.router is not None:
             logits = self.heads_model.router_logits(router_inputs.float())
         else:

@@ -115,6 +115,18 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
     return router.eval(), meta
 
 
+def saved_log_weights(router_path: str | Path, meta: dict[str, Any], attribute: str, k: int) -> torch.Tensor:
+    """[K] the Hedge log-weights of `attribute` over its budget pairs, from a saved router's JSON `meta`."""
+    table = meta.get("context_log_weights") or {}
+    if attribute not in table:
+        raise ValueError(f"no Hedge weights for attribute {attribute!r} in {router_paths(router_path)[1]} (it has: "
+                         f"{sorted(table) or 'none'}; a router adapted with --context-rate 0 has none)")
+    values = torch.tensor(table[attribute], dtype=torch.float32)
+    if values.shape != (k,) or not torch.isfinite(values).all():
+        raise ValueError(f"the Hedge weights of {attribute!r} in {router_paths(router_path)[1]} are damaged; rerun `micro adapt ... --overwrite`")
+    return values
+
+
 def load_adapted(run_dir: str | Path, router_path: str | Path, *, attribute: str | None = None,
                  refined: bool = True) -> PersonalizedRewardModel:
     """Stage-1 heads of `run_dir` + the adapted router at `router_path`; with `attribute`, that
@@ -127,14 +139,7 @@ def load_adapted(run_dir: str | Path, router_path: str | Path, *, attribute: str
     if attribute is None:
         return PersonalizedRewardModel(heads_model, router)
     if not refined:
-        table = meta.get("context_log_weights") or {}
-        if attribute not in table:
-            raise ValueError(f"no context log-weights for attribute {attribute!r} in {router_paths(router_path)[1]} (has: "
-                             f"{sorted(table)}); it was adapted with context_rate 0 or without that attribute.")
-        values = torch.tensor(table[attribute], dtype=torch.float32)
-        if values.shape != (heads_model.k,) or not torch.isfinite(values).all():
-            raise ValueError(f"context log-weights of {attribute!r} in {router_paths(router_path)[1]} are damaged; rerun `micro adapt ... --overwrite`.")
-        return PersonalizedRewardModel(heads_model, router, log_weights=values)
+        return PersonalizedRewardModel(heads_model, router, log_weights=saved_log_weights(router_path, meta, attribute, heads_model.k))
     names = meta.get("refine_attributes") or []
     _, _, refine_path = router_paths(router_path)
     if attribute not in names or not refine_path.exists():

@@ -94,6 +94,14 @@ def test_eval_with_an_adapted_router_context_and_mask(minilm_runs, llmbar_small)
     results = json.loads((out / "results.json").read_text())
     assert "adapted" in results["methods"] and results["config"]["mask_heads"] == [1]
     assert results["config"]["context"] and not results["notes"]  # every pair now has the context
+    # the adapted user is micro as `micro adapt` scored it: the router times busy-professional's Hedge weights
+    from micro.evaluate.source import load_pairs
+    from micro.router import load_adapted
+
+    split = load_pairs(root / "llmbar-ctx.h5")
+    margins = load_adapted(root / "runs" / "micro", router, attribute="busy-professional", refined=False).margins(split.diff, split.context_inputs())
+    assert results["overall"]["accuracy"]["adapted"] == pytest.approx(float((margins > 0).float().mean()))
+    assert results["config"]["attribute_hedge_weights"] is True
     assert "embedded" in res.output
 
     no_ctx = run.invoke(app, ["eval", str(root / "runs" / "micro"), "llmbar", "--path", str(llmbar_small),

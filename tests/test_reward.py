@@ -206,6 +206,35 @@ def test_save_pretrained_round_trip_of_the_routed_model(llama_run, router_file, 
     np.testing.assert_array_equal(loaded.score(*args), model.score(*args))
 
 
+def test_an_attribute_without_its_refine_head_is_micro_with_its_hedge_weights(llama_run, tmp_path):
+    """`refine=False` (`--no-refine`): the router's weights times the attribute's Hedge weights saved with the
+    router, from text equal to `micro.router.load_adapted(..., refined=False)` on the cache's embeddings, and
+    not the router alone; kept by save_pretrained; refused for a router saved without them."""
+    from micro.router import load_adapted
+
+    cache, run = llama_run
+    cfg = json.loads((run / "config.json").read_text())["architecture"]
+    torch.manual_seed(2)
+    router = Router(cfg["hidden_size"], cfg["k"], "mlp", 16)
+    table = {name: [3.0 * (k == i) - 1.5 for k in range(cfg["k"])] for i, name in enumerate(CONTEXTS)}
+    path = tmp_path / "b5_s0.safetensors"
+    save_router(path, router, {"budget": 5, "seed": 0, "context_log_weights": table})
+    attribute = list(CONTEXTS)[0]
+    model = PersonalizedRewardModel.from_run(run, router=path, attribute=attribute, refine=False, device="cpu")
+    s = load_split(cache, "test")
+    expected = load_adapted(run, path, attribute=attribute, refined=False).margins(s.diff, s.context_inputs()).numpy()
+    alone = load_adapted(run, path).margins(s.diff, s.context_inputs()).numpy()
+    assert np.abs(expected - alone).max() > 1e-3
+    _close(_cache_rewards(model, cache, "test")[0], expected)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = PersonalizedRewardModel.from_pretrained(tmp_path / "saved", device="cpu")
+    np.testing.assert_allclose(loaded.log_weights.numpy(), table[attribute])
+    bare = tmp_path / "bare.safetensors"
+    save_router(bare, router, {"budget": 5, "seed": 0})
+    with pytest.raises(ValueError, match="no Hedge weights for attribute"):
+        PersonalizedRewardModel.from_run(run, router=bare, attribute=attribute, refine=False, device="cpu")
+
+
 # ---- micro score ------------------------------------------------------------------------------------------
 def test_score_cli_on_pairs_and_on_prompt_response_rows(llama_run, tmp_path):
     cache, run = llama_run
