@@ -27,6 +27,8 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
                   'two head scales any margin': the lowest held-out NLL wins (scale_choice_z 0;
                   'late choice': and restart_steps 1000)
   refit x3    MixtureConfig(refit_length=3)       the refit three times as long as the search's best step
+  refit 1 SE  MixtureConfig(refit_se=1)          the refit as long as the last evaluation within one standard
+                                                  error of the best (per pair), not the best itself
   one slice   MixtureConfig(folds=1)              one held-out slice on every cache (the default before
                                                   small caches were cross-validated); 'folds below
                                                   1000': cross-validated up to ~10K training pairs
@@ -82,6 +84,7 @@ CONFIGS = {
     "two head scales any margin": {"head_init": (1.0, 0.01), "scale_choice_z": 0.0},
     "refit x3": {"refit_length": 3.0},
     "one slice": {"folds": 1},
+    "refit 1 SE": {"refit_se": 1.0},
     "folds below 1000": {"folds_below": 1000},
     "batch 64": {"batch_size": 64},
     "batch 128": {"batch_size": 128},

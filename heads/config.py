@@ -226,6 +226,13 @@ class MixtureConfig:
     3,072-dimensional caches of a few thousand pairs (6K x 3072 planted: micro-refine 0.9-1.0 points from the oracle instead of 1.1-1.3) but over-trains
     at d = 64 and on the HelpSteer2 subset, at 1.2-2.2x the CPU (benchmarks/README.md, "A longer refit")."""
 
+    refit_se: float = 0.0
+    """Early stopping with `refit`: the refit's length comes from the last evaluation of the search whose
+    held-out values (the kept criterion, per pair) are within this many standard errors of the per-pair
+    difference of its best step's; 0 (default): the best step itself. On a flat held-out plateau (a
+    3,072-dimensional cache of a few thousand pairs) that is later than the best, on a clear minimum close
+    to it (benchmarks/README.md, "A refit as long as the plateau")."""
+
     refit_max_pairs: int = 100_000
     """Early stopping: refit only caches with at most this many training pairs (above it the held-out
     slice is a small share of the pairs and a second pass costs minutes)."""
@@ -254,7 +261,7 @@ class MixtureConfig:
                                       "patience", "lr_drops", "min_steps", "max_steps", "restarts", "refit_max_pairs",
                                       "restart_steps", "folds", "folds_below") + tuple(f for f in ("epochs", "batch_size") if getattr(self, f) is not None),
                       reals=("alpha", "lr", "warmup", "weight_decay", "prior_scale", "prior_l2", "holdout", "min_delta",
-                             "lr_drop_factor", "min_epochs", "max_epochs", "refit_warm", "scale_choice_z", "refit_length"))
+                             "lr_drop_factor", "min_epochs", "max_epochs", "refit_warm", "scale_choice_z", "refit_length", "refit_se"))
         for name in ("alpha", "weight_decay", "prior_scale", "prior_l2", "seed", "threads", "scale_choice_z"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
@@ -287,6 +294,8 @@ class MixtureConfig:
             raise ValueError(f"lr_drop_factor must be in (0, 1), not {self.lr_drop_factor!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), not {self.warmup!r}")
+        if not self.refit_se >= 0:
+            raise ValueError(f"refit_se must be >= 0, not {self.refit_se!r}")
         if not self.refit_length > 0:
             raise ValueError(f"refit_length must be > 0, not {self.refit_length!r}")
         if not 0 <= self.refit_warm <= 1:

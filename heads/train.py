@@ -525,6 +525,10 @@ class FitRecord:
     folds: int = 0
     fold_best_steps: list = field(default_factory=list)
     fold_heldout_nll: list = field(default_factory=list)
+    # MixtureConfig.refit_se > 0: the last evaluation within refit_se standard errors of the best, whose step
+    # sets the refit's length (per fold with the folds)
+    refit_from_step: int = 0
+    fold_refit_from_steps: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -605,6 +609,9 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
 
     criteria = STOP_CRITERIA[config.stop_on] if uses_router or config.method == "static" else ("nll",)
     plateaus = Plateaus(criteria, restarts, config.min_delta)
+    # refit_se: every evaluation's per-pair held-out values, [live restarts, criteria, held-out pairs]
+    pair_history: list[tuple[int, torch.Tensor]] = []
+    keep_pair_history = early and config.refit_se > 0 and uses_router and not reference
     lr_scale, drops = 1.0, 0
     history, step, start, running, count = [], 0, time.perf_counter(), 0.0, 0
     stop = ""
@@ -629,6 +636,9 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                 _check_finite(config, min(nll), f"step {step}")
                 mean_loss = float(trainer.heldout_nll(*seen, first_only=True)[0].mean())
                 plateaus.update(step, values, trainer.snapshot)
+                if keep_pair_history:
+                    pair_history.append((step, torch.stack([torch.stack([pair_nll(c, *trainer.model_outputs(trainer.snapshot(r), r, *held))
+                                                                         for c in criteria]) for r in range(trainer.restarts)])))
                 best, best_step = plateaus.best[0], plateaus.step[0]
                 point = {"step": step, "heldout_nll": [round(v, 6) for v in nll], "train_loss": round(mean_loss, 6), "lr": lr}
                 if len(values) > 1:
@@ -676,11 +686,14 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
         record.kept_criterion = criteria[c]
         record.head_init = scales[record.chosen_restart]
         record.criterion_best_steps = {name: plateaus.step[i][0] for i, name in enumerate(criteria)}
+        if keep_pair_history:
+            start = record.chosen_restart if only_start is None else 0
+            record.refit_from_step = last_within(pair_history, record.best_step, c, start, config.refit_se)
         if config.refit and n <= config.refit_max_pairs:
             # The held-out slice has decided how long to train; train the chosen initialisation again on every
             # pair for as many epochs' worth of steps, with warm-up + cosine decay (which settles the weights
             # better than the constant rate of the search).
-            record.refit_steps = max(1, int(round(config.refit_length * record.best_step * n / n_fit)))
+            record.refit_steps = max(1, int(round(config.refit_length * (record.refit_from_step or record.best_step) * n / n_fit)))
             seed = config.seed + 7919 * record.chosen_restart
             config = replace(config, head_init=(record.head_init,))  # the refit starts as the chosen start did
             if config.refit_warm:  # continue the kept weights on every pair, a shorter cosine pass
@@ -696,6 +709,16 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     model.train_steps = step + record.refit_steps
     model.fit_record = record
     return model
+
+
+def last_within(history: list, best_step: int, criterion: int, start: int, bar: float) -> int:
+    """The last evaluation step, at or after `best_step`, whose per-pair values of `criterion` are no more
+    than `bar` standard errors of the per-pair difference above the best step's (`paired_z`). `history`:
+    (step, [live restarts, criteria, pairs]); before the restart choice row `start` is the kept start,
+    after it row 0."""
+    rows = {step: values[start if len(values) > 1 else 0, criterion] for step, values in history}
+    best = rows[best_step]
+    return max(step for step, values in rows.items() if step >= best_step and paired_z(values, best) >= -bar)
 
 
 def start_scales(config: MixtureConfig) -> list[float]:

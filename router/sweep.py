@@ -285,8 +285,8 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
             timings["peers"] += time.perf_counter() - t
             t = time.perf_counter()
             # The prior of each context's head is ONE vector: the stage-1 heads mixed by micro's weights (the
-            # adapted router's, times the context's Hedge factor) averaged over the context's first refine_prior_pairs training pairs (prompts only), or over
-            # its budget pairs. (Per-pair routed margins on the very pairs the router was trained on fit them
+            # adapted router's, times the context's Hedge factor) averaged over the context's first
+            # refine_prior_pairs training pairs (prompts only), or over its budget pairs. (Per-pair routed margins on the very pairs the router was trained on fit them
             # in-sample, and cross-validation then trusts a prior that fails on test pairs; an average of K
             # weights carries the context's routing without that leak.)
             with torch.no_grad():

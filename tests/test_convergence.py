@@ -15,7 +15,7 @@ from micro.embedcache import load_split
 from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, simulate
 from micro.heads.config import auto_batch_size
 from micro.heads.train import (CALIBRATION_SCALES, MicroStack, Plateaus, _grid_nll, batch_loss, build_model, calibrated_nll, heldout_rows,
-                               pair_nll, paired_z, plain_nll, step_plan, stopping_nll)
+                               last_within, pair_nll, paired_z, plain_nll, step_plan, stopping_nll)
 
 torch.set_num_threads(1)
 
@@ -210,6 +210,25 @@ def test_refit_trains_the_chosen_start_on_all_pairs_for_the_found_length(small):
     assert rec.refit_steps == round(rec.best_step * len(train) / rec.train_pairs) > 0
     assert refit.train_steps == rec.steps + rec.refit_steps
     assert not torch.equal(refit.heads, searched.heads)
+
+
+def test_refit_se_takes_the_last_evaluation_within_the_bar_of_the_best(small):
+    """`last_within`: the best step's per-pair values against each later evaluation's, paired; a step less
+    than `bar` standard errors worse counts, one clearly worse does not, earlier steps never; the start
+    row before the restart choice and row 0 after it. A fit with refit_se 1 refits for that step's length."""
+    gen = torch.Generator().manual_seed(0)
+    best = torch.rand(400, generator=gen, dtype=torch.float64)
+    noise = lambda: 0.05 * torch.randn(400, generator=gen, dtype=torch.float64)
+    near, far, early = best + 0.002 + noise(), best + 0.05 + noise(), best - 0.1
+    assert paired_z(near, best) > -1 > paired_z(far, best)
+    stack = lambda v, rows=1: torch.stack([torch.stack([v, v]) for _ in range(rows)])  # [restarts, criteria, pairs]
+    pre = torch.stack([torch.stack([best + 9, best + 9]), torch.stack([best, best])])  # 2 starts before the choice; start 1 kept
+    history = [(50, stack(early)), (100, pre), (150, stack(near)), (200, stack(near)), (250, stack(far))]
+    assert last_within(history, 100, 0, 1, 1.0) == 200
+    assert last_within(history, 100, 0, 1, 0.0) == 100  # bar 0: nothing worse counts
+    _, _, train, _ = small
+    fit = fit_mixture(train, MixtureConfig(k=3, folds=1, refit_se=1.0)).fit_record
+    assert fit.refit_from_step >= fit.best_step and fit.refit_steps == round(fit.refit_from_step * len(train) / fit.train_pairs)
 
 
 def test_warm_refit_continues_the_kept_weights_for_a_share_of_the_steps(small):
