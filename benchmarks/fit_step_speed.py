@@ -12,6 +12,8 @@ Per round, on a planted HelpSteer2-shaped cache (`simulate`, 5 groups, 3 pairs p
 - `default`: `fit_mixture(MixtureConfig())`, early stopping with 4 restarts per head scale (1, 0.01; stop_on 'later-plateau'),
   the batch grown with the cache (128 here);
 - `batch-32`: the default with `batch_size=32` (the default before the batch grew with the cache);
+- `refit-best`: the default with `refit_se=0` (the refit as long as the best step, not the last evaluation
+  within one standard error of it: the default before);
 - `one-scale`: the default with `head_init=(1.0,)` (the restarts with the usual initialisation only, the
   default before both head scales);
 - `nll-stop`: the same with `stop_on="nll"` (the plain held-out NLL alone: the default before 'later-plateau');
@@ -48,7 +50,8 @@ from micro.heads import MixtureConfig, evaluate, fit_mixture, simulate
 
 #: the early-stopping fits timed beside the fixed ones: the default, and the plain held-out NLL stop
 EARLY = {"default": MixtureConfig(), "batch-32": MixtureConfig(batch_size=32), "nll-stop": MixtureConfig(stop_on="nll"),
-         "warm-refit": MixtureConfig(refit_warm=0.25), "one-scale": MixtureConfig(head_init=(1.0,))}
+         "warm-refit": MixtureConfig(refit_warm=0.25), "one-scale": MixtureConfig(head_init=(1.0,)),
+         "refit-best": MixtureConfig(refit_se=0.0)}
 
 
 def products(steps: int, batch: int, d: int, k: int, hidden: int) -> float:

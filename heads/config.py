@@ -226,12 +226,14 @@ class MixtureConfig:
     3,072-dimensional caches of a few thousand pairs (6K x 3072 planted: micro-refine 0.9-1.0 points from the oracle instead of 1.1-1.3) but over-trains
     at d = 64 and on the HelpSteer2 subset, at 1.2-2.2x the CPU (benchmarks/README.md, "A longer refit")."""
 
-    refit_se: float = 0.0
-    """Early stopping with `refit`: the refit's length comes from the last evaluation of the search whose
-    held-out values (the kept criterion, per pair) are within this many standard errors of the per-pair
-    difference of its best step's; 0 (default): the best step itself. On a flat held-out plateau (a
-    3,072-dimensional cache of a few thousand pairs) that is later than the best, on a clear minimum close
-    to it (benchmarks/README.md, "A refit as long as the plateau")."""
+    refit_se: float = 1.0
+    """Early stopping with `refit` on one held-out slice: the refit's length comes from the last evaluation of
+    the search whose held-out values (the kept criterion, per pair) are within this many standard errors of
+    the per-pair difference of its best step's; 0: the best step itself (the rule before). On a flat
+    held-out plateau (6K x 3072 planted: micro-refine +0.6 / +0.8 points) that is later than the best, on a
+    clear minimum (d = 64 at 6K pairs) close to it. Caches cross-validated by `folds` keep the folds' mean
+    best step: their slices are small and the rule lengthened the refit too far (600 pairs: micro@50 -0.9 /
+    -1.7). benchmarks/README.md, "A refit as long as the plateau"."""
 
     refit_max_pairs: int = 100_000
     """Early stopping: refit only caches with at most this many training pairs (above it the held-out

@@ -115,7 +115,7 @@ def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Te
     searches = []
     for f, split in enumerate(splits):
         searches.append(_fit(train, replace(config, refit=False), fold_log(f), split=split, only_start=keep).fit_record)
-    best = float(np.mean([(s.refit_from_step or s.best_step) * n / s.train_pairs for s in searches]))
+    best = float(np.mean([s.best_step * n / s.train_pairs for s in searches]))
     # 3. the refit on every pair
     refit_steps = max(1, int(round(config.refit_length * best)))
     refit_config = replace(config, seed=config.seed + 7919 * keep, head_init=(scales[keep],))
@@ -129,6 +129,6 @@ def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Te
         best_heldout_nll=round(float(np.average([s.best_heldout_nll for s in searches], weights=[len(h) for h in folds])), 6),
         refit_steps=refit_steps, kept_criterion=first.kept_criterion, criterion_best_steps=first.criterion_best_steps,
         head_init=scales[keep], folds=len(splits), fold_best_steps=[s.best_step for s in searches],
-        fold_heldout_nll=[s.best_heldout_nll for s in searches], fold_refit_from_steps=[s.refit_from_step for s in searches])
+        fold_heldout_nll=[s.best_heldout_nll for s in searches])
     model.train_steps = model.fit_record.steps + refit_steps
     return model

@@ -525,10 +525,9 @@ class FitRecord:
     folds: int = 0
     fold_best_steps: list = field(default_factory=list)
     fold_heldout_nll: list = field(default_factory=list)
-    # MixtureConfig.refit_se > 0: the last evaluation within refit_se standard errors of the best, whose step
-    # sets the refit's length (per fold with the folds)
+    # MixtureConfig.refit_se > 0 (one held-out slice): the last evaluation within refit_se standard errors of
+    # the best, whose step sets the refit's length (0: the best step does)
     refit_from_step: int = 0
-    fold_refit_from_steps: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -611,7 +610,8 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     plateaus = Plateaus(criteria, restarts, config.min_delta)
     # refit_se: every evaluation's per-pair held-out values, [live restarts, criteria, held-out pairs]
     pair_history: list[tuple[int, torch.Tensor]] = []
-    keep_pair_history = early and config.refit_se > 0 and uses_router and not reference
+    keep_pair_history = (early and config.refit_se > 0 and config.refit and n <= config.refit_max_pairs and uses_router
+                         and not reference and not until_choice)
     lr_scale, drops = 1.0, 0
     history, step, start, running, count = [], 0, time.perf_counter(), 0.0, 0
     stop = ""

@@ -205,9 +205,9 @@ def test_early_stopping_keeps_the_best_weights_and_records_the_curve(small):
 def test_refit_trains_the_chosen_start_on_all_pairs_for_the_found_length(small):
     _, _, train, _ = small
     searched = fit_mixture(train, MixtureConfig(k=3, refit=False))
-    refit = fit_mixture(train, MixtureConfig(k=3, folds=1))  # one slice (folds: test_small_caches_are_cross_validated...)
+    refit = fit_mixture(train, MixtureConfig(k=3, folds=1, refit_se=0))  # one slice (folds: test_small_caches_are_cross_validated...)
     rec = refit.fit_record
-    assert rec.refit_steps == round(rec.best_step * len(train) / rec.train_pairs) > 0
+    assert rec.refit_steps == round(rec.best_step * len(train) / rec.train_pairs) > 0 and rec.refit_from_step == 0
     assert refit.train_steps == rec.steps + rec.refit_steps
     assert not torch.equal(refit.heads, searched.heads)
 
@@ -241,7 +241,7 @@ def test_warm_refit_continues_the_kept_weights_for_a_share_of_the_steps(small):
     searched = fit_mixture(train, MixtureConfig(k=3, refit=False))
     warm = fit_mixture(train, MixtureConfig(k=3, refit_warm=0.25))
     rec = warm.fit_record
-    assert rec.refit_steps == round(0.25 * round(rec.best_step * len(train) / rec.train_pairs)) > 0
+    assert rec.refit_steps == round(0.25 * round(rec.refit_from_step * len(train) / rec.train_pairs)) > 0  # refit_se's step
     assert warm.train_steps == rec.steps + rec.refit_steps
     assert not torch.equal(warm.heads, searched.heads)
     still = _fit(train, MixtureConfig(k=3, lr=1e-12).resolved(train), None, steps=20, init=searched)
@@ -356,7 +356,8 @@ def test_refit_length_scales_the_refit_and_leaves_the_search_alone(small):
     _, _, train, _ = small
     one, three = (fit_mixture(train, MixtureConfig(k=3, restarts=1, seed=3, refit_length=f, folds=1)).fit_record for f in (1.0, 3.0))
     assert (three.best_step, three.curve) == (one.best_step, one.curve)  # the same search
-    assert one.refit_steps == max(1, round(one.best_step * len(train) / one.train_pairs))
-    assert three.refit_steps == max(1, round(3.0 * one.best_step * len(train) / one.train_pairs)) != one.refit_steps
+    assert one.refit_from_step == three.refit_from_step >= one.best_step  # refit_se's step (the default)
+    assert one.refit_steps == max(1, round(one.refit_from_step * len(train) / one.train_pairs))
+    assert three.refit_steps == max(1, round(3.0 * one.refit_from_step * len(train) / one.train_pairs)) != one.refit_steps
     with pytest.raises(ValueError, match="refit_length"):
         MixtureConfig(refit_length=0.0)
