@@ -28,7 +28,8 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
                   'late choice': and restart_steps 1000)
   refit x3    MixtureConfig(refit_length=3)       the refit three times as long as the search's best step
   refit 1 SE  MixtureConfig(refit_se=1)          the refit as long as the last evaluation within one standard
-                                                  error of the best (per pair), not the best itself
+                                                  error of the best (per pair), not the best itself (now the
+                                                  default); 'refit at best' (refit_se=0) is the rule before
   one slice   MixtureConfig(folds=1)              one held-out slice on every cache (the default before
                                                   small caches were cross-validated); 'folds below
                                                   1000': cross-validated up to ~10K training pairs
@@ -85,6 +86,7 @@ CONFIGS = {
     "refit x3": {"refit_length": 3.0},
     "one slice": {"folds": 1},
     "refit 1 SE": {"refit_se": 1.0},
+    "refit at best": {"refit_se": 0.0},
     "folds below 1000": {"folds_below": 1000},
     "batch 64": {"batch_size": 64},
     "batch 128": {"batch_size": 128},

@@ -394,6 +394,14 @@ class MicroStack:
         _, log_w = self._router(table)
         return stopping_nll(self.config, log_w[:, inverse], self._margins(d), first_only)
 
+    @torch.no_grad()
+    def heldout_pair_values(self, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor, criteria: tuple) -> torch.Tensor:
+        """[R, C, m] each restart's per-pair values (`pair_nll`) of each criterion on held-out pairs (arguments
+        as in `heldout_nll`): what `MixtureConfig.refit_se` compares evaluations by."""
+        _, log_w = self._router(table)
+        log_w, margins = log_w[:, inverse], self._margins(d)
+        return torch.stack([torch.stack([pair_nll(c, log_w[r], margins[r]) for c in criteria]) for r in range(self.restarts)])
+
     def _pick(self, r: int) -> list:
         """Functions taking restart r's slice of each parameter (same layout for the optimiser state)."""
         k, h = self.k, (self.params[1].shape[1] // self.restarts)
@@ -637,8 +645,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                 mean_loss = float(trainer.heldout_nll(*seen, first_only=True)[0].mean())
                 plateaus.update(step, values, trainer.snapshot)
                 if keep_pair_history:
-                    pair_history.append((step, torch.stack([torch.stack([pair_nll(c, *trainer.model_outputs(trainer.snapshot(r), r, *held))
-                                                                         for c in criteria]) for r in range(trainer.restarts)])))
+                    pair_history.append((step, trainer.heldout_pair_values(*held, criteria)))
                 best, best_step = plateaus.best[0], plateaus.step[0]
                 point = {"step": step, "heldout_nll": [round(v, 6) for v in nll], "train_loss": round(mean_loss, 6), "lr": lr}
                 if len(values) > 1:

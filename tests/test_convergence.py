@@ -227,6 +227,17 @@ def test_refit_se_takes_the_last_evaluation_within_the_bar_of_the_best(small):
     assert last_within(history, 100, 0, 1, 1.0) == 200
     assert last_within(history, 100, 0, 1, 0.0) == 100  # bar 0: nothing worse counts
     _, _, train, _ = small
+    # the stacked restarts' per-pair values are each restart's own (pair_nll on its model)
+    make = lambda: [build_model(MixtureConfig(k=3, hidden=16, seed=s), train.hidden_size) for s in (0, 1)]  # noqa: E731
+    models, stack = make(), MicroStack(make(), MixtureConfig(k=3, hidden=16), torch.device("cpu"))
+    rows = torch.arange(40)
+    table, inverse = torch.unique(train.context_index[rows], return_inverse=True)
+    got = stack.heldout_pair_values(train.diff[rows], train.context_embedding[table], inverse, ("nll", "calibrated-nll"))
+    for r, model in enumerate(models):
+        with torch.no_grad():
+            outputs = (model.log_weights(train.context_inputs()[rows]), train.diff[rows] @ model.head_vectors().T)
+        for c, criterion in enumerate(("nll", "calibrated-nll")):
+            torch.testing.assert_close(got[r, c], pair_nll(criterion, *outputs), atol=1e-5, rtol=1e-5)
     fit = fit_mixture(train, MixtureConfig(k=3, folds=1, refit_se=1.0)).fit_record
     assert fit.refit_from_step >= fit.best_step and fit.refit_steps == round(fit.refit_from_step * len(train) / fit.train_pairs)
 
