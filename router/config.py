@@ -109,8 +109,8 @@ class AdaptConfig:
     B = 50): benchmarks/README.md, "micro-refine's bar to leave its prior"."""
 
     refine_prior_pairs: int = 256
-    """micro-refine's prior head per context is the stage-1 heads mixed by the adapted router's weights,
-    averaged over pairs of that context: N > 0 over the first N of its training pairs in the seed's random
+    """micro-refine's prior head per context is the stage-1 heads mixed by micro's weights (the adapted
+    router's times the context's Hedge weights, context_rate), averaged over pairs of that context: N > 0 over the first N of its training pairs in the seed's random
     order (their prompts and context only, never their labels), so a budget of 1 does not make the prior
     one pair's routing; 0 over its budget pairs (the rule before: at B = 1, 0.802 against micro's 0.838
     on a planted 8-group cache, benchmarks/README.md, "micro-refine's prior routed over the context's

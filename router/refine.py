@@ -1,7 +1,7 @@
 """`micro-refine` (beyond the paper): adapt the reward itself, not only the routing, from the same budget.
 
-Per context (attribute) one head whose prior mean is the stage-1 heads mixed by the adapted router's
-weights, averaged over that context's first AdaptConfig.refine_prior_pairs training pairs in the seed's
+Per context (attribute) one head whose prior mean is the stage-1 heads mixed by micro's weights (the
+adapted router's times the context's Hedge weights over its budget pairs), averaged over that context's first AdaptConfig.refine_prior_pairs training pairs in the seed's
 order (their prompts, no labels; 0: its budget pairs) (w_prior = sum_k fbar_k w_k), fitted MAP on the
 B budget pairs:
 
