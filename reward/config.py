@@ -85,6 +85,9 @@ class ExportConfig(ModelConfig):
         super().__post_init__()
         if self.format not in ("hf", "micro"):
             raise ValueError(f"format must be hf or micro, not {self.format!r}")
+        if self.format == "hf" and self.attribute is not None and not self.refine:
+            raise ValueError("--no-refine routes on each prompt's context, which no single head reproduces: export the "
+                             "attribute's micro-refine head (drop --no-refine) or the routed model with --format micro")
         if self.method is not None and self.method != "single":
             raise ValueError(f"--method {self.method!r}: only `single` names a fixed user; use --head N or --router R --attribute A")
 

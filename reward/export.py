@@ -240,10 +240,11 @@ def _accuracy(model: PersonalizedRewardModel) -> dict[str, Any] | None:
     if src.get("attribute") and src.get("router"):
         results = Path(src["router"]).parent.parent / "results.json"
         meta = model.router_meta
+        method = "micro-refine" if src.get("refine", True) else "micro"
         if results.exists():
             for r in json.loads(results.read_text()).get("records", []):
-                if (r["method"], r["budget"], r["seed"], r["attribute"]) == ("micro-refine", meta.get("budget"), meta.get("seed"), src["attribute"]):
-                    return {"what": f"micro-refine test accuracy on {src['attribute']!r} at budget {r['budget']}, seed {r['seed']} "
+                if (r["method"], r["budget"], r["seed"], r["attribute"]) == (method, meta.get("budget"), meta.get("seed"), src["attribute"]):
+                    return {"what": f"{method} test accuracy on {src['attribute']!r} at budget {r['budget']}, seed {r['seed']} "
                                     "(this router)", "accuracy": r["accuracy"], "pairs": r["pairs"], "file": str(results)}
         return None
     metrics = Path(src["run_dir"]) / "metrics.json"
@@ -263,7 +264,8 @@ def model_card(model: PersonalizedRewardModel, info: dict[str, Any]) -> str:
     d = model.describe()
     bb = d["backbone"]
     src = d["source"]
-    user = (f"micro-refine head of attribute `{src['attribute']}` (router `{src['router']}`)" if src.get("attribute")
+    user = (f"micro-refine head of attribute `{src['attribute']}` (router `{src['router']}`)" if src.get("attribute") and src.get("refine", True)
+            else f"micro for attribute `{src['attribute']}`: the router `{src['router']}` times its Hedge weights" if src.get("attribute")
             else f"stage-1 head {src['head']}" if src.get("head") is not None
             else f"the `{(d['run_config'] or {}).get('method')}` run's reward")
     if info["format"] == "transformers":

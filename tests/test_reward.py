@@ -351,6 +351,8 @@ def test_export_refuses_a_routed_model_and_a_wrong_method(llama_run, tmp_path):
     assert res.exit_code == 2 and "pick one user" in res.output and not (tmp_path / "x").exists()
     res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "x"), "--method", "single"])
     assert res.exit_code == 2 and "not a `micro fit-mixture --method single` run" in res.output
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "x"), "--router", "r.safetensors", "--attribute", "brief", "--no-refine"])
+    assert res.exit_code == 2 and "--no-refine routes on each prompt's context" in res.output and not (tmp_path / "x").exists()
     # the routed model has its own format
     res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "m"), "--format", "micro"])
     assert res.exit_code == 0 and (tmp_path / "m" / "micro_reward.json").exists()
