@@ -33,10 +33,18 @@ For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension 
   one slice   MixtureConfig(folds=1)              one held-out slice on every cache (the default before
                                                   small caches were cross-validated); 'folds below
                                                   1000': cross-validated up to ~10K training pairs
+  router hidden 16, lr 5e-4, restarts 8, alpha 0.1: one MixtureConfig field each (a router of 16 units,
+                  a quarter of the learning rate, 8 starts per head scale, a fifth of the regulariser); alpha 0:
+                  no router regulariser
+  one alpha   MixtureConfig(alpha_alternatives=())  the regulariser's weight fixed at 0.5 (the default before the
+                                                  folds chose between 0.5 and 0 on small caches)
 then stage 2 with run_adapt(AdaptConfig(budgets=[10, 50], seeds=3)) (stage-2 seeds = budget draws; their
 mean is the cache's value). Each line of --out is one (regime, pairs, dim, seed, config) with stage1-best,
 micro, micro-refine, budget-bt, oracle at B = 10 and 50, the smallest cosine between a planted direction
-and its matched head ('head cos'), the steps run and the CPU seconds of the stage-1 fit. Tables report
+and its matched head ('head cos'), the steps run and the CPU seconds of the stage-1 fit, and two lines of
+what the heads allow without the test pairs (`head_limits`): the head each context's training labels
+choose ('label-chosen head'; stage1-best chooses on the test pairs) and Hedge over the context's 50
+budget pairs with no router ('hedge alone@50'). Tables report
 mean ± std (sample std) over cache seeds.
 
     python benchmarks/convergence.py --cache hs2=/path/hs2.h5 --cache demo=/path/demo.h5 --seeds 5 --configs "default,4 epochs,40 epochs"
@@ -63,6 +71,8 @@ from micro.heads import MixtureConfig, bayes_accuracy, fit_mixture, match_heads,
 from micro.heads.model import save_model
 from micro.heads.run import cache_identity
 from micro.router import AdaptConfig, run_adapt
+from micro.router.draws import draw_budget_pairs
+from micro.router.hedge import context_log_weights, head_losses
 
 REGIMES = ("prompt", "shared")
 CONFIGS = {
@@ -92,9 +102,37 @@ CONFIGS = {
     "batch 128": {"batch_size": 128},
     "batch 256": {"batch_size": 256},
     "batch 512": {"batch_size": 512},
+    "router hidden 16": {"hidden": 16},
+    "lr 5e-4": {"lr": 5e-4},
+    "restarts 8": {"restarts": 8},
+    "alpha 0.1": {"alpha": 0.1},
+    "alpha 0": {"alpha": 0.0},
+    "one alpha": {"alpha_alternatives": ()},
 }
 METHODS = ("stage1-best", "micro", "micro-refine", "budget-bt", "oracle")
 BUDGETS = (10, 50)
+
+
+def head_limits(model, train, test, seeds: list[int], budget: int = max(BUDGETS)) -> dict:
+    """What the stage-1 heads allow without looking at the test pairs, per context (attribute), mean over
+    contexts: `label-chosen head`, the test accuracy of the one head with the lowest summed BT loss over ALL
+    the context's training pairs (stage1-best picks it on the test pairs, so it is biased upwards), and
+    `hedge alone@B`, the heads weighted by Hedge over the context's B budget pairs alone (no router; the
+    same draws as stage 2's seeds), mean over the seeds."""
+    with torch.no_grad():
+        losses = head_losses(model.head_margins(train.diff)).masked_fill(model.head_mask, float("inf"))
+        test_margins = model.head_margins(test.diff)
+    attrs = sorted(set(test.attribute.tolist()) & set(train.attribute.tolist()))
+
+    def accuracy(weights) -> float:  # weights: {attribute: [K]}
+        return statistics.fmean(float(((test_margins[test.attribute == a] @ weights[a]) > 0).float().mean()) for a in attrs)
+
+    chosen = {a: torch.nn.functional.one_hot(losses[train.attribute == a].sum(0).argmin(), model.k).float() for a in attrs}
+    hedge = []
+    for s in seeds:
+        draw = draw_budget_pairs(train, s, budget)
+        hedge.append(accuracy({a: torch.softmax(context_log_weights(losses[torch.as_tensor(draw[a])], 1.0), -1) for a in attrs}))
+    return {"label-chosen head": accuracy(chosen), f"hedge alone@{budget}": statistics.fmean(hedge)}
 
 
 def fit_and_adapt(cache: Path, train, name: str, fit_seed: int, adapt: AdaptConfig, work: Path, truth=None) -> dict:
@@ -109,11 +147,12 @@ def fit_and_adapt(cache: Path, train, name: str, fit_seed: int, adapt: AdaptConf
     row = {"seed": fit_seed, "config": name, "train_pairs": len(train), "adapt_seeds": adapt.seeds,
            "steps": model.train_steps, "best_step": model.fit_record.best_step, "stop": model.fit_record.stop_reason,
            "kept": model.fit_record.kept_criterion, "criterion_best_steps": model.fit_record.criterion_best_steps,
-           "head_init": model.fit_record.head_init, "folds": model.fit_record.folds, "start_z": model.fit_record.start_z, "restart_nll": model.fit_record.restart_nll,
+           "head_init": model.fit_record.head_init, "folds": model.fit_record.folds, "alpha": model.fit_record.alpha, "alpha_z": model.fit_record.alpha_z, "start_z": model.fit_record.start_z, "restart_nll": model.fit_record.restart_nll,
            "fit_cpu_s": round(fit_cpu, 2), "head_cos": None if truth is None else min(match_heads(truth, model.head_vectors())["cosine"])}
     for b in BUDGETS:
         for m in METHODS:
             row[f"{m}@{b}"] = results["summary"][str(b)][m]["Average"]["mean"]
+    row.update(head_limits(model, train, load_split(cache, "test"), adapt.seed_values))
     return row
 
 
@@ -148,7 +187,8 @@ def fmt(vals: list[float]) -> str:
 
 
 def tables(rows: list[dict]) -> str:
-    cols = ["head cos", "stage1-best@50", "micro@10", "budget-bt@10", "micro@50", "micro-refine@50", "budget-bt@50", "oracle@50", "steps", "fit CPU s"]
+    cols = ["head cos", "stage1-best@50", "micro@10", "budget-bt@10", "micro@50", "micro-refine@50", "budget-bt@50", "oracle@50",
+            "label-chosen head", "hedge alone@50", "steps", "fit CPU s"]
     key = {"head cos": "head_cos", "steps": "steps", "fit CPU s": "fit_cpu_s"}
     out = ["| regime | pairs | d | stage 1 | seeds | " + " | ".join(cols) + " |", "|---|---|---|---|---|" + "---|" * len(cols)]
     groups: dict = {}

@@ -69,7 +69,7 @@ def paper_mixture_config(cache: str, dataset: str | None, overrides: dict):
 
 def _progress(entry: dict) -> None:
     """One stderr line per held-out evaluation (or epoch, with --epochs)."""
-    line = (f"fold {entry['fold']}/{entry['folds']}  " if "fold" in entry else "") + f"step {entry['step']:>6} (epoch {entry['epoch']:.2f})  train loss {entry['loss']:.4f}"
+    line = ((f"alpha {entry['alpha']:g}  " if "alpha" in entry else "") + (f"fold {entry['fold']}/{entry['folds']}  " if "fold" in entry else "")) + f"step {entry['step']:>6} (epoch {entry['epoch']:.2f})  train loss {entry['loss']:.4f}"
     if entry.get("heldout_nll") is not None:
         line += f"  held-out NLL {entry['heldout_nll']:.4f}  best {entry['best_nll']:.4f} @ {entry['best_step']}"
         line += f"  lr {entry['lr']:.1e}" + (f"  ({entry['restarts']} restarts)" if entry.get("restarts", 1) > 1 else "")

@@ -57,6 +57,17 @@ class MixtureConfig:
     alpha: float = 0.5
     """Weight of the router regulariser (eq. 5). 0 switches it off."""
 
+    alpha_alternatives: tuple[float, ...] = (0.0,)
+    """Cross-validated (small) caches only (`folds`): the search is also run with each of these regulariser
+    weights, and one is kept instead of `alpha` when its per-pair held-out NLL, pooled over the folds, is
+    lower by at least `scale_choice_z` standard errors of the per-pair difference. The batch balance keeps
+    all K heads in use, so with fewer groups than heads it spreads each group over several heads, each
+    fitted on a share of the group's pairs: at a few hundred pairs per group that costs the heads (600-pair
+    planted caches: micro@50 3.7 points below the fit without it). Without it a router can also settle on
+    a few heads for groups that differ less (the demo: two heads for eight groups, micro@50 -7.9), and the
+    folds' held-out NLL tells the two apart (benchmarks/README.md, "The regulariser's weight chosen by the
+    folds"). (): `alpha` only, as `--paper` has it."""
+
     router: str = "mlp"
     """'mlp': one hidden layer + softmax (the paper); 'linear': as the authors' released code."""
 
@@ -271,6 +282,10 @@ class MixtureConfig:
         if not scales or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in scales):
             raise ValueError(f"head_init must be one or more positive numbers, not {self.head_init!r}")
         self.head_init = tuple(float(v) for v in scales)
+        alphas = (self.alpha_alternatives,) if isinstance(self.alpha_alternatives, numbers.Real) else tuple(self.alpha_alternatives)
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in alphas):
+            raise ValueError(f"alpha_alternatives must be numbers >= 0 (or none), not {self.alpha_alternatives!r}")
+        self.alpha_alternatives = tuple(float(v) for v in alphas)
         if self.method not in FIT_METHODS:
             raise ValueError(f"method must be one of {', '.join(FIT_METHODS)}, not {self.method!r}")
         if self.router not in ("mlp", "linear"):
@@ -321,7 +336,7 @@ class MixtureConfig:
         layer initialisation of the heads (head_init 1). The per-dataset K is
         `micro.paper.PRESETS`. Other fields keep their defaults unless overridden."""
         paper = {"router_input": "prompt", "balance": "example", "prior_l2": 0.0, "prior_calibration": "none", "batch_size": BASE_BATCH,
-                 "head_init": (1.0,)}
+                 "head_init": (1.0,), "alpha_alternatives": ()}
         return cls(**{**paper, **overrides})
 
     def resolved(self, train: "Any") -> "MixtureConfig":

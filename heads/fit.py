@@ -12,11 +12,14 @@ train. There `micro` is fitted by `MixtureConfig.folds`-fold cross-validation in
    improving: its best steps, scaled to all pairs and averaged, are the refit's length;
 3. the chosen start is trained on every pair for that many steps (warm-up + cosine decay), as the
    refit of a one-slice fit.
+Steps 1-2 run once for `alpha` and once for each of `alpha_alternatives`; the per-pair held-out values of the
+restart criterion of each fold's search, pooled over the folds, choose the regulariser weight of step 3 (an alternative must lead
+`alpha` by `scale_choice_z` standard errors).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -25,7 +28,7 @@ import torch
 from ..embedcache.store import CacheSplit
 from .config import MixtureConfig
 from .model import MixtureRewardModel
-from .train import FitRecord, _fit, heldout_rows, recorded_z, scale_choice, start_scales
+from .train import STOP_CRITERIA, FitRecord, _fit, heldout_rows, pair_nll, paired_z, recorded_z, router_table, scale_choice, start_scales
 
 
 def fit_mixture(
@@ -42,7 +45,7 @@ def fit_mixture(
 
     `log`, if given, receives {"step", "epoch", "loss", "heldout_nll" (None with fixed epochs), "best_step",
     "lr", "seconds"} after each held-out evaluation (or each epoch with fixed epochs; with folds also
-    "fold" and "folds"). The returned model is on the CPU in eval mode; `model.fit_record` (a FitRecord)
+    "fold" and "folds", and "alpha" while the folds compare regulariser weights). The returned model is on the CPU in eval mode; `model.fit_record` (a FitRecord)
     says how it stopped, `model.train_history` holds the logged training losses and `model.train_steps`
     the steps run.
     """
@@ -97,24 +100,61 @@ def fold_splits(n: int, folds: list[torch.Tensor]) -> list[tuple[torch.Tensor, t
     return splits
 
 
-def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Tensor], log: Callable[[dict], None] | None) -> MixtureRewardModel:
-    n = len(train.diff)
-    splits = fold_splits(n, folds)
+@dataclass
+class FoldSearch:
+    """Steps 1-2 of the cross-validated fit for one config: the start kept (and the z it was judged by), each
+    start's pooled criterion at the choice, each fold's search record, and the per-pair values of the restart
+    criterion (the last of `STOP_CRITERIA[stop_on]`) of each fold's search at its kept weights on the fold's
+    held-out pairs, concatenated in fold order."""
 
-    def fold_log(f: int) -> Callable[[dict], None] | None:
-        return None if log is None else (lambda entry: log({**entry, "fold": f + 1, "folds": len(splits)}))
+    config: MixtureConfig
+    keep: int
+    z: float | None
+    nll: list
+    searches: list
+    values: torch.Tensor
 
-    # 1. the start: per-pair values at the choice point of every fold, pooled
+
+def search_by_folds(train: CacheSplit, config: MixtureConfig, splits: list, fold_log: Callable) -> FoldSearch:
+    """Steps 1 (the start) and 2 (each fold's search of the kept start) of the cross-validated fit."""
     scales = start_scales(config)
     keep, z, nll = 0, None, []
     if len(scales) > 1:
         values = torch.cat([_fit(train, config, fold_log(f), split=split, until_choice=True) for f, split in enumerate(splits)], dim=1)
         nll = values.mean(1).tolist()
         keep, z = scale_choice(nll, scales, lambda r: values[r], config.scale_choice_z)
-    # 2. the length: the chosen start alone on each fold until its held-out values stop improving
-    searches = []
+    table, index = router_table(train, config.router_input)
+    criterion = STOP_CRITERIA[config.stop_on][-1]  # the restart criterion
+    searches, held_nll = [], []
     for f, split in enumerate(splits):
-        searches.append(_fit(train, replace(config, refit=False), fold_log(f), split=split, only_start=keep).fit_record)
+        model = _fit(train, replace(config, refit=False), fold_log(f), split=split, only_start=keep)
+        searches.append(model.fit_record)
+        with torch.no_grad():
+            held = split[1]
+            held_nll.append(pair_nll(criterion, model.log_weights(table[index[held]]), model.head_margins(train.diff[held])).float())
+    return FoldSearch(config, keep, z, nll, searches, torch.cat(held_nll))
+
+
+def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Tensor], log: Callable[[dict], None] | None) -> MixtureRewardModel:
+    n = len(train.diff)
+    splits = fold_splits(n, folds)
+    candidates = [config] + [replace(config, alpha=a) for a in dict.fromkeys(config.alpha_alternatives) if a != config.alpha]
+
+    def fold_log(f: int, alpha: float) -> Callable[[dict], None] | None:
+        if log is None:
+            return None
+        return lambda entry: log({**entry, "fold": f + 1, "folds": len(splits), **({"alpha": alpha} if len(candidates) > 1 else {})})
+
+    # 1-2 for each regulariser weight; the pooled per-pair held-out values choose among them
+    found = [search_by_folds(train, c, splits, lambda f, a=c.alpha: fold_log(f, a)) for c in candidates]
+    means = [float(f.values.mean()) for f in found]
+    chosen, alpha_z = 0, None
+    best_alt = int(np.argmin(means))
+    if best_alt:
+        alpha_z = paired_z(found[best_alt].values, found[0].values)
+        chosen = best_alt if alpha_z >= config.scale_choice_z else 0
+    search = found[chosen]
+    config, keep, searches, scales = search.config, search.keep, search.searches, start_scales(search.config)
     best = float(np.mean([s.best_step * n / s.train_pairs for s in searches]))
     # 3. the refit on every pair
     refit_steps = max(1, int(round(config.refit_length * best)))
@@ -122,13 +162,14 @@ def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Te
     model = _fit(train, refit_config, None, steps=refit_steps)
     first = searches[0]
     model.fit_record = FitRecord(
-        schedule="early-stopping", steps=sum(s.steps for s in searches), best_step=int(round(np.mean([s.best_step for s in searches]))),
+        schedule="early-stopping", steps=sum(s.steps for f in found for s in f.searches), best_step=int(round(np.mean([s.best_step for s in searches]))),
         stop_reason=", ".join(sorted({s.stop_reason for s in searches})), train_pairs=n, heldout_pairs=n, plan=first.plan,
-        restarts=len(scales), chosen_restart=keep, restart_nll=[round(v, 6) for v in nll],
-        start_z=recorded_z(z), curve=first.curve,
+        restarts=len(scales), chosen_restart=keep, restart_nll=[round(v, 6) for v in search.nll],
+        start_z=recorded_z(search.z), curve=first.curve,
         best_heldout_nll=round(float(np.average([s.best_heldout_nll for s in searches], weights=[len(h) for h in folds])), 6),
         refit_steps=refit_steps, kept_criterion=first.kept_criterion, criterion_best_steps=first.criterion_best_steps,
         head_init=scales[keep], folds=len(splits), fold_best_steps=[s.best_step for s in searches],
-        fold_heldout_nll=[s.best_heldout_nll for s in searches])
+        fold_heldout_nll=[s.best_heldout_nll for s in searches],
+        alpha=config.alpha, alpha_nll=[round(v, 6) for v in means], alpha_z=recorded_z(alpha_z))
     model.train_steps = model.fit_record.steps + refit_steps
     return model

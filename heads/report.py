@@ -56,6 +56,9 @@ def print_report(metrics: dict[str, Any], console: Console | None = None) -> Non
             f"best steps {fit['fold_best_steps']} ({fit['stop_reason']}), held-out NLL {fit['best_heldout_nll']:.4f}"
             + (f"; start {fit['chosen_restart'] + 1} of {fit['restarts']} kept (head scale {fit['head_init']:g}"
                + (f", {fit['start_z']:.2f} SE ahead of the first scale" if fit.get("start_z") is not None else "") + ")" if fit["restarts"] > 1 else "")
+            + (f"; router regulariser alpha {fit['alpha']:g} kept (pooled held-out values "
+               + ", ".join(f"{v:.4f}" for v in fit["alpha_nll"]) + (f"; the best alternative {fit['alpha_z']:.2f} SE ahead" if fit.get("alpha_z") is not None else "")
+               + ")" if len(fit.get("alpha_nll") or []) > 1 else "")
             + f"; refitted on all {metrics['train_pairs']} pairs for {fit['refit_steps']} steps"
         )
     elif fit.get("schedule") == "early-stopping":

@@ -533,6 +533,12 @@ class FitRecord:
     folds: int = 0
     fold_best_steps: list = field(default_factory=list)
     fold_heldout_nll: list = field(default_factory=list)
+    # MixtureConfig.alpha_alternatives (cross-validation only): the regulariser weight of the returned fit,
+    # each candidate's per-pair held-out NLL pooled over the folds (alpha first), and the paired z of the best
+    # alternative against alpha (None: no alternative was lower)
+    alpha: float | None = None
+    alpha_nll: list = field(default_factory=list)
+    alpha_z: float | None = None
     # MixtureConfig.refit_se > 0 (one held-out slice): the last evaluation within refit_se standard errors of
     # the best, whose step sets the refit's length (0: the best step does)
     refit_from_step: int = 0

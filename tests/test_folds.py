@@ -1,6 +1,7 @@
 """Small caches are fitted by cross-validation over prompts (heads/fit.py): the folds, the choice of the
-start on the pooled folds, the refit's length from the folds' best steps, and the gain on a planted
-600-pair cache where one held-out slice of ~48 pairs chooses a poor start."""
+start on the pooled folds, the refit's length from the folds' best steps, the gain on a planted
+600-pair cache where one held-out slice of ~48 pairs chooses a poor start, and the choice of the router
+regulariser's weight (`alpha_alternatives`) on the pooled folds."""
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_the_folds_choose_the_start_and_the_refit_length(planted, monkeypatch):
     built = []
     real = train_module.build_model
     monkeypatch.setattr(train_module, "build_model", lambda config, *a, **k: built.append((config.seed, config.head_init)) or real(config, *a, **k))
-    model = fit_mixture(train, MixtureConfig(seed=0))
+    model = fit_mixture(train, MixtureConfig(seed=0, alpha_alternatives=()))
     rec, n = model.fit_record, len(train)
     assert rec.folds == 5 and rec.heldout_pairs == n and len(rec.fold_best_steps) == 5 and len(rec.restart_nll) == 8
     folds = prompt_folds(train, 5, seed=0)
@@ -80,3 +81,34 @@ def test_cross_validation_recovers_the_planted_heads_one_slice_misses(planted):
     cos = [float(np.mean(match_heads(truth, m.head_vectors())["cosine"])) for m in (one, five)]
     assert (one.fit_record.head_init, five.fit_record.head_init) == (1.0, 0.01)
     assert cos[1] > cos[0] + 0.08, cos
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """600 pairs, d = 64, 3 planted groups, 'shared' regime (cache seed 1)."""
+    path = tmp_path_factory.mktemp("folds") / "s600.h5"
+    truth = simulate(path, regime="shared", pairs=600, dim=64, seed=1)
+    return truth, load_split(path, "train")
+
+
+def test_the_folds_choose_the_regulariser_weight(shared):
+    """With alpha 0.5 the batch balance keeps all 10 heads in use, so each of the 3 groups is spread over ~3
+    heads; the folds' pooled held-out values prefer the search without it (alpha 0, well past the bar),
+    whose router gives each group one head, nearer its planted direction. With a bar no alternative can
+    clear, alpha stays."""
+    truth, train = shared
+    chosen = fit_mixture(train, MixtureConfig(seed=1))
+    only = fit_mixture(train, MixtureConfig(seed=1, alpha_alternatives=()))
+    rec = chosen.fit_record
+    assert rec.alpha == 0.0 and len(rec.alpha_nll) == 2 and rec.alpha_nll[1] < rec.alpha_nll[0] and rec.alpha_z >= 1.0
+    assert (only.fit_record.alpha, len(only.fit_record.alpha_nll), only.fit_record.alpha_z) == (0.5, 1, None)
+    cos = [float(np.mean(match_heads(truth, m.head_vectors())["cosine"])) for m in (chosen, only)]
+    assert cos[0] > cos[1] + 0.05, cos
+    with torch.no_grad():
+        top = [[float(m.log_weights(train.context_inputs()[train.attribute == g]).exp().mean(0).max()) for g in range(3)] for m in (chosen, only)]
+    assert min(top[0]) > 0.9 and max(top[1]) < 0.5, top
+    strict = fit_mixture(train, MixtureConfig(seed=1, scale_choice_z=1e6)).fit_record
+    assert strict.alpha == 0.5 and strict.alpha_z is not None and strict.alpha_z < 1e6
+    assert MixtureConfig.paper().alpha_alternatives == ()
+    with pytest.raises(ValueError, match="alpha_alternatives"):
+        MixtureConfig(alpha_alternatives=(-1.0,))
