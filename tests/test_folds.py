@@ -14,12 +14,16 @@ from micro.heads.fit import prompt_folds, uses_folds
 torch.set_num_threads(1)
 
 
+def planted_600(factory, regime: str, seed: int):
+    """(truth, train split) of a 600-pair planted cache, d = 64, 3 groups."""
+    path = factory.mktemp("folds") / f"{regime}{seed}.h5"
+    return simulate(path, regime=regime, pairs=600, dim=64, seed=seed), load_split(path, "train")
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """600 pairs, d = 64, 3 planted groups, prompt regime (cache seed 0: one slice keeps a poor usual start)."""
-    path = tmp_path_factory.mktemp("folds") / "c600.h5"
-    truth = simulate(path, regime="prompt", pairs=600, dim=64, seed=0)
-    return truth, load_split(path, "train")
+    """Prompt regime, cache seed 0: one slice keeps a poor usual start."""
+    return planted_600(tmp_path_factory, "prompt", 0)
 
 
 def test_prompt_folds_hold_out_every_pair_once_and_never_split_a_prompt(planted):
@@ -85,10 +89,8 @@ def test_cross_validation_recovers_the_planted_heads_one_slice_misses(planted):
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    """600 pairs, d = 64, 3 planted groups, 'shared' regime (cache seed 1)."""
-    path = tmp_path_factory.mktemp("folds") / "s600.h5"
-    truth = simulate(path, regime="shared", pairs=600, dim=64, seed=1)
-    return truth, load_split(path, "train")
+    """'shared' regime, cache seed 1."""
+    return planted_600(tmp_path_factory, "shared", 1)
 
 
 def test_the_folds_choose_the_regulariser_weight(shared):
