@@ -12,9 +12,9 @@ train. There `micro` is fitted by `MixtureConfig.folds`-fold cross-validation in
    improving: its best steps, scaled to all pairs and averaged, are the refit's length;
 3. the chosen start is trained on every pair for that many steps (warm-up + cosine decay), as the
    refit of a one-slice fit.
-Steps 1-2 run once for `alpha` and once for each of `alpha_alternatives`; the per-pair held-out values of the
-restart criterion of each fold's search, pooled over the folds, choose the regulariser weight of step 3 (an alternative must lead
-`alpha` by `scale_choice_z` standard errors).
+Steps 1-2 run once for `alpha` and once for each of `alpha_alternatives`; the per-pair held-out values of
+the restart criterion of each fold's search, pooled over the folds, choose the regulariser weight of step 3
+(`scale_choice`, as for head scales: an alternative must lead `alpha` by `scale_choice_z` standard errors).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from ..embedcache.store import CacheSplit
 from .config import MixtureConfig
 from .model import MixtureRewardModel
-from .train import STOP_CRITERIA, FitRecord, _fit, heldout_rows, pair_nll, paired_z, recorded_z, router_table, scale_choice, start_scales
+from .train import STOP_CRITERIA, FitRecord, _fit, heldout_rows, pair_nll, recorded_z, router_table, scale_choice, start_scales
 
 
 def fit_mixture(
@@ -45,8 +45,8 @@ def fit_mixture(
 
     `log`, if given, receives {"step", "epoch", "loss", "heldout_nll" (None with fixed epochs), "best_step",
     "lr", "seconds"} after each held-out evaluation (or each epoch with fixed epochs; with folds also
-    "fold" and "folds", and "alpha" while the folds compare regulariser weights). The returned model is on the CPU in eval mode; `model.fit_record` (a FitRecord)
-    says how it stopped, `model.train_history` holds the logged training losses and `model.train_steps`
+    "fold" and "folds", and "alpha" while the folds compare regulariser weights). The returned model is on
+    the CPU in eval mode; `model.fit_record` (a FitRecord) says how it stopped, `model.train_history` holds the logged training losses and `model.train_steps`
     the steps run.
     """
     config = (config or MixtureConfig()).resolved(train)
@@ -148,11 +148,7 @@ def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Te
     # 1-2 for each regulariser weight; the pooled per-pair held-out values choose among them
     found = [search_by_folds(train, c, splits, lambda f, a=c.alpha: fold_log(f, a)) for c in candidates]
     means = [float(f.values.mean()) for f in found]
-    chosen, alpha_z = 0, None
-    best_alt = int(np.argmin(means))
-    if best_alt:
-        alpha_z = paired_z(found[best_alt].values, found[0].values)
-        chosen = best_alt if alpha_z >= config.scale_choice_z else 0
+    chosen, alpha_z = scale_choice(means, [c.alpha for c in candidates], lambda r: found[r].values, config.scale_choice_z)
     search = found[chosen]
     config, keep, searches, scales = search.config, search.keep, search.searches, start_scales(search.config)
     best = float(np.mean([s.best_step * n / s.train_pairs for s in searches]))

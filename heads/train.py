@@ -534,8 +534,8 @@ class FitRecord:
     fold_best_steps: list = field(default_factory=list)
     fold_heldout_nll: list = field(default_factory=list)
     # MixtureConfig.alpha_alternatives (cross-validation only): the regulariser weight of the returned fit,
-    # each candidate's per-pair held-out NLL pooled over the folds (alpha first), and the paired z of the best
-    # alternative against alpha (None: no alternative was lower)
+    # each candidate's mean per-pair held-out value of the restart criterion, pooled over the folds (alpha
+    # first), and the paired z of the lowest alternative against alpha (None: alpha was the lowest)
     alpha: float | None = None
     alpha_nll: list = field(default_factory=list)
     alpha_z: float | None = None
@@ -743,7 +743,8 @@ def start_scales(config: MixtureConfig) -> list[float]:
 def scale_choice(means: list, scales: list, pair_values: Callable[[int], torch.Tensor], bar: float) -> tuple[int, float | None]:
     """(the start that goes on, the paired z it was judged by or None): the lowest of `means` (a criterion
     per start), except that a start of a later head scale must lead the first scale's best start by `bar`
-    standard errors of the per-pair difference (`pair_values(r)`: start r's per-pair values)."""
+    standard errors of the per-pair difference (`pair_values(r)`: start r's per-pair values). The folds
+    choose the regulariser weight the same way (`scales` then holds each candidate's alpha)."""
     keep = int(np.argmin(means))
     if scales[keep] == scales[0]:
         return keep, None
