@@ -66,7 +66,7 @@ class MixtureConfig:
     few hundred pairs per group that costs the heads (600-pair planted caches: micro@50 3.7 points below
     the fit without it). Without it a router can also settle on a few heads for groups that differ less
     (the demo: two heads for eight groups, micro@50 -7.9), and the folds' held-out values tell the two
-    apart: alpha 0 kept in 78 of 80 planted fits, alpha 0.5 on the demo and the HelpSteer2 subset
+    apart: alpha 0 kept in 78 of 80 planted fits, alpha 0.5 in 10 of 10 on the demo and the HelpSteer2 subset
     (benchmarks/README.md, "The regulariser's weight chosen by the folds"). (): `alpha` only, as `--paper`
     has it."""
 
