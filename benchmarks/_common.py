@@ -8,16 +8,21 @@ printing (and saving) the tables followed by the time they took.
     with work_folder(args) as work:
         ...
     finish(tables(...) + "\\nsettings; ", args, start)
+
+Scripts that write one JSON line per result (convergence.py, context_hedge.py) use `row_writer` and
+`read_rows` for their --out and --table files.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -46,3 +51,19 @@ def finish(text: str, args: argparse.Namespace, start: float) -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+
+
+def row_writer(out: str | None, rows: list) -> Callable[[dict], None]:
+    """emit(row): keep the row in `rows`, print it to stderr as JSON, and append it to the file `out` if given."""
+    def emit(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if out:
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return emit
+
+
+def read_rows(path: str) -> list[dict]:
+    """The rows of a finished JSON-lines --out file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -19,13 +19,12 @@ paired difference (rate 1 - rate 0) with how many seeds it was positive in.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from _common import read_rows, row_writer
 
 from micro.embedcache import load_split, read_meta
 from micro.heads import MixtureConfig, fit_mixture, simulate
@@ -91,17 +90,11 @@ def main() -> None:
     p.add_argument("--table", default=None, help="only print the table of a finished --out file")
     args = p.parse_args()
     if args.table:
-        print(tables([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        print(tables(read_rows(args.table)))
         return
     torch.set_num_threads(1)
     rows: list[dict] = []
-
-    def emit(row: dict) -> None:
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+    emit = row_writer(args.out, rows)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

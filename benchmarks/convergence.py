@@ -57,14 +57,13 @@ std over the stage-1 seeds of each fit's 5-draw mean; no head cos (nothing is pl
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import read_rows, row_writer
 
 from micro.embedcache import load_split, read_meta
 from micro.heads import MixtureConfig, bayes_accuracy, fit_mixture, match_heads, simulate
@@ -219,19 +218,13 @@ def main() -> None:
     p.add_argument("--table", default=None, help="only print the tables of a finished --out file")
     args = p.parse_args()
     if args.table:
-        print(tables([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        print(tables(read_rows(args.table)))
         return
     if any("=" not in c for c in args.cache):
         p.error("--cache takes LABEL=PATH (e.g. --cache hs2=hs2.h5)")
     torch.set_num_threads(1)
-    rows = []
-
-    def emit(row):
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+    rows: list[dict] = []
+    emit = row_writer(args.out, rows)
 
     configs = args.configs.split(",")
     with tempfile.TemporaryDirectory() as tmp:
