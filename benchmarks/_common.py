@@ -9,8 +9,9 @@ printing (and saving) the tables followed by the time they took.
         ...
     finish(tables(...) + "\\nsettings; ", args, start)
 
-Scripts that write one JSON line per result (convergence.py, context_hedge.py) use `row_writer` and
-`read_rows` for their --out and --table files.
+Scripts that write one JSON line per result (convergence.py, context_hedge.py) take their grid of
+planted caches with `add_planted_grid_options` and use `row_writer` and `read_rows` for their --out and
+--table files.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+
+from micro.heads.config import SIMULATION_REGIMES
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -67,3 +70,13 @@ def row_writer(out: str | None, rows: list) -> Callable[[dict], None]:
 def read_rows(path: str) -> list[dict]:
     """The rows of a finished JSON-lines --out file."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def add_planted_grid_options(parser: argparse.ArgumentParser, *, pairs: str, cache_help: str) -> None:
+    """--regimes, --pairs, --dims, --seeds (the planted caches: simulate(regime, pairs, dim, seed)) and the
+    repeatable --cache LABEL=PATH (an embedded cache instead)."""
+    parser.add_argument("--regimes", default=",".join(SIMULATION_REGIMES))
+    parser.add_argument("--pairs", default=pairs)
+    parser.add_argument("--dims", default="64")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--cache", action="append", default=[], metavar="LABEL=PATH", help=cache_help)

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import read_rows, row_writer
+from _common import add_planted_grid_options, read_rows, row_writer
 
 from micro.embedcache import load_split, read_meta
 from micro.heads import MixtureConfig, fit_mixture, simulate
@@ -80,11 +80,7 @@ def tables(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--regimes", default="prompt,shared")
-    p.add_argument("--pairs", default="600,1500")
-    p.add_argument("--dims", default="64")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--cache", action="append", default=[], metavar="LABEL=PATH", help="an embedded cache instead of planted ones (repeatable)")
+    add_planted_grid_options(p, pairs="600,1500", cache_help="an embedded cache instead of planted ones (repeatable)")
     p.add_argument("--unseen", action="store_true", help="leave the last attribute out of stage 1 and score only it")
     p.add_argument("--out", default=None, help="append one JSON line per (cache, seed, rate) here")
     p.add_argument("--table", default=None, help="only print the table of a finished --out file")

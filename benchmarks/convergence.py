@@ -63,7 +63,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import read_rows, row_writer
+from _common import add_planted_grid_options, read_rows, row_writer
 
 from micro.embedcache import load_split, read_meta
 from micro.heads import MixtureConfig, bayes_accuracy, fit_mixture, match_heads, simulate
@@ -73,7 +73,6 @@ from micro.router import AdaptConfig, run_adapt
 from micro.router.draws import draw_budget_pairs
 from micro.router.hedge import context_log_weights, head_losses
 
-REGIMES = ("prompt", "shared")
 CONFIGS = {
     "default": {},
     "nll stop": {"stop_on": "nll"},
@@ -205,15 +204,11 @@ def tables(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dims", default="64")
-    p.add_argument("--pairs", default="600,6000")
-    p.add_argument("--seeds", type=int, default=5)
+    add_planted_grid_options(p, pairs="600,6000", cache_help="an embedded cache instead of the planted ones (repeatable; "
+                             "--dims/--pairs/--regimes are then unused, --seeds counts stage-1 fit seeds)")
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--regimes", default=",".join(REGIMES))
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--adapt-seeds", type=int, default=None, help="stage-2 budget draws per fit (default 3 on planted caches, 5 on --cache)")
-    p.add_argument("--cache", action="append", default=[], metavar="LABEL=PATH",
-                   help="an embedded cache instead of the planted ones (repeatable; --dims/--pairs/--regimes are then unused, --seeds counts stage-1 fit seeds)")
     p.add_argument("--out", default=None, help="append one JSON line per fit here")
     p.add_argument("--table", default=None, help="only print the tables of a finished --out file")
     args = p.parse_args()
