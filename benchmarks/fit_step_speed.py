@@ -19,6 +19,8 @@ Per round, on a planted HelpSteer2-shaped cache (`simulate`, 5 groups, 3 pairs p
 - `nll-stop`: the same with `stop_on="nll"` (the plain held-out NLL alone: the default before 'later-plateau');
 - `warm-refit`: the default with `refit_warm=0.25` (the refit continues the kept weights for a quarter of
   the steps instead of training the initialisation again);
+- `one-alpha`: the default with `alpha_alternatives=()` (the router regulariser's weight `alpha` only, without
+  the second search that chooses it: the default before that choice on one held-out slice);
 - `before-4-epochs`: the 4-epoch fit of the code as it was before stage 1 stopped on evidence (commit
   `--before`, 1e2c90f: its default was this fixed fit), extracted with `git archive` and run in a child
   process on the same cache (one thread, CPU seconds of the fit alone). This is the "current 4-epoch fit"
@@ -51,7 +53,7 @@ from micro.heads import MixtureConfig, evaluate, fit_mixture, simulate
 #: the early-stopping fits timed beside the fixed ones: the default, and the plain held-out NLL stop
 EARLY = {"default": MixtureConfig(), "batch-32": MixtureConfig(batch_size=32), "nll-stop": MixtureConfig(stop_on="nll"),
          "warm-refit": MixtureConfig(refit_warm=0.25), "one-scale": MixtureConfig(head_init=(1.0,)),
-         "refit-best": MixtureConfig(refit_se=0.0)}
+         "refit-best": MixtureConfig(refit_se=0.0), "one-alpha": MixtureConfig(alpha_alternatives=())}
 
 
 def products(steps: int, batch: int, d: int, k: int, hidden: int) -> float:
@@ -114,8 +116,12 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=3072)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-default", action="store_true", help="skip the early-stopping fits")
+    p.add_argument("--early", default=",".join(EARLY), help=f"the early-stopping fits to time, comma-separated (of {', '.join(EARLY)})")
     p.add_argument("--before", default="1e2c90f", help="commit whose 4-epoch fit is timed beside ('' skips it)")
     args = p.parse_args()
+    early = {name: EARLY[name] for name in args.early.split(",") if name} if not args.no_default else {}
+    if set(args.early.split(",")) - set(EARLY) - {""}:
+        p.error(f"--early: unknown fits {sorted(set(args.early.split(',')) - set(EARLY) - {''})}; choose from {', '.join(EARLY)}")
     torch.set_num_threads(1)
     tmp = tempfile.TemporaryDirectory()
     path = Path(tmp.name) / "hs2.h5"
@@ -125,7 +131,7 @@ def main() -> None:
     fixed = MixtureConfig(epochs=4).resolved(train)
     steps = 4 * -(-len(train) // fixed.batch_size)
     print(json.dumps({"train_pairs": len(train), "d": args.dim, "k": fixed.k, "steps_4_epochs": steps, "torch": torch.__version__}), flush=True)
-    times: dict[str, list[float]] = {"products": [], "fit-4-epochs": [], "autograd-4-epochs": [], "before-4-epochs": [], **{name: [] for name in EARLY}}
+    times: dict[str, list[float]] = {"products": [], "fit-4-epochs": [], "autograd-4-epochs": [], "before-4-epochs": [], **{name: [] for name in early}}
     for r in range(args.rounds):
         times["products"].append(products(steps, fixed.batch_size, args.dim, fixed.k, fixed.hidden))
         s, new = timed_fit(train, fixed)
@@ -140,8 +146,8 @@ def main() -> None:
             s, acc_before = before_fit(before, path)
             times["before-4-epochs"].append(s)
             row.update({"before-4-epochs": round(s, 2), "routed_acc_before": round(acc_before, 4)})
-        if not args.no_default:
-            for name, config in EARLY.items():
+        if early:
+            for name, config in early.items():
                 s, model = timed_fit(train, config)
                 times[name].append(s)
                 rec, res = model.fit_record, evaluate(model, test, "context")["average"]
@@ -156,7 +162,7 @@ def main() -> None:
         "autograd_over_products": round(med["autograd-4-epochs"] / med["products"], 2),
         "autograd_over_fit (old/new)": round(med["autograd-4-epochs"] / med["fit-4-epochs"], 2),
     }
-    for name in EARLY:
+    for name in early:
         if name in med:
             summary[f"{name}_over_autograd_4_epochs"] = round(med[name] / med["autograd-4-epochs"], 2)
             summary[f"{name}_over_fit_4_epochs"] = round(med[name] / med["fit-4-epochs"], 2)

@@ -549,14 +549,15 @@ class FitRecord:
 
 def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] | None, reference: bool = False,
          steps: int | None = None, init: MixtureRewardModel | None = None, *, split: tuple | None = None,
-         only_start: int | None = None, until_choice: bool = False) -> Any:
+         only_start: int | None = None, until_choice: bool = False, search_only: bool = False) -> Any:
     """The fit; `steps` (with config.epochs None) runs exactly that many steps of the fixed warm-up +
     cosine schedule on all pairs (the refit after early stopping), from `init`'s weights if given.
     Early stopping only: `split` = (fit rows, held-out rows) replaces the held-out slice of
     `heldout_rows` (a fold of cross-validation); `only_start` trains that start of `start_scales(config)`
     alone; `until_choice` returns, at the point where the best start would be chosen, the [starts, held-out
     pairs] per-pair values of the restart criterion at each start's best weights (`pair_nll`) instead of
-    a model."""
+    a model; `search_only` returns the search's kept weights (on the device) without the refit, which
+    `refit` then runs."""
     device = torch.device(config.device)
     n, d = train.diff.shape
     if n == 0:
@@ -702,18 +703,11 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
         if keep_pair_history:
             start = record.chosen_restart if only_start is None else 0
             record.refit_from_step = last_within(pair_history, record.best_step, c, start, config.refit_se)
-        if config.refit and n <= config.refit_max_pairs:
-            # The held-out slice has decided how long to train; train the chosen initialisation again on every
-            # pair for as many epochs' worth of steps, with warm-up + cosine decay (which settles the weights
-            # better than the constant rate of the search).
-            record.refit_steps = max(1, int(round(config.refit_length * (record.refit_from_step or record.best_step) * n / n_fit)))
-            seed = config.seed + 7919 * record.chosen_restart
-            config = replace(config, head_init=(record.head_init,))  # the refit starts as the chosen start did
-            if config.refit_warm:  # continue the kept weights on every pair, a shorter cosine pass
-                record.refit_steps = max(1, int(round(config.refit_warm * record.refit_steps)))
-                model = _fit(train, replace(config, seed=seed), None, reference, steps=record.refit_steps, init=model)
-            else:
-                model = _fit(train, replace(config, seed=seed), None, reference, steps=record.refit_steps)
+        model.fit_record = record
+        if search_only:
+            model.train_history = history
+            return model
+        model = refit(train, config, model, reference)
     else:
         model = trainer.to_model(trainer.snapshot(0), 0)
         record.best_step = step
@@ -722,6 +716,24 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     model.train_steps = step + record.refit_steps
     model.fit_record = record
     return model
+
+
+def refit(train: CacheSplit, config: MixtureConfig, search: MixtureRewardModel, reference: bool = False) -> MixtureRewardModel:
+    """The refit after an early-stopping search (`_fit(..., search_only=True)`), when `config.refit` asks for
+    one on a cache of at most `refit_max_pairs` pairs (else the search's kept weights): the held-out slice
+    has decided how long to train; the chosen initialisation is trained again on every pair for as many
+    epochs' worth of steps, with warm-up + cosine decay (which settles the weights better than the constant
+    rate of the search). Sets `refit_steps` of the search's record."""
+    record, n = search.fit_record, len(train.diff)
+    if not (config.refit and n <= config.refit_max_pairs):
+        return search
+    record.refit_steps = max(1, int(round(config.refit_length * (record.refit_from_step or record.best_step) * n / record.train_pairs)))
+    seed = config.seed + 7919 * record.chosen_restart
+    config = replace(config, seed=seed, head_init=(record.head_init,))  # the refit starts as the chosen start did
+    if config.refit_warm:  # continue the kept weights on every pair, a shorter cosine pass
+        record.refit_steps = max(1, int(round(config.refit_warm * record.refit_steps)))
+        return _fit(train, config, None, reference, steps=record.refit_steps, init=search)
+    return _fit(train, config, None, reference, steps=record.refit_steps)
 
 
 def last_within(history: list, best_step: int, criterion: int, start: int, bar: float) -> int:
