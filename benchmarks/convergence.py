@@ -106,6 +106,7 @@ CONFIGS = {
     "alpha 0.1": {"alpha": 0.1},
     "alpha 0": {"alpha": 0.0},
     "one alpha": {"alpha_alternatives": ()},
+    "alpha restarts 4": {"alpha_restarts": 4},
 }
 METHODS = ("stage1-best", "micro", "micro-refine", "budget-bt", "oracle")
 BUDGETS = (10, 50)

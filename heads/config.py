@@ -68,7 +68,16 @@ class MixtureConfig:
     (the demo: two heads for eight groups, micro@50 -7.9), and the folds' held-out values tell the two
     apart: alpha 0 kept in 78 of 80 planted fits, alpha 0.5 in 10 of 10 on the demo and the HelpSteer2 subset
     (benchmarks/README.md, "The regulariser's weight chosen by the folds"). (): `alpha` only, as `--paper`
-    has it."""
+    has it. On one held-out slice (larger caches) the alternatives are starts of the search instead
+    (`alpha_restarts`), chosen with the restarts: see `alpha_restarts`."""
+
+    alpha_restarts: int = 1
+    """Early stopping on one held-out slice, `micro`: starts per head scale trained with each of
+    `alpha_alternatives` beside the `restarts` starts of `alpha` (the same initialisations as the first
+    ones of `alpha`), until the restart choice; there the best start of each weight is chosen as usual,
+    and an alternative's goes on instead of `alpha`'s only when its held-out values (the restart
+    criterion, per pair) are lower by at least `scale_choice_z` standard errors of the per-pair
+    difference. The refit trains with the weight kept."""
 
     router: str = "mlp"
     """'mlp': one hidden layer + softmax (the paper); 'linear': as the authors' released code."""
@@ -274,10 +283,10 @@ class MixtureConfig:
     def __post_init__(self) -> None:
         check_numbers(self, integers=("k", "hidden", "seed", "threads", "holdout_max_pairs", "eval_every",
                                       "patience", "lr_drops", "min_steps", "max_steps", "restarts", "refit_max_pairs",
-                                      "restart_steps", "folds", "folds_below") + tuple(f for f in ("epochs", "batch_size") if getattr(self, f) is not None),
+                                      "restart_steps", "folds", "folds_below", "alpha_restarts") + tuple(f for f in ("epochs", "batch_size") if getattr(self, f) is not None),
                       reals=("alpha", "lr", "warmup", "weight_decay", "prior_scale", "prior_l2", "holdout", "min_delta",
                              "lr_drop_factor", "min_epochs", "max_epochs", "refit_warm", "scale_choice_z", "refit_length", "refit_se"))
-        for name in ("alpha", "weight_decay", "prior_scale", "prior_l2", "seed", "threads", "scale_choice_z"):
+        for name in ("alpha", "weight_decay", "prior_scale", "prior_l2", "seed", "threads", "scale_choice_z", "alpha_restarts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         scales = (self.head_init,) if isinstance(self.head_init, numbers.Real) else tuple(self.head_init)

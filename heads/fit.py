@@ -28,7 +28,7 @@ import torch
 from ..embedcache.store import CacheSplit
 from .config import MixtureConfig
 from .model import MixtureRewardModel
-from .train import STOP_CRITERIA, FitRecord, _fit, heldout_rows, pair_nll, recorded_z, refit, router_table, scale_choice, start_scales
+from .train import STOP_CRITERIA, FitRecord, _fit, heldout_rows, pair_nll, recorded_z, router_table, scale_choice, start_scales
 
 
 def fit_mixture(
@@ -58,9 +58,7 @@ def fit_mixture(
     flushed = config.device == "cpu" and torch.set_flush_denormal(True)
     try:
         folds = prompt_folds(train, config.folds, config.seed) if uses_folds(train, config, reference) else []
-        if len(folds) > 1:
-            return _fit_by_folds(train, config, folds, log)
-        return _fit_on_slice(train, config, log) if alpha_candidates(config, reference) else _fit(train, config, log, reference)
+        return _fit_by_folds(train, config, folds, log) if len(folds) > 1 else _fit(train, config, log, reference)
     finally:
         torch.set_num_threads(threads)
         if flushed:
@@ -77,16 +75,6 @@ def uses_folds(train: CacheSplit, config: MixtureConfig, reference: bool = False
     if n > config.refit_max_pairs or len(np.unique(train.prompt_index.numpy())) < 2:
         return False
     return len(heldout_rows(train, config.holdout, config.holdout_max_pairs, config.seed)[1]) < config.folds_below
-
-
-def alpha_candidates(config: MixtureConfig, reference: bool = False) -> list[MixtureConfig]:
-    """The configs whose searches choose the regulariser weight: `config` and one per distinct value of
-    `alpha_alternatives` other than `alpha`, for an early-stopping `micro` fit (none otherwise, or without
-    alternatives)."""
-    if config.method != "micro" or config.epochs is not None or reference:
-        return []
-    alternatives = [a for a in dict.fromkeys(config.alpha_alternatives) if a != config.alpha]
-    return [config] + [replace(config, alpha=a) for a in alternatives] if alternatives else []
 
 
 def prompt_folds(train: CacheSplit, folds: int, seed: int = 0) -> list[torch.Tensor]:
@@ -150,7 +138,9 @@ def search_by_folds(train: CacheSplit, config: MixtureConfig, splits: list, fold
 def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Tensor], log: Callable[[dict], None] | None) -> MixtureRewardModel:
     n = len(train.diff)
     splits = fold_splits(n, folds)
-    candidates = alpha_candidates(config) or [config]
+    # one search per regulariser weight, each with the starts of `alpha` alone (start_grid)
+    alphas = [config.alpha] + [a for a in dict.fromkeys(config.alpha_alternatives) if a != config.alpha]
+    candidates = [replace(config, alpha=a, alpha_alternatives=()) for a in alphas]
 
     def fold_log(f: int, alpha: float) -> Callable[[dict], None] | None:
         if log is None:
@@ -180,36 +170,4 @@ def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Te
         fold_heldout_nll=[s.best_heldout_nll for s in searches],
         alpha=config.alpha, alpha_nll=[round(v, 6) for v in means], alpha_z=recorded_z(alpha_z))
     model.train_steps = model.fit_record.steps + refit_steps
-    return model
-
-
-def _fit_on_slice(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] | None) -> MixtureRewardModel:
-    """The regulariser weight chosen on one held-out slice: the search of `alpha` (restarts and head scales
-    as usual), then a search of its kept start with each alternative; the per-pair values of the restart
-    criterion on the held-out slice at each search's kept weights choose (`scale_choice`, `scale_choice_z`
-    standard errors ahead), and the refit trains with the weight kept."""
-    candidates = alpha_candidates(config)
-
-    def alpha_log(alpha: float) -> Callable[[dict], None] | None:
-        return None if log is None else lambda entry: log({**entry, "alpha": alpha})
-
-    first = _fit(train, config, alpha_log(config.alpha), search_only=True)
-    start = first.fit_record.chosen_restart
-    found = [first] + [_fit(train, c, alpha_log(c.alpha), search_only=True, only_start=start) for c in candidates[1:]]
-    held = heldout_rows(train, config.holdout, config.holdout_max_pairs, config.seed)[1]
-    table, index = router_table(train, config.router_input)
-    criterion = STOP_CRITERIA[config.stop_on][-1]  # the restart criterion
-    device = torch.device(config.device)
-    with torch.no_grad():
-        x, d = table[index[held]].to(device, torch.float32), train.diff[held].to(device, torch.float32)
-        values = [pair_nll(criterion, m.eval().log_weights(x), m.head_margins(d)).float().cpu() for m in found]
-    means = [float(v.mean()) for v in values]
-    chosen, z = scale_choice(means, [c.alpha for c in candidates], lambda r: values[r], config.scale_choice_z)
-    search, config = found[chosen], candidates[chosen]
-    record = search.fit_record
-    model = refit(train, config, search).cpu().eval()
-    record.steps = sum(m.fit_record.steps for m in found)
-    record.alpha, record.alpha_nll, record.alpha_z = config.alpha, [round(v, 6) for v in means], recorded_z(z)
-    model.fit_record, model.train_history = record, search.train_history
-    model.train_steps = record.steps + record.refit_steps
     return model

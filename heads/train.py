@@ -26,10 +26,11 @@ tests; the baselines use autograd on the same losses.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -307,8 +308,9 @@ class MicroStack:
     independent fits on the same batches.
     """
 
-    def __init__(self, models: list[MixtureRewardModel], config: MixtureConfig, device: torch.device):
+    def __init__(self, models: list[MixtureRewardModel], config: MixtureConfig, device: torch.device, alphas: list[float] | None = None):
         self.config, self.k, self.mlp = config, models[0].k, config.router == "mlp"
+        self._set_alphas(alphas or [config.alpha] * len(models), device)
         linears = [[m for m in model.router.net if isinstance(m, torch.nn.Linear)] for model in models]
         values = [torch.cat([m.heads.detach().T for m in models], 1), torch.cat([ls[0].weight.detach().T for ls in linears], 1),
                   torch.cat([ls[0].bias.detach() for ls in linears])]
@@ -325,6 +327,11 @@ class MicroStack:
         self.params = [t.view(shape) for t, shape in zip(flat.split(sizes), shapes)]
         self.grads = [t.view(shape) for t, shape in zip(grad.split(sizes), shapes)]
         self.opt = FlatAdamW(flat, grad, self.config, state)
+
+    def _set_alphas(self, alphas: list[float], device: torch.device) -> None:
+        """Each restart's regulariser weight: one number when they share it, else a [R, 1, 1] tensor."""
+        self.alphas = list(alphas)
+        self.alpha = alphas[0] if len(set(alphas)) == 1 else torch.tensor(alphas, dtype=torch.float32, device=device).view(-1, 1, 1)
 
     @property
     def restarts(self) -> int:
@@ -362,16 +369,17 @@ class MicroStack:
         weights = log_w.exp()
         g_log_w = post.mul_(-1.0 / n)
         g_margins = g_log_w * torch.sigmoid(margins.neg_())
-        if config.alpha:
+        alpha = self.alpha  # a number, or [R, 1, 1] when the restarts differ in it
+        if any(self.alphas):
             if config.balance == "batch":
                 log_fbar = (weights.sum(1, keepdim=True) / n).log_()
                 if want_loss:
-                    loss = loss + config.alpha * (log_fbar.exp() * log_fbar).sum()
-                g_log_w += weights * (log_fbar + 1.0) * (config.alpha / n)
+                    loss = loss + _weighted_sum(alpha, log_fbar.exp() * log_fbar)
+                g_log_w += weights * (log_fbar + 1.0) * (alpha / n)
             else:
                 if want_loss:
-                    loss = loss + config.alpha * (weights * log_w).sum() / n
-                g_log_w += weights * (log_w + 1.0) * (config.alpha / n)
+                    loss = loss + _weighted_sum(alpha, weights * log_w) / n
+                g_log_w += weights * (log_w + 1.0) * (alpha / n)
         g_logits = g_log_w - weights * g_log_w.sum(-1, keepdim=True)
         torch.mm(d.T, g_margins.transpose(0, 1).reshape(n, r * k), out=self.grads[0])
         if self.mlp:
@@ -424,6 +432,7 @@ class MicroStack:
             state[name] = torch.cat([f(v).reshape(-1) for f, v in zip(pick, self._views(old[name]))])
         self._build([f(p) for f, p in zip(pick, self.params)], state)
         self.templates = [self.templates[r]]
+        self._set_alphas([self.alphas[r]], self.params[0].device)
 
     @torch.no_grad()
     def model_outputs(self, weights: list[torch.Tensor], r: int, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor) -> tuple:
@@ -444,6 +453,11 @@ class MicroStack:
                 linears[1].weight.copy_(weights[3].reshape(linears[1].weight.T.shape).T)
                 linears[1].bias.copy_(weights[4].reshape(-1))
         return model
+
+
+def _weighted_sum(alpha: float | torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """alpha times the sum of `values` [R, ...], alpha a number or one per restart ([R, 1, 1])."""
+    return (alpha * values).sum() if isinstance(alpha, torch.Tensor) else alpha * values.sum()
 
 
 def batch_loss(model: MixtureRewardModel, config: MixtureConfig, d: torch.Tensor, x: torch.Tensor | None, diff_rms: float) -> torch.Tensor:
@@ -586,14 +600,15 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     if uses_router:
         table, index = router_table(train, config.router_input)
         table, index = table.to(device, torch.float32), index.to(device)
-    several = uses_router and early and not reference and init is None  # restarts, one set per head scale
-    scales = start_scales(config) if several else [config.head_init[0]]
-    starts = range(len(scales)) if only_start is None else [only_start]
+    several = uses_router and early and not reference and init is None  # restarts, one set per head scale (and alpha)
+    grid = start_grid(config) if several else [Start(config.alpha, config.head_init[0], 0)]
+    scales = [g.head_init for g in grid]
+    starts = range(len(grid)) if only_start is None else [only_start]
     models = ([copy.deepcopy(init).to(device)] if init is not None else
-              [build_model(replace(config, seed=config.seed + 7919 * r, head_init=(scales[r],)), d, prior_unit) for r in starts])
+              [build_model(replace(config, seed=config.seed + 7919 * grid[r].seed, head_init=(grid[r].head_init,)), d, prior_unit) for r in starts])
     restarts = len(models)
     if uses_router and not reference:
-        trainer = MicroStack(models, config, device)
+        trainer = MicroStack(models, config, device, [grid[r].alpha for r in starts])
     else:
         trainer = AutogradTrainer(models[0].to(device).train(), config, diff_rms)
 
@@ -666,9 +681,11 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                 if trainer.restarts > 1 and step >= min(plan.restart_steps, plan.min_steps):
                     if until_choice:
                         return torch.stack([start_values(trainer, plateaus, criteria[-1], held, r) for r in range(trainer.restarts)])
-                    keep, z = choose_start(trainer, plateaus, scales, criteria[-1], held, config.scale_choice_z)
+                    keep, z, alpha_best, alpha_z = choose_start(trainer, plateaus, grid, criteria[-1], held, config.scale_choice_z)
                     record.start_z = recorded_z(z)
                     record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in plateaus.best[-1]]
+                    if len(alpha_best) > 1:
+                        record.alpha_nll, record.alpha_z = [round(v, 6) for v in alpha_best], recorded_z(alpha_z)
                     trainer.keep(keep)
                     plateaus.keep_restart(keep)
                 if step >= total:
@@ -699,6 +716,8 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
         record.best_step, record.best_heldout_nll = plateaus.step[c][0], round(plateaus.best[c][0], 6)
         record.kept_criterion = criteria[c]
         record.head_init = scales[record.chosen_restart]
+        if uses_router:
+            record.alpha = grid[record.chosen_restart].alpha
         record.criterion_best_steps = {name: plateaus.step[i][0] for i, name in enumerate(criteria)}
         if keep_pair_history:
             start = record.chosen_restart if only_start is None else 0
@@ -728,8 +747,9 @@ def refit(train: CacheSplit, config: MixtureConfig, search: MixtureRewardModel, 
     if not (config.refit and n <= config.refit_max_pairs):
         return search
     record.refit_steps = max(1, int(round(config.refit_length * (record.refit_from_step or record.best_step) * n / record.train_pairs)))
-    seed = config.seed + 7919 * record.chosen_restart
-    config = replace(config, seed=seed, head_init=(record.head_init,))  # the refit starts as the chosen start did
+    start = start_grid(config)[record.chosen_restart]
+    # the refit starts as the chosen start did, with its regulariser weight
+    config = replace(config, seed=config.seed + 7919 * start.seed, head_init=(start.head_init,), alpha=start.alpha)
     if config.refit_warm:  # continue the kept weights on every pair, a shorter cosine pass
         record.refit_steps = max(1, int(round(config.refit_warm * record.refit_steps)))
         return _fit(train, config, None, reference, steps=record.refit_steps, init=search)
@@ -752,6 +772,29 @@ def start_scales(config: MixtureConfig) -> list[float]:
     return [scale for scale in config.head_init for _ in range(max(1, config.restarts))]
 
 
+class Start(NamedTuple):
+    """One start of an early-stopping `micro` fit: its regulariser weight, head scale, and seed index
+    (initialised from config.seed + 7919 * seed)."""
+
+    alpha: float
+    head_init: float
+    seed: int
+
+
+def start_grid(config: MixtureConfig) -> list[Start]:
+    """Every start of an early-stopping `micro` fit on one held-out slice: those of `alpha`
+    (`start_scales`, seed index = position), then for each of `alpha_alternatives` the first
+    `alpha_restarts` restarts of each head scale, initialised as the starts of `alpha` with the same
+    scale and restart number (the same seeds). The starts and the choice among them are in
+    `choose_start`."""
+    restarts = max(1, config.restarts)
+    grid = [Start(config.alpha, scale, r) for r, scale in enumerate(start_scales(config))]
+    for alpha in dict.fromkeys(config.alpha_alternatives):
+        if alpha != config.alpha:
+            grid += [Start(alpha, scale, i * restarts + j) for i, scale in enumerate(config.head_init) for j in range(min(restarts, config.alpha_restarts))]
+    return grid
+
+
 def scale_choice(means: list, scales: list, pair_values: Callable[[int], torch.Tensor], bar: float) -> tuple[int, float | None]:
     """(the start that goes on, the paired z it was judged by or None): the lowest of `means` (a criterion
     per start), except that a start of a later head scale must lead the first scale's best start by `bar`
@@ -770,10 +813,26 @@ def start_values(trainer: MicroStack, plateaus: Plateaus, criterion: str, held: 
     return pair_nll(criterion, *trainer.model_outputs(plateaus.weights[-1][r], r, *held))
 
 
-def choose_start(trainer: MicroStack, plateaus: Plateaus, scales: list, criterion: str, held: tuple, bar: float) -> tuple[int, float | None]:
-    """`scale_choice` on one held-out slice: the best held-out values of `criterion` (the last row of
-    `plateaus`) and the per-pair values on the held-out pairs `held`."""
-    return scale_choice(plateaus.best[-1], scales, lambda r: start_values(trainer, plateaus, criterion, held, r), bar)
+def choose_start(trainer: MicroStack, plateaus: Plateaus, grid: list[Start], criterion: str, held: tuple,
+                 bar: float) -> tuple[int, float | None, list[float], float | None]:
+    """`scale_choice` on one held-out slice, by the best held-out values of `criterion` (the last row of
+    `plateaus`) and the per-pair values on the held-out pairs `held`: first among the starts of each
+    regulariser weight (a later head scale must lead by `bar` standard errors), then among those weights'
+    chosen starts (an alternative must lead the first weight's by `bar`). Returns (the start kept, the z
+    of its head-scale choice, each weight's best value, the z of the weight choice)."""
+    means = plateaus.best[-1]
+    values = functools.cache(lambda r: start_values(trainer, plateaus, criterion, held, r))
+    alphas = list(dict.fromkeys(g.alpha for g in grid))
+    chosen = []
+    for alpha in alphas:
+        rows = [r for r, g in enumerate(grid) if g.alpha == alpha]
+        keep, z = scale_choice([means[r] for r in rows], [grid[r].head_init for r in rows], lambda i, rows=rows: values(rows[i]), bar)
+        chosen.append((rows[keep], z))
+    if len(alphas) == 1:
+        return chosen[0][0], chosen[0][1], [], None
+    best = [means[r] for r, _ in chosen]
+    keep, alpha_z = scale_choice(best, alphas, lambda i: values(chosen[i][0]), bar)
+    return chosen[keep][0], chosen[keep][1], best, alpha_z
 
 
 def _check_finite(config: MixtureConfig, loss: float, where: str) -> None:
