@@ -15,6 +15,8 @@ train. There `micro` is fitted by `MixtureConfig.folds`-fold cross-validation in
 Steps 1-2 run once for `alpha` and once for each of `alpha_alternatives`; the per-pair held-out values of
 the restart criterion of each fold's search, pooled over the folds, choose the regulariser weight of step 3
 (`scale_choice`, as for head scales: an alternative must lead `alpha` by `scale_choice_z` standard errors).
+On one held-out slice the alternatives are starts of the one search instead (heads/train.py, `start_grid`,
+`choose_start`).
 """
 
 from __future__ import annotations

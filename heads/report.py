@@ -39,6 +39,14 @@ def best_head_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+def alpha_phrase(fit: dict, values: str) -> str:
+    """The router regulariser's weight chosen among `alpha_alternatives` ('' without alternatives)."""
+    if len(fit.get("alpha_nll") or []) < 2:
+        return ""
+    ahead = f"; the best alternative {fit['alpha_z']:.2f} SE ahead" if fit.get("alpha_z") is not None else ""
+    return f"; router regulariser alpha {fit['alpha']:g} kept ({values} " + ", ".join(f"{v:.4f}" for v in fit["alpha_nll"]) + ahead + ")"
+
+
 def print_report(metrics: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     console.print(head_table(metrics))
@@ -56,9 +64,7 @@ def print_report(metrics: dict[str, Any], console: Console | None = None) -> Non
             f"best steps {fit['fold_best_steps']} ({fit['stop_reason']}), held-out NLL {fit['best_heldout_nll']:.4f}"
             + (f"; start {fit['chosen_restart'] + 1} of {fit['restarts']} kept (head scale {fit['head_init']:g}"
                + (f", {fit['start_z']:.2f} SE ahead of the first scale" if fit.get("start_z") is not None else "") + ")" if fit["restarts"] > 1 else "")
-            + (f"; router regulariser alpha {fit['alpha']:g} kept (pooled held-out values "
-               + ", ".join(f"{v:.4f}" for v in fit["alpha_nll"]) + (f"; the best alternative {fit['alpha_z']:.2f} SE ahead" if fit.get("alpha_z") is not None else "")
-               + ")" if len(fit.get("alpha_nll") or []) > 1 else "")
+            + alpha_phrase(fit, "pooled held-out values")
             + f"; refitted on all {metrics['train_pairs']} pairs for {fit['refit_steps']} steps"
         )
     elif fit.get("schedule") == "early-stopping":
@@ -69,6 +75,7 @@ def print_report(metrics: dict[str, Any], console: Console | None = None) -> Non
             + (f"; restart {fit['chosen_restart'] + 1} of {fit['restarts']} kept" if fit["restarts"] > 1 else "")
             + (f" (head scale {fit['head_init']:g}" + (f", {fit['start_z']:.2f} SE ahead of the first scale" if fit.get("start_z") is not None else "") + ")"
                if fit["restarts"] > 1 and fit.get("head_init") is not None else "")
+            + alpha_phrase(fit, "each weight's best start")
             + (f"; refitted on all {metrics['train_pairs']} pairs for {fit['refit_steps']} steps" if fit.get("refit_steps") else "")
         )
     for w in metrics["warnings"]:

@@ -241,14 +241,15 @@ class Plateaus:
     def reset(self) -> None:
         self.since = [0] * len(self.criteria)
 
-    def keep_restart(self, r: int) -> None:
+    def keep_restarts(self, rows: list[int]) -> None:
+        """Keep the bookkeeping of restarts `rows` only, in that order."""
         for table in (self.best, self.step, self.weights):
             for c in range(len(self.criteria)):
-                table[c] = [table[c][r]]
+                table[c] = [table[c][r] for r in rows]
 
-    def kept(self) -> int:
-        """The criterion whose best step (of restart 0) is the latest; ties go to the first."""
-        steps = [s[0] for s in self.step]
+    def kept(self, r: int = 0) -> int:
+        """The criterion whose best step (of restart r) is the latest; ties go to the first."""
+        steps = [s[r] for s in self.step]
         return steps.index(max(steps))
 
 
@@ -424,15 +425,20 @@ class MicroStack:
         """Restart r's parameters (cloned)."""
         return [f(p).clone() for f, p in zip(self._pick(r), self.params)]
 
-    def keep(self, r: int) -> None:
-        """Drop every restart but r; its optimiser state goes on unchanged."""
-        pick, old = self._pick(r), self.opt.state()
+    def keep(self, rows: list[int]) -> None:
+        """Drop every restart but `rows` (which go on in that order, as restarts 0, 1, ...); their optimiser
+        state goes on unchanged."""
+        picks, old = [self._pick(r) for r in rows], self.opt.state()
+
+        def take(tensors: list[torch.Tensor]) -> list[torch.Tensor]:  # rows' slices of each parameter's layout
+            return [torch.cat([pick[i](t) for pick in picks], dim) for i, (t, dim) in enumerate(zip(tensors, (1, 1, 0, 0, 0)))]
+
         state = {"step": old["step"]}
         for name in ("exp_avg", "exp_avg_sq"):
-            state[name] = torch.cat([f(v).reshape(-1) for f, v in zip(pick, self._views(old[name]))])
-        self._build([f(p) for f, p in zip(pick, self.params)], state)
-        self.templates = [self.templates[r]]
-        self._set_alphas([self.alphas[r]], self.params[0].device)
+            state[name] = torch.cat([t.reshape(-1) for t in take(self._views(old[name]))])
+        self._build(take(self.params), state)
+        self.templates = [self.templates[r] for r in rows]
+        self._set_alphas([self.alphas[r] for r in rows], self.params[0].device)
 
     @torch.no_grad()
     def model_outputs(self, weights: list[torch.Tensor], r: int, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor) -> tuple:
@@ -547,9 +553,10 @@ class FitRecord:
     folds: int = 0
     fold_best_steps: list = field(default_factory=list)
     fold_heldout_nll: list = field(default_factory=list)
-    # MixtureConfig.alpha_alternatives (cross-validation only): the regulariser weight of the returned fit,
-    # each candidate's mean per-pair held-out value of the restart criterion, pooled over the folds (alpha
-    # first), and the paired z of the lowest alternative against alpha (None: alpha was the lowest)
+    # the router regulariser's weight of the returned `micro` fit; with MixtureConfig.alpha_alternatives each
+    # weight's held-out value of the restart criterion (alpha first: pooled over the folds, or on one slice
+    # its best start's at the restart choice), and the paired z of the lowest alternative against alpha
+    # (None: alpha was the lowest)
     alpha: float | None = None
     alpha_nll: list = field(default_factory=list)
     alpha_z: float | None = None
@@ -563,15 +570,14 @@ class FitRecord:
 
 def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] | None, reference: bool = False,
          steps: int | None = None, init: MixtureRewardModel | None = None, *, split: tuple | None = None,
-         only_start: int | None = None, until_choice: bool = False, search_only: bool = False) -> Any:
+         only_start: int | None = None, until_choice: bool = False) -> Any:
     """The fit; `steps` (with config.epochs None) runs exactly that many steps of the fixed warm-up +
     cosine schedule on all pairs (the refit after early stopping), from `init`'s weights if given.
     Early stopping only: `split` = (fit rows, held-out rows) replaces the held-out slice of
-    `heldout_rows` (a fold of cross-validation); `only_start` trains that start of `start_scales(config)`
+    `heldout_rows` (a fold of cross-validation); `only_start` trains that start of `start_grid(config)`
     alone; `until_choice` returns, at the point where the best start would be chosen, the [starts, held-out
     pairs] per-pair values of the restart criterion at each start's best weights (`pair_nll`) instead of
-    a model; `search_only` returns the search's kept weights (on the device) without the refit, which
-    `refit` then runs."""
+    a model."""
     device = torch.device(config.device)
     n, d = train.diff.shape
     if n == 0:
@@ -638,8 +644,10 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
 
     criteria = STOP_CRITERIA[config.stop_on] if uses_router or config.method == "static" else ("nll",)
     plateaus = Plateaus(criteria, restarts, config.min_delta)
-    # refit_se: every evaluation's per-pair held-out values, [live restarts, criteria, held-out pairs]
-    pair_history: list[tuple[int, torch.Tensor]] = []
+    # refit_se: every evaluation's per-pair held-out values, [live restarts, criteria, held-out pairs], and
+    # which starts (of `grid`) the live restarts are
+    pair_history: list[tuple[int, torch.Tensor, list[int]]] = []
+    live, pending = list(starts), restarts > 1  # the starts in the stack; the restart choice still to come
     keep_pair_history = (early and config.refit_se > 0 and config.refit and n <= config.refit_max_pairs and uses_router
                          and not reference and not until_choice)
     lr_scale, drops = 1.0, 0
@@ -667,7 +675,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                 mean_loss = float(trainer.heldout_nll(*seen, first_only=True)[0].mean())
                 plateaus.update(step, values, trainer.snapshot)
                 if keep_pair_history:
-                    pair_history.append((step, trainer.heldout_pair_values(*held, criteria)))
+                    pair_history.append((step, trainer.heldout_pair_values(*held, criteria), live))
                 best, best_step = plateaus.best[0], plateaus.step[0]
                 point = {"step": step, "heldout_nll": [round(v, 6) for v in nll], "train_loss": round(mean_loss, 6), "lr": lr}
                 if len(values) > 1:
@@ -678,16 +686,19 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                     log({"step": step, "epoch": step * config.batch_size / n_fit, "loss": mean_loss, "heldout_nll": min(nll),
                          "best_nll": min(best), "best_step": best_step[int(np.argmin(best))], "lr": lr, "restarts": trainer.restarts,
                          "seconds": time.perf_counter() - start})
-                if trainer.restarts > 1 and step >= min(plan.restart_steps, plan.min_steps):
+                if pending and step >= min(plan.restart_steps, plan.min_steps):
                     if until_choice:
                         return torch.stack([start_values(trainer, plateaus, criteria[-1], held, r) for r in range(trainer.restarts)])
-                    keep, z, alpha_best, alpha_z = choose_start(trainer, plateaus, grid, criteria[-1], held, config.scale_choice_z)
-                    record.start_z = recorded_z(z)
-                    record.chosen_restart, record.restart_nll = keep, [round(b, 6) for b in plateaus.best[-1]]
-                    if len(alpha_best) > 1:
-                        record.alpha_nll, record.alpha_z = [round(v, 6) for v in alpha_best], recorded_z(alpha_z)
-                    trainer.keep(keep)
-                    plateaus.keep_restart(keep)
+                    chosen, alpha_best = choose_start(trainer, plateaus, grid, criteria[-1], held, config.scale_choice_z)
+                    # alpha's chosen start goes on, and beside it each alternative weight's that is lower now
+                    go_on = [chosen[0]] + [c for c, b in zip(chosen[1:], alpha_best[1:]) if b < alpha_best[0]]
+                    live, start_z = [r for r, _ in go_on], [z for _, z in go_on]
+                    record.chosen_restart, record.start_z = live[0], recorded_z(start_z[0])
+                    record.restart_nll = [round(b, 6) for b in plateaus.best[-1]]
+                    record.alpha_nll = [round(v, 6) for v in alpha_best] if len(alpha_best) > 1 else []
+                    trainer.keep(live)
+                    plateaus.keep_restarts(live)
+                    pending = False
                 if step >= total:
                     stop = "max_steps"
                 elif plateaus.stale(config.patience) and step >= plan.min_steps:
@@ -711,21 +722,25 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
     record.steps = step
     record.stop_reason = stop
     if early:
-        c = plateaus.kept()
-        model = trainer.to_model(plateaus.weights[c][0], record.chosen_restart if only_start is None else 0)
-        record.best_step, record.best_heldout_nll = plateaus.step[c][0], round(plateaus.best[c][0], 6)
+        i = 0  # the live restart returned
+        if len(live) > 1 and not pending:  # alternative weights went on: their kept weights against alpha's
+            values = [pair_nll(criteria[-1], *trainer.model_outputs(plateaus.weights[plateaus.kept(j)][j], j, *held)) for j in range(len(live))]
+            means = [float(v.mean()) for v in values]
+            i, alpha_z = scale_choice(means, [grid[r].alpha for r in live], lambda j: values[j], config.scale_choice_z)
+            for j, r in enumerate(live):
+                record.alpha_nll[list(dict.fromkeys(g.alpha for g in grid)).index(grid[r].alpha)] = round(means[j], 6)
+            record.chosen_restart, record.start_z, record.alpha_z = live[i], recorded_z(start_z[i]), recorded_z(alpha_z)
+        c = plateaus.kept(i)
+        model = trainer.to_model(plateaus.weights[c][i], i)
+        record.best_step, record.best_heldout_nll = plateaus.step[c][i], round(plateaus.best[c][i], 6)
         record.kept_criterion = criteria[c]
         record.head_init = scales[record.chosen_restart]
         if uses_router:
             record.alpha = grid[record.chosen_restart].alpha
-        record.criterion_best_steps = {name: plateaus.step[i][0] for i, name in enumerate(criteria)}
+        record.criterion_best_steps = {name: plateaus.step[j][i] for j, name in enumerate(criteria)}
         if keep_pair_history:
-            start = record.chosen_restart if only_start is None else 0
-            record.refit_from_step = last_within(pair_history, record.best_step, c, start, config.refit_se)
+            record.refit_from_step = last_within(pair_history, record.best_step, c, record.chosen_restart, config.refit_se)
         model.fit_record = record
-        if search_only:
-            model.train_history = history
-            return model
         model = refit(train, config, model, reference)
     else:
         model = trainer.to_model(trainer.snapshot(0), 0)
@@ -738,7 +753,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
 
 
 def refit(train: CacheSplit, config: MixtureConfig, search: MixtureRewardModel, reference: bool = False) -> MixtureRewardModel:
-    """The refit after an early-stopping search (`_fit(..., search_only=True)`), when `config.refit` asks for
+    """The refit after an early-stopping search (`search`: its kept weights and record), when `config.refit` asks for
     one on a cache of at most `refit_max_pairs` pairs (else the search's kept weights): the held-out slice
     has decided how long to train; the chosen initialisation is trained again on every pair for as many
     epochs' worth of steps, with warm-up + cosine decay (which settles the weights better than the constant
@@ -758,10 +773,9 @@ def refit(train: CacheSplit, config: MixtureConfig, search: MixtureRewardModel, 
 
 def last_within(history: list, best_step: int, criterion: int, start: int, bar: float) -> int:
     """The last evaluation step, at or after `best_step`, whose per-pair values of `criterion` are no more
-    than `bar` standard errors of the per-pair difference above the best step's (`paired_z`). `history`:
-    (step, [live restarts, criteria, pairs]); before the restart choice row `start` is the kept start,
-    after it row 0."""
-    rows = {step: values[start if len(values) > 1 else 0, criterion] for step, values in history}
+    than `bar` standard errors of the per-pair difference above the best step's (`paired_z`), for the kept
+    start `start`. `history`: (step, [live restarts, criteria, pairs], the start each live restart is)."""
+    rows = {step: values[live.index(start), criterion] for step, values, live in history}
     best = rows[best_step]
     return max(step for step, values in rows.items() if step >= best_step and paired_z(values, best) >= -bar)
 
@@ -814,25 +828,20 @@ def start_values(trainer: MicroStack, plateaus: Plateaus, criterion: str, held: 
 
 
 def choose_start(trainer: MicroStack, plateaus: Plateaus, grid: list[Start], criterion: str, held: tuple,
-                 bar: float) -> tuple[int, float | None, list[float], float | None]:
-    """`scale_choice` on one held-out slice, by the best held-out values of `criterion` (the last row of
-    `plateaus`) and the per-pair values on the held-out pairs `held`: first among the starts of each
-    regulariser weight (a later head scale must lead by `bar` standard errors), then among those weights'
-    chosen starts (an alternative must lead the first weight's by `bar`). Returns (the start kept, the z
-    of its head-scale choice, each weight's best value, the z of the weight choice)."""
+                 bar: float) -> tuple[list[tuple[int, float | None]], list[float]]:
+    """The restart choice on one held-out slice, by the best held-out values of `criterion` (the last row of
+    `plateaus`) and the per-pair values on the held-out pairs `held`: `scale_choice` among the starts of
+    each regulariser weight (a start of a later head scale must lead by `bar` standard errors). Returns
+    each weight's (start chosen, z of its head-scale choice) and best value, `alpha` first (the
+    alternatives of `start_grid` after it)."""
     means = plateaus.best[-1]
     values = functools.cache(lambda r: start_values(trainer, plateaus, criterion, held, r))
-    alphas = list(dict.fromkeys(g.alpha for g in grid))
     chosen = []
-    for alpha in alphas:
+    for alpha in dict.fromkeys(g.alpha for g in grid):
         rows = [r for r, g in enumerate(grid) if g.alpha == alpha]
         keep, z = scale_choice([means[r] for r in rows], [grid[r].head_init for r in rows], lambda i, rows=rows: values(rows[i]), bar)
         chosen.append((rows[keep], z))
-    if len(alphas) == 1:
-        return chosen[0][0], chosen[0][1], [], None
-    best = [means[r] for r, _ in chosen]
-    keep, alpha_z = scale_choice(best, alphas, lambda i: values(chosen[i][0]), bar)
-    return chosen[keep][0], chosen[keep][1], best, alpha_z
+    return chosen, [means[r] for r, _ in chosen]
 
 
 def _check_finite(config: MixtureConfig, loss: float, where: str) -> None:

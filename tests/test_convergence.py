@@ -3,6 +3,7 @@ stopping with kept best weights, restarts picked by held-out NLL, and what a run
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,18 +29,22 @@ def small(tmp_path_factory):
     return path, truth, load_split(path, "train"), load_split(path, "test")
 
 
-@pytest.mark.parametrize("router, balance, alpha", [("mlp", "batch", 0.5), ("mlp", "example", 0.5), ("linear", "batch", 0.5), ("mlp", "batch", 0.0)])
+@pytest.mark.parametrize("router, balance, alpha", [("mlp", "batch", 0.5), ("mlp", "example", 0.5), ("linear", "batch", 0.5), ("mlp", "batch", 0.0),
+                                                    ("mlp", "batch", "mixed"), ("linear", "example", "mixed")])
 def test_hand_written_step_has_autograds_gradients(small, router, balance, alpha):
+    """Each stacked restart's gradient is its own autograd gradient, also when the restarts differ in the
+    regulariser's weight ('mixed': 0.5 and 0, as the starts of `alpha_alternatives` on one slice)."""
     _, _, train, _ = small
-    config = MixtureConfig(k=3, router=router, balance=balance, alpha=alpha, hidden=16, lr=1e-9)
+    alphas = [0.5, 0.0] if alpha == "mixed" else [alpha, alpha]
+    config = MixtureConfig(k=3, router=router, balance=balance, alpha=alphas[0], hidden=16, lr=1e-9)
     make = lambda: [build_model(MixtureConfig(k=3, router=router, hidden=16, seed=s), train.hidden_size) for s in (0, 1)]  # noqa: E731
-    models, stack = make(), MicroStack(make(), config, torch.device("cpu"))
+    models, stack = make(), MicroStack(make(), config, torch.device("cpu"), alphas)
     d, x = train.diff[:32], train.context_inputs()[:32]
     loss = stack.step(d, x, lr=0.0)
     k, h = 3, (16 if router == "mlp" else 3)
     ref_losses = []
     for r, model in enumerate(models):
-        ref = batch_loss(model, config, d, x, 1.0)
+        ref = batch_loss(model, replace(config, alpha=alphas[r]), d, x, 1.0)
         ref.backward()
         ref_losses.append(float(ref.detach()))
         lin = [m for m in model.router.net if isinstance(m, torch.nn.Linear)]
@@ -142,7 +147,7 @@ def test_later_plateau_stops_when_both_have_plateaued_and_keeps_the_later_best()
 @pytest.mark.parametrize("reference", [False, True])
 def test_both_trainers_honour_the_later_plateau(small, reference):
     _, _, train, _ = small
-    config = MixtureConfig(k=3, restarts=2, refit=False, stop_on="later-plateau", head_init=(1.0,))  # the reference runs one restart
+    config = MixtureConfig(k=3, restarts=2, refit=False, stop_on="later-plateau", head_init=(1.0,), alpha_alternatives=())  # the reference runs one restart
     rec = fit_mixture(train, config, reference=reference).fit_record
     if not reference:  # restarts are chosen by the calibrated NLL
         two = [c["heldout_calibrated_nll"] for c in rec.curve if len(c["heldout_calibrated_nll"]) == 2]
@@ -184,7 +189,7 @@ def test_the_default_batch_grows_with_the_cache_and_the_plan_counts_pairs():
 
 def test_early_stopping_keeps_the_best_weights_and_records_the_curve(small):
     _, _, train, _ = small
-    config = MixtureConfig(k=3, restarts=2, refit=False, stop_on="nll", head_init=(1.0,))  # one criterion: the kept weights are its best
+    config = MixtureConfig(k=3, restarts=2, refit=False, stop_on="nll", head_init=(1.0,), alpha_alternatives=())  # one criterion: the kept weights are its best
     model = fit_mixture(train, config)
     rec = model.fit_record
     assert rec.schedule == "early-stopping" and rec.stop_reason == "patience", rec.stop_reason
@@ -221,11 +226,14 @@ def test_refit_se_takes_the_last_evaluation_within_the_bar_of_the_best(small):
     noise = lambda: 0.05 * torch.randn(400, generator=gen, dtype=torch.float64)
     near, far, early = best + 0.002 + noise(), best + 0.05 + noise(), best - 0.1
     assert paired_z(near, best) > -1 > paired_z(far, best)
-    stack = lambda v, rows=1: torch.stack([torch.stack([v, v]) for _ in range(rows)])  # [restarts, criteria, pairs]
-    pre = torch.stack([torch.stack([best + 9, best + 9]), torch.stack([best, best])])  # 2 starts before the choice; start 1 kept
-    history = [(50, stack(early)), (100, pre), (150, stack(near)), (200, stack(near)), (250, stack(far))]
+    stack = lambda v, other=None: torch.stack([torch.stack([v, v])] + ([torch.stack([other, other])] if other is not None else []))  # [restarts, criteria, pairs]
+    pre = torch.stack([torch.stack([best + 9, best + 9]), torch.stack([best, best]), torch.stack([best + 9, best + 9])])  # 3 starts; start 1 kept
+    # after the choice start 1 goes on first, beside start 2 (an alternative weight's), whose values are not start 1's
+    history = [(50, pre - 0.1 - best + early, [0, 1, 2]), (100, pre, [0, 1, 2]), (150, stack(near, far), [1, 2]), (200, stack(near, far), [1, 2]),
+               (250, stack(far, near), [1, 2])]
     assert last_within(history, 100, 0, 1, 1.0) == 200
     assert last_within(history, 100, 0, 1, 0.0) == 100  # bar 0: nothing worse counts
+    assert last_within([(s, v.flip(0), live[::-1]) for s, v, live in history], 100, 0, 1, 1.0) == 200  # found by start, not by row
     _, _, train, _ = small
     # the stacked restarts' per-pair values are each restart's own (pair_nll on its model)
     make = lambda: [build_model(MixtureConfig(k=3, hidden=16, seed=s), train.hidden_size) for s in (0, 1)]  # noqa: E731
@@ -323,17 +331,54 @@ def test_restarts_run_once_per_head_scale_and_the_refit_starts_as_the_kept_start
     built = []
     real = train_module.build_model
     monkeypatch.setattr(train_module, "build_model", lambda config, *a, **k: built.append((config.seed, config.head_init)) or real(config, *a, **k))
-    model = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0, 0.01), seed=5, folds=1))
+    model = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0, 0.01), seed=5, folds=1, alpha_alternatives=()))
     rec = model.fit_record
     assert rec.restarts == 4 and built[:4] == [(5, (1.0,)), (5 + 7919, (1.0,)), (5 + 2 * 7919, (0.01,)), (5 + 3 * 7919, (0.01,))]
     assert rec.head_init == (1.0, 1.0, 0.01, 0.01)[rec.chosen_restart]
     assert built[4] == (5 + 7919 * rec.chosen_restart, (rec.head_init,)) and rec.refit_steps > 0  # the refit's start
     built.clear()
-    one = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0,), seed=5, folds=1)).fit_record
+    one = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0,), seed=5, folds=1, alpha_alternatives=())).fit_record
     assert one.restarts == 2 and built[:2] == [(5, (1.0,)), (5 + 7919, (1.0,))]  # one scale: the starts before
     built.clear()
     fit_mixture(train, MixtureConfig(k=3, epochs=1, head_init=(0.01, 1.0), seed=5))
     assert built == [(5, (0.01,))]  # fixed epochs: one start, the first scale
+
+
+def test_one_slice_chooses_the_regulariser_weight_among_its_starts(tmp_path, monkeypatch):
+    """A 'shared' 3,000-pair cache on one held-out slice: beside the 8 starts of alpha 0.5, alpha 0 trains
+    the first start of each head scale (the same initialisations); its best start is lower at the restart
+    choice, so it goes on beside alpha's; at the end its kept weights lead by more than the bar, and the
+    refit trains with alpha 0: each group then has one head (top router weight > 0.9; < 0.5 with alpha
+    alone, where the batch balance spreads the 3 groups over the 10 heads). A bar no start can clear
+    keeps alpha 0.5."""
+    path = tmp_path / "shared.h5"
+    truth = simulate(path, regime="shared", pairs=3000, dim=64, seed=1)
+    train = load_split(path, "train")
+    import micro.heads.train as train_module
+    built, refits = [], []
+    real_build, real_fit = train_module.build_model, train_module._fit
+    monkeypatch.setattr(train_module, "build_model", lambda config, *a, **k: built.append((config.seed, config.head_init)) or real_build(config, *a, **k))
+    monkeypatch.setattr(train_module, "_fit", lambda t, config, *a, **k: (refits.append(config.alpha) if k.get("steps") else None) or real_fit(t, config, *a, **k))
+    chosen = fit_mixture(train, MixtureConfig(seed=1, folds=1))
+    rec = chosen.fit_record
+    assert rec.restarts == 10 and built[8:10] == [(1, (1.0,)), (1 + 4 * 7919, (0.01,))]  # alpha 0: restart 0 of each scale
+    assert rec.alpha == 0.0 and rec.chosen_restart in (8, 9) and rec.alpha_z >= 1.0 and rec.alpha_nll[1] < rec.alpha_nll[0]
+    # alpha 0's best start was lower at the restart choice, so both weights' chosen starts went on side by side
+    # and their kept weights were compared at the end
+    assert min(rec.restart_nll[8:]) < min(rec.restart_nll[:8]) and len(rec.curve[-1]["heldout_nll"]) == 2
+    assert refits == [0.0] and built[10] == (1 + 7919 * 4 * (rec.chosen_restart - 8), (rec.head_init,))  # the refit: the kept start, alpha 0
+    only = fit_mixture(train, MixtureConfig(seed=1, folds=1, alpha_alternatives=()))
+    assert only.fit_record.restarts == 8 and only.fit_record.alpha == 0.5 and only.fit_record.alpha_nll == []
+    with torch.no_grad():
+        top = [[float(m.log_weights(train.context_inputs()[train.attribute == g]).exp().mean(0).max()) for g in range(3)] for m in (chosen, only)]
+    assert min(top[0]) > 0.9 and max(top[1]) < 0.5, top
+    cos = [float(np.mean(match_heads(truth, m.head_vectors())["cosine"])) for m in (chosen, only)]
+    assert cos[0] > cos[1] + 0.01, cos
+    strict = fit_mixture(train, MixtureConfig(seed=1, folds=1, scale_choice_z=1e6)).fit_record
+    assert strict.alpha == 0.5 and strict.chosen_restart < 8 and strict.alpha_z is not None and strict.alpha_z < 1e6
+    assert MixtureConfig.paper().alpha_alternatives == ()
+    with pytest.raises(ValueError, match="alpha_restarts"):
+        MixtureConfig(alpha_restarts=-1)
 
 
 def test_pair_values_average_to_the_stopping_criteria_and_the_paired_z_counts_standard_errors():
@@ -354,7 +399,7 @@ def test_a_start_of_a_later_head_scale_is_kept_only_when_it_wins_by_scale_choice
     and 4.5 (seed 1) standard errors ahead of the best usual start: a bar of 2 keeps the usual start for
     seed 2 only; 0 keeps the lowest."""
     _, _, train, _ = small
-    rec = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0, 0.01), seed=seed, scale_choice_z=z, refit=False)).fit_record
+    rec = fit_mixture(train, MixtureConfig(k=3, restarts=2, head_init=(1.0, 0.01), seed=seed, scale_choice_z=z, refit=False, alpha_alternatives=())).fit_record
     lowest = int(np.argmin(rec.restart_nll))
     assert lowest >= 2 and rec.start_z is not None  # a near-zero start had the lowest NLL
     assert (rec.start_z >= 2.0) == (seed == 1)
