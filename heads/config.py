@@ -58,26 +58,26 @@ class MixtureConfig:
     """Weight of the router regulariser (eq. 5). 0 switches it off."""
 
     alpha_alternatives: tuple[float, ...] = (0.0,)
-    """Cross-validated (small) caches only (`folds`): the search is also run with each of these regulariser
-    weights, and one is kept instead of `alpha` when its per-pair held-out values of the restart criterion
-    (the calibrated NLL by default), pooled over the folds, are lower by at least `scale_choice_z` standard
-    errors of the per-pair difference. The batch balance keeps all K heads in use, so with fewer groups
-    than heads it spreads each group over several heads, each fitted on a share of the group's pairs: at a
-    few hundred pairs per group that costs the heads (600-pair planted caches: micro@50 3.7 points below
-    the fit without it). Without it a router can also settle on a few heads for groups that differ less
-    (the demo: two heads for eight groups, micro@50 -7.9), and the folds' held-out values tell the two
-    apart: alpha 0 kept in 78 of 80 planted fits, alpha 0.5 in 10 of 10 on the demo and the HelpSteer2 subset
-    (benchmarks/README.md, "The regulariser's weight chosen by the folds"). (): `alpha` only, as `--paper`
-    has it. On one held-out slice (larger caches) the alternatives are starts of the search instead
-    (`alpha_restarts`), chosen with the restarts: see `alpha_restarts`."""
+    """Other router regulariser weights an early-stopping `micro` fit may keep instead of `alpha`: one is
+    kept when its held-out values of the restart criterion (the calibrated NLL by default, per pair) are
+    lower by at least `scale_choice_z` standard errors of the per-pair difference. On cross-validated
+    caches (`folds`) the search runs once per weight and the folds' pooled values choose; on one held-out
+    slice the weights' starts train side by side (`alpha_restarts`). The batch balance keeps all K heads
+    in use, so with fewer groups than heads it spreads each group over several heads, each fitted on a
+    share of the group's pairs (600-pair planted caches: micro@50 3.7 points below the fit without it;
+    23.5K x 3072 'shared': micro-refine@50 1.1 points from the oracle). Without it a router can also settle
+    on a few heads for groups that differ less (the demo: two heads for eight groups, micro@50 -7.9), and
+    the held-out values tell the two apart (benchmarks/README.md, "The regulariser's weight chosen by the
+    folds" and "... on one held-out slice"). (): `alpha` only, as `--paper` has it."""
 
     alpha_restarts: int = 1
-    """Early stopping on one held-out slice, `micro`: starts per head scale trained with each of
-    `alpha_alternatives` beside the `restarts` starts of `alpha` (the same initialisations as the first
-    ones of `alpha`), until the restart choice; there the best start of each weight is chosen as usual,
-    and an alternative's goes on instead of `alpha`'s only when its held-out values (the restart
-    criterion, per pair) are lower by at least `scale_choice_z` standard errors of the per-pair
-    difference. The refit trains with the weight kept."""
+    """Early stopping on one held-out slice, `micro`, with `alpha_alternatives`: starts per head scale
+    trained with each alternative weight beside the `restarts` starts of `alpha` (initialised as the first
+    ones of `alpha`). At the restart choice the best start of each weight is chosen as usual; an
+    alternative's goes on, beside alpha's in the same stack, when its held-out value is the lower there,
+    and at the end of the search the two starts' kept weights are compared (`scale_choice_z`); the refit
+    trains the one kept, with its weight. The lead at the restart choice alone is not enough: on a real
+    8-group cache alpha 0 led there and its router later settled on a few heads."""
 
     router: str = "mlp"
     """'mlp': one hidden layer + softmax (the paper); 'linear': as the authors' released code."""

@@ -73,6 +73,14 @@ def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def curve_starts(point: dict, kept: int, key: str = "heldout_nll") -> list[int]:
+    """Which start each of a curve point's held-out values is: its "starts", or (a record without them)
+    every start while several train side by side, then the kept one."""
+    if "starts" in point:
+        return point["starts"]
+    return list(range(len(point[key]))) if len(point[key]) > 1 else [kept]
+
+
 def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
     """Write the held-out NLL and, where early stopping watched it, the calibrated held-out NLL (one line
     per restart while they train side by side) and the training loss against the step, with the kept
@@ -87,15 +95,16 @@ def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
     if not curve:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    kept = record.get("chosen_restart", 0)  # its index while the restarts train side by side, then the only one
+    kept = record.get("chosen_restart", 0)
     for key, color, name in (("heldout_nll", "C0", "held-out NLL"), ("heldout_calibrated_nll", "C2", "held-out calibrated NLL")):
         if key not in curve[0]:
             continue
-        ax.plot([c["step"] for c in curve], [c[key][kept if len(c[key]) > 1 else 0] for c in curve], color=color, label=name)
-        for r in range(max(len(c[key]) for c in curve)):
-            if r != kept:  # the restarts dropped at the choice, faint
-                pts = [(c["step"], c[key][r]) for c in curve if len(c[key]) > 1]
-                ax.plot(*zip(*pts), color=color, alpha=0.3)
+        series: dict[int, list] = {}  # each start's points
+        for c in curve:
+            for start, value in zip(curve_starts(c, kept, key), c[key]):
+                series.setdefault(start, []).append((c["step"], value))
+        for start, pts in series.items():  # the kept start bold, the others (dropped or compared) faint
+            ax.plot(*zip(*pts), color=color, **({"label": name} if start == kept else {"alpha": 0.3}))
     ax.plot([c["step"] for c in curve], [c["train_loss"] for c in curve], color="C1", alpha=0.6, label="training NLL (sample of fit pairs)")
     folds = record.get("folds") or 0
     best = record["fold_best_steps"][0] if folds else record["best_step"]

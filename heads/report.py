@@ -75,7 +75,7 @@ def print_report(metrics: dict[str, Any], console: Console | None = None) -> Non
             + (f"; restart {fit['chosen_restart'] + 1} of {fit['restarts']} kept" if fit["restarts"] > 1 else "")
             + (f" (head scale {fit['head_init']:g}" + (f", {fit['start_z']:.2f} SE ahead of the first scale" if fit.get("start_z") is not None else "") + ")"
                if fit["restarts"] > 1 and fit.get("head_init") is not None else "")
-            + alpha_phrase(fit, "each weight's best start")
+            + alpha_phrase(fit, "held-out values")
             + (f"; refitted on all {metrics['train_pairs']} pairs for {fit['refit_steps']} steps" if fit.get("refit_steps") else "")
         )
     for w in metrics["warnings"]:

@@ -678,6 +678,8 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                     pair_history.append((step, trainer.heldout_pair_values(*held, criteria), live))
                 best, best_step = plateaus.best[0], plateaus.step[0]
                 point = {"step": step, "heldout_nll": [round(v, 6) for v in nll], "train_loss": round(mean_loss, 6), "lr": lr}
+                if len(grid) > 1:
+                    point["starts"] = list(live)  # which start each value is
                 if len(values) > 1:
                     point["heldout_calibrated_nll"] = [round(v, 6) for v in values[1]]
                 record.curve.append(point)

@@ -203,7 +203,7 @@ def test_early_stopping_keeps_the_best_weights_and_records_the_curve(small):
     held_split = train.subset(held)
     nll = evaluate(model, held_split, "context")["overall"]["loss"]
     assert nll == pytest.approx(rec.best_heldout_nll, abs=1e-4)
-    chosen = [c["heldout_nll"][rec.chosen_restart if len(c["heldout_nll"]) > 1 else 0] for c in rec.curve]
+    chosen = [c["heldout_nll"][c["starts"].index(rec.chosen_restart)] for c in rec.curve]
     assert rec.best_heldout_nll == pytest.approx(min(chosen), abs=1e-6)
 
 
