@@ -9,8 +9,9 @@ Per round, on a planted HelpSteer2-shaped cache (`simulate`, 5 groups, 3 pairs p
 - `fit-4-epochs`: `fit_mixture(MixtureConfig(epochs=4))`, the hand-written stacked step;
 - `autograd-4-epochs`: the same fit with `reference=True` (autograd on losses.py + fused AdamW: the step
   loop stage 1 used before);
-- `default`: `fit_mixture(MixtureConfig())`, early stopping with 4 restarts per head scale (1, 0.01; stop_on 'later-plateau'),
-  the batch grown with the cache (128 here);
+- `default`: `fit_mixture(MixtureConfig())`, early stopping with 4 restarts per head scale (1, 0.01; stop_on 'later-plateau')
+  and one start per scale without the router regulariser (`alpha_alternatives`, `alpha_restarts`; it trains on
+  beside alpha's best start when it is the lower at the restart choice), the batch grown with the cache (128 here);
 - `batch-32`: the default with `batch_size=32` (the default before the batch grew with the cache);
 - `refit-best`: the default with `refit_se=0` (the refit as long as the best step, not the last evaluation
   within one standard error of it: the default before);
@@ -19,8 +20,8 @@ Per round, on a planted HelpSteer2-shaped cache (`simulate`, 5 groups, 3 pairs p
 - `nll-stop`: the same with `stop_on="nll"` (the plain held-out NLL alone: the default before 'later-plateau');
 - `warm-refit`: the default with `refit_warm=0.25` (the refit continues the kept weights for a quarter of
   the steps instead of training the initialisation again);
-- `one-alpha`: the default with `alpha_alternatives=()` (the router regulariser's weight `alpha` only, without
-  the second search that chooses it: the default before that choice on one held-out slice);
+- `one-alpha`: the default with `alpha_alternatives=()` (the router regulariser's weight `alpha` only: the default
+  before the weight was chosen on one held-out slice);
 - `before-4-epochs`: the 4-epoch fit of the code as it was before stage 1 stopped on evidence (commit
   `--before`, 1e2c90f: its default was this fixed fit), extracted with `git archive` and run in a child
   process on the same cache (one thread, CPU seconds of the fit alone). This is the "current 4-epoch fit"

@@ -554,9 +554,10 @@ class FitRecord:
     fold_best_steps: list = field(default_factory=list)
     fold_heldout_nll: list = field(default_factory=list)
     # the router regulariser's weight of the returned `micro` fit; with MixtureConfig.alpha_alternatives each
-    # weight's held-out value of the restart criterion (alpha first: pooled over the folds, or on one slice
-    # its best start's at the restart choice), and the paired z of the lowest alternative against alpha
-    # (None: alpha was the lowest)
+    # weight's held-out value of the restart criterion (alpha first: pooled over the folds; on one slice
+    # where the weights were last compared: their best starts at the restart choice, or the kept weights
+    # at the end of the search for those that went on), and the paired z of the lowest alternative against
+    # alpha there (None: alpha was the lowest)
     alpha: float | None = None
     alpha_nll: list = field(default_factory=list)
     alpha_z: float | None = None
@@ -691,13 +692,15 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
                 if pending and step >= min(plan.restart_steps, plan.min_steps):
                     if until_choice:
                         return torch.stack([start_values(trainer, plateaus, criteria[-1], held, r) for r in range(trainer.restarts)])
-                    chosen, alpha_best = choose_start(trainer, plateaus, grid, criteria[-1], held, config.scale_choice_z)
-                    # alpha's chosen start goes on, and beside it each alternative weight's that is lower now
-                    go_on = [chosen[0]] + [c for c, b in zip(chosen[1:], alpha_best[1:]) if b < alpha_best[0]]
+                    chosen, alpha_best, leads = choose_start(trainer, plateaus, grid, criteria[-1], held, config.scale_choice_z)
+                    # alpha's chosen start goes on, and beside it each alternative weight's that leads it by the bar
+                    go_on = [chosen[0]] + [c for c, z in zip(chosen[1:], leads[1:]) if z >= config.scale_choice_z]
                     live, start_z = [r for r, _ in go_on], [z for _, z in go_on]
                     record.chosen_restart, record.start_z = live[0], recorded_z(start_z[0])
                     record.restart_nll = [round(b, 6) for b in plateaus.best[-1]]
-                    record.alpha_nll = [round(v, 6) for v in alpha_best] if len(alpha_best) > 1 else []
+                    if len(alpha_best) > 1:
+                        lowest = int(np.argmin(alpha_best))
+                        record.alpha_nll, record.alpha_z = [round(v, 6) for v in alpha_best], recorded_z(leads[lowest]) if lowest else None
                     trainer.keep(live)
                     plateaus.keep_restarts(live)
                     pending = False
@@ -830,12 +833,12 @@ def start_values(trainer: MicroStack, plateaus: Plateaus, criterion: str, held: 
 
 
 def choose_start(trainer: MicroStack, plateaus: Plateaus, grid: list[Start], criterion: str, held: tuple,
-                 bar: float) -> tuple[list[tuple[int, float | None]], list[float]]:
+                 bar: float) -> tuple[list[tuple[int, float | None]], list[float], list[float | None]]:
     """The restart choice on one held-out slice, by the best held-out values of `criterion` (the last row of
     `plateaus`) and the per-pair values on the held-out pairs `held`: `scale_choice` among the starts of
     each regulariser weight (a start of a later head scale must lead by `bar` standard errors). Returns
-    each weight's (start chosen, z of its head-scale choice) and best value, `alpha` first (the
-    alternatives of `start_grid` after it)."""
+    each weight's (start chosen, z of its head-scale choice), best value, and the paired z of its chosen
+    start against alpha's (None for alpha), `alpha` first (the alternatives of `start_grid` after it)."""
     means = plateaus.best[-1]
     values = functools.cache(lambda r: start_values(trainer, plateaus, criterion, held, r))
     chosen = []
@@ -843,7 +846,8 @@ def choose_start(trainer: MicroStack, plateaus: Plateaus, grid: list[Start], cri
         rows = [r for r, g in enumerate(grid) if g.alpha == alpha]
         keep, z = scale_choice([means[r] for r in rows], [grid[r].head_init for r in rows], lambda i, rows=rows: values(rows[i]), bar)
         chosen.append((rows[keep], z))
-    return chosen, [means[r] for r, _ in chosen]
+    leads = [None] + [paired_z(values(r), values(chosen[0][0])) for r, _ in chosen[1:]]
+    return chosen, [means[r] for r, _ in chosen], leads
 
 
 def _check_finite(config: MixtureConfig, loss: float, where: str) -> None:
