@@ -11,7 +11,7 @@ Per round, on a planted HelpSteer2-shaped cache (`simulate`, 5 groups, 3 pairs p
   loop stage 1 used before);
 - `default`: `fit_mixture(MixtureConfig())`, early stopping with 4 restarts per head scale (1, 0.01; stop_on 'later-plateau')
   and one start per scale without the router regulariser (`alpha_alternatives`, `alpha_restarts`; it trains on
-  beside alpha's best start when it is the lower at the restart choice), the batch grown with the cache (128 here);
+  beside alpha's best start when it leads there by one standard error), the batch grown with the cache (128 here);
 - `batch-32`: the default with `batch_size=32` (the default before the batch grew with the cache);
 - `refit-best`: the default with `refit_se=0` (the refit as long as the best step, not the last evaluation
   within one standard error of it: the default before);

@@ -74,9 +74,9 @@ class MixtureConfig:
     """Early stopping on one held-out slice, `micro`, with `alpha_alternatives`: starts per head scale
     trained with each alternative weight beside the `restarts` starts of `alpha` (initialised as the first
     ones of `alpha`). At the restart choice the best start of each weight is chosen as usual; an
-    alternative's goes on, beside alpha's in the same stack, when its held-out value is the lower there,
-    and at the end of the search the two starts' kept weights are compared (`scale_choice_z`); the refit
-    trains the one kept, with its weight. The lead at the restart choice alone is not enough: on a real
+    alternative's goes on, beside alpha's in the same stack, when it leads alpha's there by
+    `scale_choice_z` standard errors of the per-pair difference, and at the end of the search the two
+    starts' kept weights are compared again by that bar; the refit trains the one kept, with its weight. The lead at the restart choice alone is not enough: on a real
     8-group cache alpha 0 led there and its router later settled on a few heads."""
 
     router: str = "mlp"

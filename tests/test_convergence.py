@@ -346,9 +346,9 @@ def test_restarts_run_once_per_head_scale_and_the_refit_starts_as_the_kept_start
 
 def test_one_slice_chooses_the_regulariser_weight_among_its_starts(tmp_path, monkeypatch):
     """A 'shared' 3,000-pair cache on one held-out slice: beside the 8 starts of alpha 0.5, alpha 0 trains
-    the first start of each head scale (the same initialisations); its best start is lower at the restart
-    choice, so it goes on beside alpha's; at the end its kept weights lead by more than the bar, and the
-    refit trains with alpha 0: each group then has one head (top router weight > 0.9; < 0.5 with alpha
+    the first start of each head scale (the same initialisations); its best start leads alpha's by more
+    than the bar at the restart choice, so it goes on beside alpha's; at the end its kept weights lead by
+    more than the bar again, and the refit trains with alpha 0: each group then has one head (top router weight > 0.9; < 0.5 with alpha
     alone, where the batch balance spreads the 3 groups over the 10 heads). A bar no start can clear
     keeps alpha 0.5."""
     path = tmp_path / "shared.h5"
@@ -363,8 +363,8 @@ def test_one_slice_chooses_the_regulariser_weight_among_its_starts(tmp_path, mon
     rec = chosen.fit_record
     assert rec.restarts == 10 and built[8:10] == [(1, (1.0,)), (1 + 4 * 7919, (0.01,))]  # alpha 0: restart 0 of each scale
     assert rec.alpha == 0.0 and rec.chosen_restart in (8, 9) and rec.alpha_z >= 1.0 and rec.alpha_nll[1] < rec.alpha_nll[0]
-    # alpha 0's best start was lower at the restart choice, so both weights' chosen starts went on side by side
-    # and their kept weights were compared at the end
+    # alpha 0's best start led at the restart choice, so both weights' chosen starts went on side by side and
+    # their kept weights were compared at the end
     assert min(rec.restart_nll[8:]) < min(rec.restart_nll[:8]) and len(rec.curve[-1]["heldout_nll"]) == 2
     assert refits == [0.0] and built[10] == (1 + 7919 * 4 * (rec.chosen_restart - 8), (rec.head_init,))  # the refit: the kept start, alpha 0
     only = fit_mixture(train, MixtureConfig(seed=1, folds=1, alpha_alternatives=()))
