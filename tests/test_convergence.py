@@ -376,6 +376,7 @@ def test_one_slice_chooses_the_regulariser_weight_among_its_starts(tmp_path, mon
     assert cos[0] > cos[1] + 0.01, cos
     strict = fit_mixture(train, MixtureConfig(seed=1, folds=1, scale_choice_z=1e6)).fit_record
     assert strict.alpha == 0.5 and strict.chosen_restart < 8 and strict.alpha_z is not None and strict.alpha_z < 1e6
+    assert len(strict.curve[-1]["heldout_nll"]) == 1  # short of the bar at the restart choice, alpha 0 stopped there
     assert MixtureConfig.paper().alpha_alternatives == ()
     with pytest.raises(ValueError, match="alpha_restarts"):
         MixtureConfig(alpha_restarts=-1)
