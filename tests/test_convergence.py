@@ -350,7 +350,8 @@ def test_one_slice_chooses_the_regulariser_weight_among_its_starts(tmp_path, mon
     than the bar at the restart choice, so it goes on beside alpha's; at the end its kept weights lead by
     more than the bar again, and the refit trains with alpha 0: each group then has one head (top router weight > 0.9; < 0.5 with alpha
     alone, where the batch balance spreads the 3 groups over the 10 heads). A bar no start can clear
-    keeps alpha 0.5."""
+    keeps alpha 0.5 and stops alpha 0 at the restart choice; sent on past it regardless, alpha 0 is still
+    held to the bar at the end."""
     path = tmp_path / "shared.h5"
     truth = simulate(path, regime="shared", pairs=3000, dim=64, seed=1)
     train = load_split(path, "train")
@@ -377,6 +378,11 @@ def test_one_slice_chooses_the_regulariser_weight_among_its_starts(tmp_path, mon
     strict = fit_mixture(train, MixtureConfig(seed=1, folds=1, scale_choice_z=1e6)).fit_record
     assert strict.alpha == 0.5 and strict.chosen_restart < 8 and strict.alpha_z is not None and strict.alpha_z < 1e6
     assert len(strict.curve[-1]["heldout_nll"]) == 1  # short of the bar at the restart choice, alpha 0 stopped there
+    # sent on regardless of the restart choice's bar, alpha 0 (lower at the end) must still clear the end's
+    real_choice = train_module.choose_start
+    monkeypatch.setattr(train_module, "choose_start", lambda *a: (lambda c, b, leads: (c, b, [None] + [math.inf] * (len(leads) - 1)))(*real_choice(*a)))
+    sent = fit_mixture(train, MixtureConfig(seed=1, folds=1, scale_choice_z=1e6)).fit_record
+    assert len(sent.curve[-1]["heldout_nll"]) == 2 and sent.alpha == 0.5 and 0 < sent.alpha_z < 1e6
     assert MixtureConfig.paper().alpha_alternatives == ()
     with pytest.raises(ValueError, match="alpha_restarts"):
         MixtureConfig(alpha_restarts=-1)
