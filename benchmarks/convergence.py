@@ -106,7 +106,6 @@ CONFIGS = {
     "alpha 0.1": {"alpha": 0.1},
     "alpha 0": {"alpha": 0.0},
     "one alpha": {"alpha_alternatives": ()},
-    "alpha restarts 4": {"alpha_restarts": 4},
     "one slice one alpha": {"folds": 1, "alpha_alternatives": ()},
 }
 METHODS = ("stage1-best", "micro", "micro-refine", "budget-bt", "oracle")

@@ -732,8 +732,9 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable[[dict], None] |
             values = [pair_nll(criteria[-1], *trainer.model_outputs(plateaus.weights[plateaus.kept(j)][j], j, *held)) for j in range(len(live))]
             means = [float(v.mean()) for v in values]
             i, alpha_z = scale_choice(means, [grid[r].alpha for r in live], lambda j: values[j], config.scale_choice_z)
+            weights = list(dict.fromkeys(g.alpha for g in grid))  # the order of record.alpha_nll
             for j, r in enumerate(live):
-                record.alpha_nll[list(dict.fromkeys(g.alpha for g in grid)).index(grid[r].alpha)] = round(means[j], 6)
+                record.alpha_nll[weights.index(grid[r].alpha)] = round(means[j], 6)
             record.chosen_restart, record.start_z, record.alpha_z = live[i], recorded_z(start_z[i]), recorded_z(alpha_z)
         c = plateaus.kept(i)
         model = trainer.to_model(plateaus.weights[c][i], i)
