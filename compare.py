@@ -114,12 +114,26 @@ def average_table(comparison: dict[str, Any]) -> tuple[list[str], list[list[str]
     return ["method", *ids], body
 
 
-def write_comparison(comparison: dict[str, Any], out: str | Path, *, plot: bool = True) -> dict[str, str]:
-    """Write compare.json, compare.csv (tidy), compare.md and, with matplotlib, compare.png into `out`."""
+#: The files `micro compare` writes into its --out folder.
+COMPARE_FILES = ("compare.json", "compare.csv", "compare.md", "compare.png")
+
+
+def write_comparison(comparison: dict[str, Any], out: str | Path, *, plot: bool = True, overwrite: bool = False) -> dict[str, str]:
+    """Write compare.json, compare.csv (tidy), compare.md and, with matplotlib, compare.png into `out`,
+    beside anything else there (micro.outputs.output_files: an existing one is replaced only with
+    `overwrite`)."""
+    from .outputs import output_files
+
+    final = Path(out)
+    inputs = [r["path"] for r in comparison["results"]]
+    with output_files(final, COMPARE_FILES, overwrite=overwrite, what="comparison", inputs=inputs) as out:
+        files = _write_comparison(comparison, out, plot)
+    return {k: str(final / v.name) for k, v in files.items()}
+
+
+def _write_comparison(comparison: dict[str, Any], out: Path, plot: bool) -> dict[str, Path]:
     import pandas as pd
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "compare.json", "csv": out / "compare.csv", "markdown": out / "compare.md"}
     files["json"].write_text(json.dumps(comparison, indent=2, default=str) + "\n")
     pd.DataFrame(comparison["rows"]).to_csv(files["csv"], index=False)
@@ -137,7 +151,7 @@ def write_comparison(comparison: dict[str, Any], out: str | Path, *, plot: bool 
             files["plot"] = _plot(comparison, out / "compare.png")
         except ImportError:
             pass
-    return {k: str(v) for k, v in files.items()}
+    return files
 
 
 def _plot(comparison: dict[str, Any], path: Path) -> Path:

@@ -3,10 +3,16 @@
 Every command that writes (embed, fit-mixture, adapt, simulate) goes through these helpers, so that
 
 - a second writer of the same output is refused at once, naming the process that holds it (`lock`);
-- an existing output is never replaced unless the caller says so (`refuse_existing`, the `--overwrite` flag);
+- an existing output is never replaced unless the caller says so (`refuse_existing`, the `--overwrite` flag),
+  and is checked again at the commit: an output that appeared while the command ran is left alone;
+- an output never is, contains or lies inside one of the command's own inputs (`refuse_overlap`), even
+  with `--overwrite`;
 - a killed command leaves the old output or nothing, never a half-written one: work happens in a hidden
-  temporary sibling (`.NAME.tmp-PID`) that is renamed into place on success (`atomic_dir`, `atomic_file`);
-  leftovers of killed runs are hidden, never read as results, and removed by the next writer;
+  temporary sibling (`.NAME.tmp-PID-RANDOM`, unique per run) that is renamed into place on success
+  (`atomic_dir`, `atomic_file`, `output_files` for files among others in a shared folder); leftovers of
+  killed runs are hidden, never read as results, and removed by the next writer;
+- temporary and lock files are created without following symbolic links, so a link planted in an output
+  folder cannot redirect a write onto another file;
 - file-system failures (read-only folder, full disk, a file where a folder belongs) become one
   `OutputError` naming the path, the problem and the fix.
 
@@ -16,15 +22,18 @@ This module imports nothing else of micro.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from filelock import FileLock, Timeout
+#: Flags of every file micro creates beside an output: a new file, never through a symbolic link.
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class OutputError(ValueError):
@@ -42,10 +51,6 @@ def _hidden(target: Path, tag: str) -> Path:
 def lock_path(target: str | os.PathLike) -> Path:
     """The lock file of an output: a hidden sibling, so it survives the output being swapped."""
     return _hidden(Path(target), "lock")
-
-
-def _owner_path(target: Path) -> Path:
-    return _hidden(target, "lock.pid")
 
 
 def describe_os_error(exc: OSError, path: str | os.PathLike, what: str = "output") -> str:
@@ -88,32 +93,57 @@ def os_errors(path: str | os.PathLike, what: str = "output") -> Iterator[None]:
 
 @contextmanager
 def lock(target: str | os.PathLike, what: str = "output") -> Iterator[None]:
-    """Hold the lock of `target` for the block; refuse at once (OutputBusy) when another process holds it."""
+    """Hold the lock of `target` for the block; refuse at once (OutputBusy) when another process holds it.
+
+    The lock is an flock on the hidden `.NAME.lock` beside `target`, opened without following a symbolic
+    link; it holds the pid of its holder, for the message. The OS drops it when the holder dies."""
     target = Path(target)
+    path = lock_path(target)
     with os_errors(target.parent, "in the folder of"):
         target.parent.mkdir(parents=True, exist_ok=True)
-        file_lock = FileLock(str(lock_path(target)), timeout=0)
         try:
-            file_lock.acquire()
-        except Timeout:
-            holder = _owner_path(target)
-            try:
-                pid = holder.read_text().strip() or "unknown"
-            except OSError:
-                pid = "unknown"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutputError(f"the lock file {path} of {what} {target} is a symbolic link, which micro never makes: "
+                                  "remove it (and check who can write to that folder), then rerun.") from None
+            raise
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             raise OutputBusy(
                 f"{what} {target} is being written by another process (pid {pid}); wait for it to finish, "
                 f"or stop it, then rerun."
             ) from None
-    try:
-        try:
-            _owner_path(target).write_text(str(os.getpid()))
-        except OSError:
-            pass  # the pid is only for messages
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
-        _owner_path(target).unlink(missing_ok=True)
-        file_lock.release()
+        os.close(fd)  # releases the lock
+
+
+def refuse_overlap(target: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], flag: str = "--out", *,
+                   inside: bool = True) -> None:
+    """Refuse an output that is, contains or (unless not `inside`) lies inside one of the command's own
+    inputs, even with --overwrite: replacing it would destroy or change the input. Paths are compared after
+    resolving links."""
+    out = Path(target).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if out == source:
+            relation = "is"
+        elif out in source.parents:
+            relation = "contains"
+        elif inside and source in out.parents:
+            relation = "lies inside"
+        else:
+            continue
+        raise OutputError(f"{flag} {target} {relation} the input {given}: writing there would change the command's own "
+                          f"input, so it is refused even with --overwrite; choose another {flag}.")
 
 
 def check_file_target(target: str | os.PathLike, flag: str = "--out") -> Path:
@@ -170,11 +200,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_TMP = re.compile(r"\.tmp-(?:old-)?(\d+)(?:-[0-9a-f]+)?$")
+
+
 def remove_leftovers(target: Path) -> None:
     """Delete temporary siblings of `target` left by writers that no longer run (killed ones)."""
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and _alive(int(pid)):
+        found = _TMP.search(stale.name)
+        if not found or _alive(int(found.group(1))):
             continue
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
@@ -182,29 +215,46 @@ def remove_leftovers(target: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def temp_sibling(target: Path) -> Path:
-    return _hidden(target, f"tmp-{os.getpid()}")
+def temp_sibling(target: Path, tag: str = "tmp") -> Path:
+    """A hidden sibling of `target` named for this process and a random suffix: unique per run."""
+    return _hidden(target, f"{tag}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _present(target: Path) -> bool:
+    """`target` holds something: a file, a link, or a folder that is not empty."""
+    return os.path.lexists(target) and not is_empty_dir(target)
+
+
+def _refuse_appeared(target: Path, what: str) -> None:
+    raise OutputError(f"{what} {target} appeared while this command ran and was left as it is; nothing was written: "
+                      "rerun with --overwrite to replace it, or choose another path.")
 
 
 @contextmanager
 def atomic_file(target: str | os.PathLike, what: str = "output") -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success it is fsynced and renamed onto `target`.
+    """Yield a new, empty temporary file beside `target`; on success it is fsynced and renamed onto `target`.
 
-    A killed writer leaves only a hidden `.NAME.tmp-PID` file, which `remove_leftovers` deletes.
+    The temporary file is created here (exclusively, not through a link) under a name unique to this run.
+    An output that appeared while the block ran (absent at the start, present at the commit) is left alone
+    and refused. A killed writer leaves only a hidden `.NAME.tmp-PID-RANDOM` file, which `remove_leftovers`
+    deletes.
     """
     target = check_file_target(target)
     with os_errors(target, what):
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_leftovers(target)
+        existed = os.path.lexists(target)
         tmp = temp_sibling(target)
-        tmp.unlink(missing_ok=True)
+        os.close(os.open(tmp, CREATE_FLAGS, 0o644))
         try:
             yield tmp
-            fd = os.open(tmp, os.O_RDONLY)
+            fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if not existed and os.path.lexists(target):
+                _refuse_appeared(target, what)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -216,31 +266,103 @@ def atomic_dir(target: str | os.PathLike, *, keep: Iterable[str] = (), what: str
     """Yield an empty temporary folder beside `target`; on success it replaces `target` whole.
 
     Call with the lock held and after deciding that `target` may be replaced. `keep` names entries of an
-    existing `target` (caches its writer validates itself) copied into the new folder first. A killed
-    writer leaves `target` as it was (or absent) plus a hidden `.NAME.tmp-PID` folder, removed next time.
+    existing `target` (caches its writer validates itself) copied into the new folder first. A `target` that
+    was absent or empty at the start but holds something at the commit appeared during the run: it is left
+    alone and refused. A killed writer leaves `target` as it was (or absent) plus a hidden temporary folder,
+    removed next time.
     """
     target = check_dir_target(target)
     with os_errors(target, what):
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_leftovers(target)
+        existed = _present(target)
         tmp = temp_sibling(target)
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
             for name in keep:
                 if (target / name).is_dir():
                     shutil.copytree(target / name, tmp / name)
             yield tmp
-            if target.exists():
-                old = _hidden(target, f"tmp-old-{os.getpid()}")  # a leftover to remove_leftovers if killed here
+            if not existed and _present(target):
+                _refuse_appeared(target, what)
+            if os.path.lexists(target):
+                old = temp_sibling(target, "tmp-old")  # a leftover to remove_leftovers if killed here
                 os.replace(target, old)
                 os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink()
             else:
                 os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+@contextmanager
+def output_files(folder: str | os.PathLike, names: Iterable[str], *, overwrite: bool = False, what: str = "output",
+                 inputs: Iterable[str | os.PathLike | None] = (), flag: str = "--out") -> Iterator[Path]:
+    """Write some files into a folder that may hold other things (a user's own files, a cache): yield an
+    empty temporary folder; on success each file written into it (subfolders too) is renamed into `folder`.
+
+    Under the folder's lock. Any of `names` already in `folder` is refused at the start unless `overwrite`,
+    and every written file is checked again at the commit, so a file that is not ours (a user's results.csv)
+    is never replaced without `overwrite`. Nothing else in `folder` is touched. A written file that is (or
+    holds) one of `inputs` is refused even with `overwrite`.
+    """
+    folder = check_dir_target(folder, flag)
+    with lock(folder, what):
+        def check(rel: str | Path) -> None:
+            refuse_overlap(folder / rel, inputs, flag, inside=False)  # a file beside a run's own files is fine
+            if os.path.lexists(folder / rel) and not overwrite:
+                raise OutputError(f"{folder / rel} already exists and is never replaced silently: pass --overwrite to "
+                                  f"replace it, or choose another {flag}.")
+
+        for name in names:
+            check(name)
+        with os_errors(folder, what):
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(folder)
+            tmp = temp_sibling(folder)
+            tmp.mkdir()
+        try:
+            yield tmp
+            written = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if not p.is_dir())
+            for rel in written:
+                check(rel)
+            with os_errors(folder, what):
+                for rel in written:
+                    (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp / rel, folder / rel)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def writing_dir(target: str | os.PathLike, *, overwrite: bool = False, what: str = "output folder",
+                inputs: Iterable[str | os.PathLike | None] = (), flag: str = "--out") -> Iterator[Path]:
+    """The whole write of an output folder: refuse one that overlaps `inputs`; take its lock; refuse an
+    existing (non-empty) one unless `overwrite`; yield a temporary folder that replaces it on success."""
+    target = check_dir_target(target, flag)
+    refuse_overlap(target, inputs, flag)
+    with lock(target, what):
+        if _present(target) and not overwrite:
+            raise OutputError(f"{what} {target} already exists and is never replaced silently: pass --overwrite to "
+                              f"replace it, or choose another {flag}.")
+        with atomic_dir(target, what=what) as tmp:
+            yield tmp
+
+
+@contextmanager
+def writing_file(target: str | os.PathLike, *, overwrite: bool = False, what: str = "output",
+                 inputs: Iterable[str | os.PathLike | None] = (), flag: str = "--out") -> Iterator[Path]:
+    """The whole write of an output file: as `writing_dir`, with a temporary file renamed onto `target`."""
+    target = check_file_target(target, flag)
+    refuse_overlap(target, inputs, flag)
+    with lock(target, what):
+        if os.path.lexists(target) and not overwrite:
+            raise OutputError(f"{what} {target} already exists and is never replaced silently: pass --overwrite to "
+                              f"replace it, or choose another {flag}.")
+        with atomic_file(target, what=what) as tmp:
+            yield tmp
 
 
 def relocate(value: Any, old: Path, new: Path) -> Any:

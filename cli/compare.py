@@ -41,5 +41,9 @@ def compare_cmd(
         settings = ", ".join(f"{k}={v}" for k, v in r["differs"].items()) or "same settings"
         console.print(f"{r['run_id']}: {r['path']}  ({settings})", markup=False)
     if out:
-        for kind, path in write_comparison(comparison, out).items():
+        try:
+            written = write_comparison(comparison, out, overwrite=overwrite)
+        except ValueError as exc:  # OutputError: an input among the files, a file that appeared meanwhile
+            fail(exc)
+        for kind, path in written.items():
             console.print(f"{kind}: {path}", markup=False)

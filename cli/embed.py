@@ -32,11 +32,12 @@ def embed(
 
     from ..data import PreferenceDataError, table_sha256
     from ..embedcache import CacheError, embed_table
-    from ..outputs import error_line
+    from ..outputs import check_file_target, error_line, refuse_overlap
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
         config = EmbedConfig(**overrides)
+        refuse_overlap(check_file_target(out), [source, source_opts.get("path")])
         df = load_source(source, source_opts)
         for warning in df.attrs.get("warnings", []) if source_opts["skip_invalid"] and rank0 else []:
             typer.echo(f"warning: {warning}", err=True)

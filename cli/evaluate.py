@@ -22,18 +22,21 @@ def _source(source: str, options: dict):
     return source if is_cache(source) else load_source(source, options)
 
 
-def _run_on_source(run, run_dir: str, source: str, source_opts: dict, out: str, written: str, overwrite: bool,
+def _run_on_source(run, run_dir: str, source: str, source_opts: dict, out: str, written: tuple[str, ...], overwrite: bool,
                    make_config) -> dict:
-    """The part `micro eval` and `micro audit` share: refuse an existing result, build the config, read the
-    source (or use a finished cache), run; every project error is one line and exit 2."""
+    """The part `micro eval` and `micro audit` share: refuse an existing result (any of the files `written`),
+    build the config, read the source (or use a finished cache), run; every project error is one line and
+    exit 2."""
+    import os
     from pathlib import Path
 
-    if (Path(out) / written).exists() and not overwrite:
-        fail(f"{Path(out) / written} exists; pass --overwrite to replace it or choose another --out")
+    for name in written:
+        if os.path.lexists(Path(out) / name) and not overwrite:
+            fail(f"{Path(out) / name} exists; pass --overwrite to replace it or choose another --out")
     try:
         config = make_config()
         return run(run_dir, _source(source, source_opts), out, config, source_name=source,
-                   log=lambda msg: typer.echo(msg, err=True))
+                   log=lambda msg: typer.echo(msg, err=True), overwrite=overwrite)
     except (ValueError, OSError) as exc:  # the project's errors are ValueErrors; OSError: unreadable files
         fail(exc)
 
@@ -65,7 +68,7 @@ def eval_cmd(
     source: str = EvalSource,
     out: str = typer.Option(..., "--out", help="output directory (results.json, results.csv, table.md, rewardbench/)"),
     mask_from: Optional[List[str]] = MaskFrom,
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing OUT/results.json"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing OUT/results.json, results.csv, table.md"),
     as_json: bool = typer.Option(False, "--json", help="print results.json instead of the table"),
     overrides: dict = None,
     source_opts: dict = None,
@@ -83,7 +86,9 @@ def eval_cmd(
             overrides["mask_heads"] = sorted(set(overrides.get("mask_heads", [])) | set(resolve_mask(None, mask_from)))
         return EvalConfig(**overrides)
 
-    results = _run_on_source(run_eval, run_dir, source, source_opts, out, "results.json", overwrite, make_config)
+    from ..evaluate.report import EVAL_FILES
+
+    results = _run_on_source(run_eval, run_dir, source, source_opts, out, EVAL_FILES, overwrite, make_config)
     if as_json:
         typer.echo(json.dumps(results))
         return
@@ -113,7 +118,7 @@ def audit_cmd(
 
     from ..evaluate import run_audit
 
-    result = _run_on_source(run_audit, run_dir, source, source_opts, out, "audit.json", overwrite,
+    result = _run_on_source(run_audit, run_dir, source, source_opts, out, ("audit.json",), overwrite,
                             lambda: AuditConfig(**overrides))
     if as_json:
         typer.echo(json.dumps(result))

@@ -67,20 +67,38 @@ def score_cmd(
 
     Every option after --config is a field of micro.reward.ScoreConfig (its one default is shown)."""
     import json
-    import os
     from pathlib import Path
 
-    from ..data import PreferenceDataError
-    from ..reward.rows import read_rows
+    from ..outputs import OutputError, writing_file
 
     config = resolve_config(ScoreConfig, overrides, mask_from)
     out_path = Path(out)
-    if out_path.exists() and not overwrite:
-        fail(f"output {out_path} already exists; pass --overwrite to replace it")
+    reading = dict(path=path, split=split, prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key,
+                   response_key=response_key, attribute_key=attribute_key, context_key=context_key, split_key=split_key,
+                   id_key=id_key, limit=limit)
+    try:  # the output is refused before any work, and locked until it is written
+        with writing_file(out_path, overwrite=overwrite, what="scores", inputs=[run, source, path, config.router]) as tmp:
+            rows, records = _score(run, source, reading, config)
+            tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+    except OutputError as exc:
+        fail(exc)
+    typer.echo(f"wrote {out_path}: {len(records)} rows")
+    if rows.pairs and records:
+        correct = {}
+        for r in records:
+            correct.setdefault(r["attribute"], []).append(r["margin"] > 0)
+        overall = sum(sum(v) for v in correct.values()) / len(records)
+        typer.echo(f"accuracy {overall:.3f} on {len(records)} pairs"
+                   + ("".join(f"\n  {a}: {sum(v) / len(v):.3f} ({len(v)} pairs)" for a, v in correct.items()) if len(correct) > 1 else ""))
+
+
+def _score(run: str, source: str, reading: dict, config):
+    """(rows, records) of `micro score`: the rows of `source` scored by the model of `run`."""
+    from ..data import PreferenceDataError
+    from ..reward.rows import read_rows
+
     try:
-        rows = read_rows(source, path=path, split=split, prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key,
-                         response_key=response_key, attribute_key=attribute_key, context_key=context_key,
-                         split_key=split_key, id_key=id_key, limit=limit)
+        rows = read_rows(source, **reading)
     except (PreferenceDataError, OSError) as exc:
         fail(exc)
     for note in rows.notes:
@@ -101,25 +119,12 @@ def score_cmd(
             if rows.pairs:
                 both = model.score(rows.prompts * 2, rows.chosen + rows.rejected, contexts * 2, on_batch=tick)
                 chosen, rejected = both[: len(rows)], both[len(rows) :]
-                records = [{"id": i, "attribute": a, "margin": float(c - r), "reward_chosen": float(c), "reward_rejected": float(r)}
-                           for i, a, c, r in zip(rows.ids, rows.attributes, chosen, rejected)]
-            else:
-                rewards = model.score(rows.prompts, rows.responses, contexts, on_batch=tick)
-                records = [{"id": i, "reward": float(r)} for i, r in zip(rows.ids, rewards)]
+                return rows, [{"id": i, "attribute": a, "margin": float(c - r), "reward_chosen": float(c), "reward_rejected": float(r)}
+                              for i, a, c, r in zip(rows.ids, rows.attributes, chosen, rejected)]
+            rewards = model.score(rows.prompts, rows.responses, contexts, on_batch=tick)
+            return rows, [{"id": i, "reward": float(r)} for i, r in zip(rows.ids, rewards)]
         except ValueError as exc:
             fail(exc)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
-    os.replace(tmp, out_path)
-    typer.echo(f"wrote {out_path}: {len(records)} rows")
-    if rows.pairs and records:
-        correct = {}
-        for r in records:
-            correct.setdefault(r["attribute"], []).append(r["margin"] > 0)
-        overall = sum(sum(v) for v in correct.values()) / len(records)
-        typer.echo(f"accuracy {overall:.3f} on {len(records)} pairs"
-                   + ("".join(f"\n  {a}: {sum(v) / len(v):.3f} ({len(v)} pairs)" for a, v in correct.items()) if len(correct) > 1 else ""))
 
 
 @app.command("export")

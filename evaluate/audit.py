@@ -41,6 +41,7 @@ from .config import AuditConfig
 from .run import ROUTED, SINGLE, find_single, load_masked_run
 from .source import load_pairs, prepare_cache, router_inputs
 from ..heads.model import load_model
+from ..outputs import output_files
 
 
 def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
@@ -95,7 +96,7 @@ def flag_heads(head_margins: np.ndarray, reference_margins: np.ndarray, config: 
 
 @torch.no_grad()
 def run_audit(run_dir: str | os.PathLike, source: Any, out: str | os.PathLike, config: AuditConfig | None = None, *,
-              source_name: str | None = None, log: Callable[[str], None] | None = None) -> dict:
+              source_name: str | None = None, log: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
     """Audit every head of RUN_DIR on SOURCE (safety pairs, safe response chosen: a table or a finished
     cache path); writes OUT/audit.json and returns it. `micro eval/adapt --mask-from OUT/audit.json`
     masks the flagged heads."""
@@ -138,8 +139,9 @@ def run_audit(run_dir: str | os.PathLike, source: Any, out: str | os.PathLike, c
     if flagged:
         masked = model.mask_heads(flagged)
         result["routed_accuracy_masked"] = float(((masked.log_weights(inputs).exp() * margins).sum(-1) > 0).float().mean())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
+    inputs = [run_dir, source if isinstance(source, (str, os.PathLike)) else None]
+    with output_files(out, ["audit.json"], overwrite=overwrite, what="audit", inputs=inputs) as tmp:
+        (tmp / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
     result["files"] = {"audit": str(out / "audit.json")}
     return result
 

@@ -79,7 +79,13 @@ def tidy_rows(results: dict) -> list[dict]:
     return rows
 
 
-def write_outputs(results: dict, out: Path) -> dict[str, str]:
+#: The files `micro eval` writes into its --out folder (besides rewardbench/*.json).
+EVAL_FILES = ("results.json", "results.csv", "table.md")
+
+
+def write_outputs(results: dict, out: Path, final: Path | None = None) -> dict[str, str]:
+    """Write results.json, results.csv, table.md (and rewardbench/*.json) into `out`; the paths recorded
+    (and returned) are those under `final` (default `out`), where the files will be moved."""
     out.mkdir(parents=True, exist_ok=True)
     files = {"results": out / "results.json", "csv": out / "results.csv", "table": out / "table.md"}
     with open(files["csv"], "w", newline="") as fh:
@@ -92,6 +98,6 @@ def write_outputs(results: dict, out: Path) -> dict[str, str]:
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(e["leaderboard"], indent=4, sort_keys=True))
         files[f"rewardbench/{m}"] = path
-    names = {k: str(v) for k, v in files.items()}
+    names = {k: str(Path(final, v.relative_to(out)) if final else v) for k, v in files.items()}
     files["results"].write_text(json.dumps({**results, "files": names}, indent=2) + "\n")
     return names

@@ -20,6 +20,7 @@ import torch
 from ..embedcache import CacheError, CacheSplit, load_texts
 from ..heads import load_run
 from ..heads.model import MixtureRewardModel, load_model
+from ..outputs import output_files
 from ..router import load_adapted, load_router
 from . import rewardbench
 from .config import EvalConfig
@@ -103,9 +104,12 @@ def accuracy_table(margins: dict[str, torch.Tensor], subsets: np.ndarray) -> dic
 
 
 def run_eval(run_dir: str | os.PathLike, source: Any, out: str | os.PathLike, config: EvalConfig | None = None, *,
-             source_name: str | None = None, log: Callable[[str], None] | None = None) -> dict:
+             source_name: str | None = None, log: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
     """Score RUN_DIR on SOURCE (a preference table, or a finished cache path) and write OUT/results.json,
-    results.csv, table.md (and OUT/rewardbench/*.json for RewardBench subsets). Returns the results."""
+    results.csv, table.md (and OUT/rewardbench/*.json for RewardBench subsets). Returns the results.
+
+    The files join OUT beside anything else there (micro.outputs.output_files): an existing one is
+    replaced only with `overwrite`."""
     config = config or EvalConfig()
     log = log or (lambda msg: None)
     out = Path(out)
@@ -163,7 +167,9 @@ def run_eval(run_dir: str | os.PathLike, source: Any, out: str | os.PathLike, co
                                               f"micro/{model_name}/{m}", chat_template=template)
             for m in margins
         }
-    from .report import write_outputs
+    from .report import EVAL_FILES, write_outputs
 
-    results["files"] = write_outputs(results, out)
+    inputs = [run_dir, source if isinstance(source, (str, os.PathLike)) else None, config.router]
+    with output_files(out, EVAL_FILES, overwrite=overwrite, what="evaluation", inputs=inputs) as tmp:
+        results["files"] = write_outputs(results, tmp, final=out)
     return results

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..outputs import atomic_dir, check_dir_target, diff_fields, is_empty_dir, lock, refuse_existing, relocate
+from ..outputs import atomic_dir, check_dir_target, diff_fields, is_empty_dir, lock, refuse_existing, refuse_overlap, relocate
 from ..embedcache.store import BACKBONE_FIELDS, RUN_FIELDS, CacheError, CacheSplit, cache_identity, check_compatible, load_split, read_meta
 from .config import EVAL_SPLIT, MixtureConfig
 from .metrics import evaluate
@@ -116,6 +116,7 @@ def run_fit_mixture(
     """
     config = config or MixtureConfig()
     out_dir = check_dir_target(out_dir)
+    refuse_overlap(out_dir, [cache_path])
     with lock(out_dir, "run folder"):
         if out_dir.exists() and not is_empty_dir(out_dir) and not overwrite:
             refuse_existing(out_dir, "a run", _run_differences(out_dir, config, cache_path))

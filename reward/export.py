@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import ExportConfig
-from .model import PersonalizedRewardModel, prepare_output
+from ..outputs import writing_dir
+from .model import PersonalizedRewardModel
 
 #: micro's rendering for a decoder without a chat template (Backbone.render_prompt / render_response with
 #: template "none") as a chat template, so `apply_chat_template` gives the text micro scores.
@@ -51,35 +51,31 @@ def export_model(model: PersonalizedRewardModel, out: str | os.PathLike, *, over
     check: reload the written directory with plain transformers / sentence-transformers and compare its
     rewards on two probe rows with micro's (recorded in the card). Raises ValueError when the reward
     depends on the prompt or context (a routed model: use `model.save_pretrained`) or when the backbone
-    cannot be expressed as a standard model.
+    cannot be expressed as a standard model. The folder is written whole (micro.outputs.writing_dir).
     """
-    out = Path(out)
-    head = model.fixed_head()
+    kind = _export_kind(model)
+    with writing_dir(out, overwrite=overwrite, what="export directory") as tmp:
+        return _export_into(model, kind, tmp, check)
+
+
+def _export_kind(model: PersonalizedRewardModel) -> str:
     bb = model.backbone
     if bb.kind == "decoder" and bb.pooling == "last":
-        kind = "transformers"
-    elif bb.kind == "encoder" and _is_sentence_transformers(bb.load_path):
-        kind = "sentence-transformers"
-    else:
-        raise ValueError(f"cannot export {bb.model_id} ({bb.kind}, pooling {bb.pooling}) as a standard model: only decoders "
-                         "with last-token pooling and sentence-transformers encoders can be; use "
-                         "PersonalizedRewardModel.save_pretrained (micro's format) or `micro serve`")
-    if out.exists() and not overwrite:
-        prepare_output(out, overwrite=False, what="export directory")  # raises FileExistsError
-    tmp = out.with_name(out.name + ".tmp")  # written whole, then moved into place: no half-written export
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        info = _export_decoder(model, head, tmp) if kind == "transformers" else _export_sentence_transformers(model, head, tmp)
-        info["format"] = kind
-        if check:
-            info["check"] = _check(model, tmp, kind)
-        (tmp / "README.md").write_text(model_card(model, info))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    prepare_output(out, overwrite=overwrite, what="export directory")
-    tmp.rename(out)
+        return "transformers"
+    if bb.kind == "encoder" and _is_sentence_transformers(bb.load_path):
+        return "sentence-transformers"
+    raise ValueError(f"cannot export {bb.model_id} ({bb.kind}, pooling {bb.pooling}) as a standard model: only decoders "
+                     "with last-token pooling and sentence-transformers encoders can be; use "
+                     "PersonalizedRewardModel.save_pretrained (micro's format) or `micro serve`")
+
+
+def _export_into(model: PersonalizedRewardModel, kind: str, out: Path, check: bool) -> dict[str, Any]:
+    head = model.fixed_head()
+    info = _export_decoder(model, head, out) if kind == "transformers" else _export_sentence_transformers(model, head, out)
+    info["format"] = kind
+    if check:
+        info["check"] = _check(model, out, kind)
+    (out / "README.md").write_text(model_card(model, info))
     return info
 
 
@@ -87,21 +83,25 @@ def run_export(run_dir: str | os.PathLike, out: str | os.PathLike, config: Expor
                overwrite: bool = False) -> dict[str, Any]:
     """`micro export`: the model `config` picks from run `run_dir`, written to `out` in `config.format`
     (hf: `export_model`; micro: `PersonalizedRewardModel.save_pretrained`), with the resolved config in
-    `out/micro_export.json`. Returns what was written (the model card's facts for hf)."""
+    `out/micro_export.json`. Returns what was written (the model card's facts for hf). The folder is refused
+    before any work when it exists (without `overwrite`) or overlaps the run or the router, and is written
+    whole under its lock."""
     config = config or ExportConfig()
-    if config.method is not None:  # ExportConfig allows only `single`
-        cfg = Path(run_dir) / "config.json"
-        found = json.loads(cfg.read_text()).get("config", {}).get("method") if cfg.exists() else None
-        if found != "single":
-            raise ValueError(f"--method single: {run_dir} is a {found!r} run, not a `micro fit-mixture --method single` run")
-    model = config.load_model(str(run_dir))
-    if config.format == "micro":
-        model.save_pretrained(out, overwrite=overwrite)
-        info: dict[str, Any] = {"format": "micro"}
-    else:
-        info = export_model(model, out, overwrite=overwrite, check=config.check)
-    resolved = {"run": str(Path(run_dir).resolve()), "config": config.to_dict()}
-    (Path(out) / EXPORT_CONFIG).write_text(json.dumps(resolved, indent=2) + "\n")
+    inputs = [run_dir, getattr(config, "router", None)]
+    with writing_dir(out, overwrite=overwrite, what="export directory", inputs=inputs) as tmp:
+        if config.method is not None:  # ExportConfig allows only `single`
+            cfg = Path(run_dir) / "config.json"
+            found = json.loads(cfg.read_text()).get("config", {}).get("method") if cfg.exists() else None
+            if found != "single":
+                raise ValueError(f"--method single: {run_dir} is a {found!r} run, not a `micro fit-mixture --method single` run")
+        model = config.load_model(str(run_dir))
+        if config.format == "micro":
+            model.save_pretrained(tmp, overwrite=True)
+            info: dict[str, Any] = {"format": "micro"}
+        else:
+            info = _export_into(model, _export_kind(model), tmp, config.check)
+        resolved = {"run": str(Path(run_dir).resolve()), "config": config.to_dict()}
+        (tmp / EXPORT_CONFIG).write_text(json.dumps(resolved, indent=2) + "\n")
     return info
 
 

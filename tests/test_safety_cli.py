@@ -110,7 +110,8 @@ def test_outputs_of_the_wrong_kind_are_refused(sim, tmp_path):
     (tmp_path / "file").write_text("x")
     _refused(["fit-mixture", cache, "--out", tmp_path / "file", *FIT], "is a file, but a folder is needed")
     _refused(["adapt", cache, run, "--out", tmp_path / "file", *ADAPT], "is a file, but a folder is needed")
-    _refused(["fit-mixture", tmp_path, "--out", tmp_path / "r", *FIT], "is a folder, not an HDF5 file")
+    (tmp_path / "folder").mkdir()
+    _refused(["fit-mixture", tmp_path / "folder", "--out", tmp_path / "r", *FIT], "is a folder, not an HDF5 file")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -121,3 +121,85 @@ def test_relocate_rewrites_only_paths_under_the_temporary_folder(tmp_path):
         "files": {"a": str(final / "a.json"), "same": str(final)}, "cache": str(tmp_path / "c.h5"), "n": [1, str(final / "r")]
     }
     assert relocate(str(tmp_path / ".out.tmp-10" / "x"), tmp, final) == str(tmp_path / ".out.tmp-10" / "x")
+
+
+# ------------------------------------------------------------------------------------------------
+# unique temporary names, no symbolic links followed, existence checked again at the commit
+# ------------------------------------------------------------------------------------------------
+def test_temporary_names_are_unique_per_run_and_never_fixed(tmp_path):
+    target = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.tmp").write_text("the user's own file")
+    with atomic_file(target) as first, atomic_file(tmp_path / "other") as second:
+        assert first.name.startswith(".out.jsonl.tmp-") and first.parent == tmp_path and first.exists()
+        names = {first.name}
+        first.write_text("new")
+    with atomic_file(target, what="scores") as again:
+        assert again.name not in names
+        again.write_text("newer")
+    assert (tmp_path / "out.jsonl.tmp").read_text() == "the user's own file"
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_unchanged(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / ".out.lock").symlink_to(victim)
+    with pytest.raises(OutputError, match="is a symbolic link"):
+        with lock(tmp_path / "out"):
+            pass
+    assert victim.read_text() == "precious"
+
+
+def test_a_planted_pid_link_is_never_written_through(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / ".out.lock.pid").symlink_to(victim)
+    with lock(tmp_path / "out"):
+        pass
+    assert victim.read_text() == "precious"
+
+
+def test_an_output_that_appears_during_the_run_is_left_alone(tmp_path):
+    target = tmp_path / "out.jsonl"
+    with pytest.raises(OutputError, match="appeared while this command ran"):
+        with atomic_file(target) as tmp:
+            tmp.write_text("ours")
+            target.write_text("someone else's")
+    assert target.read_text() == "someone else's" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+    folder = tmp_path / "run"
+    with pytest.raises(OutputError, match="appeared while this command ran"):
+        with atomic_dir(folder) as tmp:
+            (tmp / "model.safetensors").write_text("ours")
+            folder.mkdir()
+            (folder / "notes.txt").write_text("someone else's")
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_output_files_never_touch_a_foreign_file_without_overwrite(tmp_path):
+    from micro.outputs import output_files
+
+    (tmp_path / "results.csv").write_text("the user's table")
+    (tmp_path / "notes.md").write_text("kept")
+    with pytest.raises(OutputError, match="results.csv already exists.*--overwrite"):
+        with output_files(tmp_path, ["results.json", "results.csv"]):
+            pass
+    with pytest.raises(OutputError, match="results.csv already exists"):  # a file not named up front: caught at the commit
+        with output_files(tmp_path, ["results.json"]) as tmp:
+            (tmp / "results.json").write_text("{}")
+            (tmp / "results.csv").write_text("ours")
+    assert (tmp_path / "results.csv").read_text() == "the user's table" and not (tmp_path / "results.json").exists()
+    with output_files(tmp_path, ["results.json", "results.csv"], overwrite=True) as tmp:
+        (tmp / "results.json").write_text("{}")
+        (tmp / "results.csv").write_text("ours")
+    assert (tmp_path / "results.csv").read_text() == "ours" and (tmp_path / "notes.md").read_text() == "kept"
+    assert not [p for p in tmp_path.parent.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("out, relation", [("d/c.h5", "is"), ("d", "contains"), ("run/adapt", "lies inside")])
+def test_an_output_overlapping_an_input_is_refused_even_with_overwrite(tmp_path, out, relation):
+    from micro.outputs import refuse_overlap
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "run").mkdir()
+    with pytest.raises(OutputError, match=rf"--out \S+ {relation} the input .* refused even with --overwrite"):
+        refuse_overlap(tmp_path / out, [tmp_path / "d" / "c.h5", None, tmp_path / "run"])
+    refuse_overlap(tmp_path / "elsewhere", [tmp_path / "d" / "c.h5", tmp_path / "run"])
