@@ -126,8 +126,32 @@ def _load(path: Path, source: str, config, revision, data_dir, split, limit, war
         return datasets.load_dataset(source, config, **options), label
 
 
+def _bad_jsonl_row(path: Path) -> str | None:
+    """'row N: what is wrong' for the first line of a plain .jsonl file that is not one UTF-8 JSON object
+    (N counts lines from 1, blank lines included); None when every line is fine."""
+    import json
+
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                return f"row {number} is not UTF-8 text (byte {exc.start + 1} of the row)"
+            except json.JSONDecodeError as exc:
+                return f"row {number} is not valid JSON ({exc.msg} at character {exc.pos + 1})"
+            if not isinstance(record, dict):
+                return f"row {number} is a JSON {type(record).__name__}, not an object"
+    return None
+
+
 def _failure(source: str, path: Path, exc: Exception) -> str:
     reason = _reason(exc)
+    if path.is_file() and path.suffix.lower() == ".jsonl":
+        bad = _bad_jsonl_row(path)
+        if bad:
+            return f"could not read {path}: {bad}; fix or remove that row (one JSON object per line, UTF-8)"
     if path.is_file():
         return (f"could not read {path} as {file_type(path)} ({reason}); check that the file is complete and of its "
                 f"type (one JSON object per line for .jsonl), or {_HOW_TO_FIX}")

@@ -429,6 +429,40 @@ def _check_finite(path: Any, dataset: str, values: np.ndarray, rows: np.ndarray 
     )
 
 
+def check_cache(f: h5py.File, path: Any, meta: Mapping[str, Any], pairs: Mapping[str, np.ndarray]) -> None:
+    """Refuse a cache whose declared shapes or indices do not hold (one CacheError line naming the first
+    fault): every embedding table has `hidden_size` columns, the pair columns have one length, and every
+    pair index points at a row that exists (-1 where a column allows "absent")."""
+    fix = "the file is damaged or was not written by micro: rebuild it with `micro embed ... --overwrite`."
+    rows = {}
+    for group in ("sequences", "prompts", "context_prompts", "context_sequences"):
+        if group in f and "embedding" in f[group]:
+            shape = f[group]["embedding"].shape
+            if len(shape) != 2 or (shape[0] and shape[1] != meta["hidden_size"]):
+                raise CacheError(f"cache {path}: /{group}/embedding has shape {shape}, but the cache declares hidden_size "
+                                 f"{meta['hidden_size']}; {fix}")
+            rows[group] = shape[0]
+    lengths = {len(v) for v in pairs.values()}
+    if len(lengths) > 1:
+        raise CacheError(f"cache {path}: the /pairs columns have different lengths {sorted(lengths)}; {fix}")
+    n_contexts = len(f["contexts"]["text"]) if "contexts" in f and "text" in f["contexts"] else 0
+    bounds = {  # column: (lowest allowed value, number of rows it indexes)
+        "chosen": (0, rows.get("sequences", 0)), "rejected": (0, rows.get("sequences", 0)),
+        "prompt": (0, rows.get("prompts", 0)), "context_prompt": (-1, rows.get("context_prompts", 0)),
+        "chosen_context": (-1, rows.get("context_sequences", 0)), "rejected_context": (-1, rows.get("context_sequences", 0)),
+        "attribute": (0, len(meta["attributes"])), "split": (0, len(meta["splits"])), "context": (-1, n_contexts),
+    }
+    for name, (low, count) in bounds.items():
+        values = pairs.get(name)
+        if values is None or not len(values):
+            continue
+        bad = np.flatnonzero((values < low) | (values >= count))
+        if len(bad):
+            row = int(bad[0])
+            raise CacheError(f"cache {path}: /pairs/{name} of pair {row} is {int(values[row])}, outside 0..{count - 1}"
+                             f"{' (or -1)' if low < 0 else ''} ({len(bad)} such pairs); {fix}")
+
+
 def load_split(
     path: str | os.PathLike,
     split: str,
@@ -448,6 +482,7 @@ def load_split(
     split_id = meta["splits"].index(split)
     with _open(path) as f:
         pairs = {name: _dataset(f, f"pairs/{name}")[()] for name in PAIR_FIELDS}
+        check_cache(f, path, meta, pairs)
         keep = pairs["split"] == split_id
         if attributes is not None:
             unknown = sorted(set(attributes) - set(meta["attributes"]))
@@ -534,6 +569,7 @@ def load_texts(path: str | os.PathLike, split: str | None = None) -> "Any":
     meta = read_meta(path)
     with _open(path) as f:
         pairs = {name: _dataset(f, f"pairs/{name}")[()] for name in PAIR_FIELDS}
+        check_cache(f, path, meta, pairs)
         seq_text = _dataset(f, "sequences/text").asstr()[()]
         prompt_text = _dataset(f, "prompts/text").asstr()[()]
         contexts = f["contexts"]["text"].asstr()[()] if "contexts" in f else []

@@ -217,7 +217,7 @@ def load_model(run_dir: str | Path) -> tuple[MixtureRewardModel, dict[str, Any]]
     """Rebuild a model from a run directory (safetensors + JSON, no pickle).
 
     config.json is validated (types, ranges, agreement with the stored tensor shapes) before any tensor is
-    allocated; a damaged file raises RunConfigError naming it."""
+    allocated, and the weights must be finite; a damaged file raises RunConfigError naming it."""
     run_dir = Path(run_dir)
     cfg_path, weights_path = run_dir / "config.json", run_dir / "model.safetensors"
     for p in (cfg_path, weights_path):
@@ -251,7 +251,11 @@ def load_model(run_dir: str | Path) -> tuple[MixtureRewardModel, dict[str, Any]]
         raise RunConfigError(f"{exc}; {fix}.") from None
     model = MixtureRewardModel.from_architecture(arch)
     try:
-        model.load_state_dict(load_file(str(weights_path)))
+        state = load_file(str(weights_path))
+        bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+        if bad:
+            raise RunConfigError(f"{weights_path} holds NaN or infinite values (in {', '.join(sorted(bad))}); {fix}.")
+        model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1].strip()
         raise RunConfigError(f"{weights_path} does not match {cfg_path} ({first}); {fix}.") from None
