@@ -213,7 +213,8 @@ class Backbone:
             # CPU bf16: float32 weights under bf16 autocast (matmuls on AMX / avx512_bf16; layer norms,
             # softmax and pooling stay float32), closer to the float32 result than casting the whole model
             load_dtype = torch.float32 if self._cpu_autocast else self.dtype
-            kwargs = {**load_kwargs(load_dtype, self.device), "trust_remote_code": self.trust_remote_code}
+            kwargs = {**load_kwargs(load_dtype, self.device), "trust_remote_code": self.trust_remote_code,
+                      "use_safetensors": True}  # never a pickle (pytorch_model.bin can run code when loaded)
             from transformers import AutoModel
 
             try:
@@ -374,6 +375,20 @@ class Backbone:
         return self._skeleton
 
 
+def refuse_pickled_weights(folder: Path) -> None:
+    """Refuse a model folder whose weights are only pickles (pytorch_model.bin, *.pt): loading a pickle can
+    run any code it holds, so micro reads safetensors only (there is no flag to allow pickles)."""
+    from .store import CacheError
+
+    if any(folder.glob("*.safetensors")) or any((folder / "0_Transformer").glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"})
+    if pickles:
+        raise CacheError(f"model folder {folder} holds its weights only as pickles ({', '.join(pickles[:3])}), which micro "
+                         "never loads (a pickle can run code): micro reads safetensors only; convert the weights where you "
+                         "trust them (`model.save_pretrained(DIR, safe_serialization=True)`) and give DIR.")
+
+
 def load_backbone(
     model: str = DEFAULT_MODEL,
     *,
@@ -390,9 +405,11 @@ def load_backbone(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     torch_dtype = parse_dtype(dtype, device)
+    local = Path(load_path)
+    if local.is_dir():
+        refuse_pickled_weights(local)
     config = AutoConfig.from_pretrained(load_path, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(load_path, trust_remote_code=trust_remote_code)
-    local = Path(load_path)
     st = _st_pooling(local) if local.is_dir() else None
     if st is None and not local.is_dir():
         st = _hub_st_pooling(load_path)

@@ -125,6 +125,7 @@ TABLE = [
     ("eval, NaN in the run's weights", lambda w, t: ["eval", nan_run(w, t), cache(w, t), "--out", t / "e"], "NaN or infinite"),
     ("data, malformed JSON row", lambda w, t: ["data", "preview", (t / "b.jsonl", (t / "b.jsonl").write_text(ROWS % 1 + ROWS % 2 + "{oops\n"))[0]], "row 3 is not valid JSON"),
     ("data, non-UTF-8 row", lambda w, t: ["data", "preview", (t / "b.jsonl", (t / "b.jsonl").write_bytes((ROWS % 1).encode() + b'{"prompt": "\xff"}\n'))[0]], "row 2 is not UTF-8"),
+    ("embed, a model folder with only a pickle", lambda w, t: ["embed", data(w, t), "--model", with_files(t, "m", {"config.json": '{"model_type": "bert"}', "pytorch_model.bin": "pickle"}), "--out", t / "e.h5"], "safetensors only"),
     # existing and foreign outputs
     ("fit-mixture, existing run", lambda w, t: ["fit-mixture", cache(w, t), "--out", run(w, t), *FIT], "--overwrite"),
     ("simulate, a foreign file", lambda w, t: ["simulate", "--out", victim(t), "--pairs", "300", "--dim", "8"], "did not write"),
