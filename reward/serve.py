@@ -3,16 +3,20 @@
     POST /get_reward  {"query": [...], "prompts": [...]}                  response = query minus its prompt prefix
                       {"prompts": [...], "responses": [...], "contexts": [...]}   contexts optional
     -> 200 {"rewards": [...]}
-    -> 400 {"error": "..."} on malformed JSON, wrong types or mismatched lengths; 413 over the size limit
+    -> 400 {"error": "..."} on malformed JSON, nesting deeper than MAX_DEPTH, wrong types (a conversation is a
+       non-empty list of {role: system|user|assistant, content: string}) or mismatched lengths;
+       411 without a (non-negative) Content-Length; 413 over the size limit (the body is then not read)
     GET  /health      -> {"status": "ok"}
 
 Requests are scored one at a time (the model is not shared between threads); the listener is threaded so a
-slow client does not block the others while they upload.
+slow client does not block the others while they upload. A connection idle for READ_TIMEOUT seconds is
+closed, and at most MAX_CONNECTIONS are served at once (more are closed at once).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -23,12 +27,22 @@ from .config import ServeConfig
 MAX_REQUEST_BYTES = ServeConfig.max_request_bytes
 
 
+#: Deepest JSON nesting a request may have, seconds a connection may sit idle, connections served at once.
+MAX_DEPTH = 16
+READ_TIMEOUT = 30.0
+MAX_CONNECTIONS = 64
+ROLES = ("system", "user", "assistant")
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
 class RequestError(ValueError):
     """A request the server answers with 400 and this message."""
 
 
 def parse_request(body: bytes, default_context: str | None = None) -> tuple[list[Any], list[str], list[str | None] | None]:
     """(prompts, responses, contexts) of a /get_reward body; RequestError says what is wrong."""
+    if _depth(body) > MAX_DEPTH:
+        raise RequestError(f"body is nested deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -50,8 +64,10 @@ def parse_request(body: bytes, default_context: str | None = None) -> tuple[list
         raise RequestError("give 'responses' (with 'prompts') or 'query' (with 'prompts')")
     _same_length(prompts, responses, "prompts", "responses")
     for i, p in enumerate(prompts):
-        if not (isinstance(p, str) or (isinstance(p, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in p))):
-            raise RequestError(f"prompt {i} must be a string or a conversation (list of {{role, content}})")
+        if not (isinstance(p, str) or (isinstance(p, list) and p and all(
+                isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in p))):
+            raise RequestError(f"prompt {i} must be a string or a conversation (a non-empty list of {{role, content}}, role "
+                               f"one of {', '.join(ROLES)}, content a string)")
     contexts = None
     if data.get("contexts") is not None:
         contexts = _list(data, "contexts")
@@ -63,6 +79,18 @@ def parse_request(body: bytes, default_context: str | None = None) -> tuple[list
     elif default_context is not None:
         contexts = [default_context] * len(prompts)
     return prompts, responses, contexts
+
+
+def _depth(body: bytes) -> int:
+    """How deeply the JSON in `body` nests lists and objects (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for char in re.sub(rb"[^\[\]{}]", b"", _STRING.sub(b'""', body)):
+        if char in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in b"]}":
+            depth -= 1
+    return deepest
 
 
 def _list(data: dict, key: str, kind: type | None = None) -> list:
@@ -86,6 +114,7 @@ def make_server(score: Callable[[list, list, list | None], list[float]], *, host
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = READ_TIMEOUT  # an idle or half-sent request is closed after this
 
         def _send(self, code: int, payload: dict) -> None:
             body = json.dumps(payload).encode()
@@ -108,8 +137,10 @@ def make_server(score: Callable[[list, list, list | None], list[float]], *, host
             try:
                 length = int(self.headers.get("Content-Length", ""))
             except ValueError:
+                length = -1
+            if length < 0:
                 self.close_connection = True
-                return self._send(411, {"error": "a Content-Length header is required"})
+                return self._send(411, {"error": "a Content-Length header with a non-negative length is required"})
             if length > max_request_bytes:
                 self.close_connection = True  # the body is not read: do not reuse the connection
                 return self._send(413, {"error": f"request of {length} bytes exceeds the limit of {max_request_bytes}; "
@@ -129,7 +160,29 @@ def make_server(score: Callable[[list, list, list | None], list[float]], *, host
             if log is not None:
                 log("%s - %s" % (self.address_string(), format % args))
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return _BoundedServer((host, port), Handler)
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading server that serves at most MAX_CONNECTIONS connections at once and closes the rest."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 def serve(model, *, host: str = ServeConfig.host, port: int = ServeConfig.port, context: str | None = None,
