@@ -4,40 +4,14 @@
     python benchmarks/convergence.py --table /tmp/conv64.jsonl            # the Markdown tables from a run
 
 For each regime of `micro simulate` ('prompt', 'shared'), cache size, dimension and cache seed (a fresh
-`simulate(seed=...)`), stage 1 is fitted with
-  default     MixtureConfig()                     early stopping on a held-out prompt slice, 4 restarts per
-                                                  head scale (stop_on 'later-plateau' since it became the
-                                                  default; head_init (1, 0.01) since then, 'head init 1' is
-                                                  the default before)
-  nll stop    MixtureConfig(stop_on="nll")        early stopping on the plain held-out NLL (the default before)
-  restarts=1  MixtureConfig(restarts=1)           early stopping, one initialisation
-  4 epochs    MixtureConfig(epochs=4)             the earlier default
-  40 epochs   MixtureConfig(epochs=40)
-  calibrated  MixtureConfig(stop_on="calibrated-nll") early stopping on the temperature-calibrated NLL
-  later plateau  MixtureConfig(stop_on="later-plateau") stop when both have plateaued, keep the later best
-                 (the default's stop; the name keeps the rows measured before it became the default apart)
-  weight decay 0.1  MixtureConfig(weight_decay=0.1)  the default with AdamW's decoupled weight decay
-  weight decay 1    MixtureConfig(weight_decay=1.0)  the same, ten times stronger
-  warm refit  MixtureConfig(refit_warm=0.25)      the refit continues the kept weights for a quarter of the steps
-  batch 32    MixtureConfig(batch_size=32)        the default before the batch grew with the cache
-  batch N     MixtureConfig(batch_size=N)         N = 64, 128, 256, 512: a fixed larger batch
-  head init 0.01  MixtureConfig(head_init=0.01)   heads started near zero (and 'head init 0.1', 'head init 1');
-                  'two head scales' = head_init (1, 0.01): the restarts once per scale, a start near
-                  zero kept only one standard error ahead (scale_choice_z 1; now the default);
-                  'two head scales any margin': the lowest held-out NLL wins (scale_choice_z 0;
-                  'late choice': and restart_steps 1000)
-  refit x3    MixtureConfig(refit_length=3)       the refit three times as long as the search's best step
-  refit 1 SE  MixtureConfig(refit_se=1)          the refit as long as the last evaluation within one standard
-                                                  error of the best (per pair), not the best itself (now the
-                                                  default); 'refit at best' (refit_se=0) is the rule before
-  one slice   MixtureConfig(folds=1)              one held-out slice on every cache (the default before
-                                                  small caches were cross-validated); 'folds below
-                                                  1000': cross-validated up to ~10K training pairs
-  router hidden 16, lr 5e-4, restarts 8, alpha 0.1: one MixtureConfig field each (a router of 16 units,
-                  a quarter of the learning rate, 8 starts per head scale, a fifth of the regulariser); alpha 0:
-                  no router regulariser
-  one alpha   MixtureConfig(alpha_alternatives=())  the regulariser's weight fixed at 0.5 (the default before the
-                                                  folds chose between 0.5 and 0 on small caches)
+`simulate(seed=...)`), stage 1 is fitted with one or more of `CONFIGS` (`--configs`):
+  default      MixtureConfig()                        candidates side by side, halving, one rule, the refit
+  restarts=1   MixtureConfig(restarts=1)              one seed per (alpha, head scale)
+  4 epochs, 40 epochs  MixtureConfig(epochs=N)        a fixed schedule, no held-out slice
+  batch 32     MixtureConfig(batch_size=32)           the paper's batch on every cache
+  head init 1  MixtureConfig(head_init=(1.0,))        the usual initialisation only
+  one alpha    MixtureConfig(alpha_alternatives=())   the regulariser's weight 0.5 only
+  alpha 0      MixtureConfig(alpha=0.0)               no router regulariser
 then stage 2 with run_adapt(AdaptConfig(budgets=[10, 50], seeds=3)) (stage-2 seeds = budget draws; their
 mean is the cache's value). Each line of --out is one (regime, pairs, dim, seed, config) with stage1-best,
 micro, micro-refine, budget-bt, oracle at B = 10 and 50, the smallest cosine between a planted direction
@@ -75,38 +49,13 @@ from micro.router.hedge import context_log_weights, head_losses
 
 CONFIGS = {
     "default": {},
-    "nll stop": {"stop_on": "nll"},
     "restarts=1": {"restarts": 1},
     "4 epochs": {"epochs": 4},
     "40 epochs": {"epochs": 40},
-    "calibrated": {"stop_on": "calibrated-nll"},
-    "later plateau": {"stop_on": "later-plateau"},
-    "weight decay 0.1": {"weight_decay": 0.1},
-    "weight decay 1": {"weight_decay": 1.0},
-    "warm refit": {"refit_warm": 0.25},
     "batch 32": {"batch_size": 32},
-    "head init 0.01": {"head_init": 0.01},
-    "head init 0.1": {"head_init": 0.1},
-    "head init 1": {"head_init": 1.0},
-    "two head scales": {"head_init": (1.0, 0.01)},
-    "two head scales late choice": {"head_init": (1.0, 0.01), "restart_steps": 1000, "scale_choice_z": 0.0},
-    "two head scales any margin": {"head_init": (1.0, 0.01), "scale_choice_z": 0.0},
-    "refit x3": {"refit_length": 3.0},
-    "one slice": {"folds": 1},
-    "refit 1 SE": {"refit_se": 1.0},
-    "refit at best": {"refit_se": 0.0},
-    "folds below 1000": {"folds_below": 1000},
-    "batch 64": {"batch_size": 64},
-    "batch 128": {"batch_size": 128},
-    "batch 256": {"batch_size": 256},
-    "batch 512": {"batch_size": 512},
-    "router hidden 16": {"hidden": 16},
-    "lr 5e-4": {"lr": 5e-4},
-    "restarts 8": {"restarts": 8},
-    "alpha 0.1": {"alpha": 0.1},
-    "alpha 0": {"alpha": 0.0},
+    "head init 1": {"head_init": (1.0,)},
     "one alpha": {"alpha_alternatives": ()},
-    "one slice one alpha": {"folds": 1, "alpha_alternatives": ()},
+    "alpha 0": {"alpha": 0.0},
 }
 METHODS = ("stage1-best", "micro", "micro-refine", "budget-bt", "oracle")
 BUDGETS = (10, 50)
@@ -146,7 +95,8 @@ def fit_and_adapt(cache: Path, train, name: str, fit_seed: int, adapt: AdaptConf
     row = {"seed": fit_seed, "config": name, "train_pairs": len(train), "adapt_seeds": adapt.seeds,
            "steps": model.train_steps, "best_step": model.fit_record.best_step, "stop": model.fit_record.stop_reason,
            "kept": model.fit_record.kept_criterion, "criterion_best_steps": model.fit_record.criterion_best_steps,
-           "head_init": model.fit_record.head_init, "folds": model.fit_record.folds, "alpha": model.fit_record.alpha, "alpha_z": model.fit_record.alpha_z, "start_z": model.fit_record.start_z, "restart_nll": model.fit_record.restart_nll,
+           "head_init": model.fit_record.head_init, "folds": model.fit_record.folds, "alpha": model.fit_record.alpha,
+           "chosen": model.fit_record.chosen, "chosen_z": model.fit_record.chosen_z, "candidate_steps": model.fit_record.candidate_steps,
            "fit_cpu_s": round(fit_cpu, 2), "head_cos": None if truth is None else min(match_heads(truth, model.head_vectors())["cosine"])}
     for b in BUDGETS:
         for m in METHODS:

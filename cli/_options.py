@@ -124,10 +124,19 @@ def load_config_file(path: str, cls: type) -> dict[str, Any]:
     if not isinstance(data, dict):
         fail(f"--config {path}: expected a mapping of {cls.__name__} fields, found {type(data).__name__}.")
     names = {f.name for f in fields(cls)}
+    removed = [name for name in data if name in getattr(cls, "removed_options", {})]
+    if removed:
+        fail(f"--config {path}: " + removed_message(cls, removed))
     unknown = sorted(set(data) - names)
     if unknown:
         fail(f"--config {path}: unknown field(s) {', '.join(unknown)}; {cls.__name__} has {', '.join(sorted(names))}.")
     return data
+
+
+def removed_message(cls: type, names: list[str]) -> str:
+    """One line naming options that `cls` no longer has and what replaced each (`cls.removed_options`)."""
+    return ("; ".join(f"{name} was removed ({cls.removed_options[name]})" for name in names)
+            + "; drop it (docs/decisions.md, 'Removed options').")
 
 
 def config_options(cls: type, *, exclude: tuple[str, ...] = (), flags: dict[str, str] | None = None) -> Callable:
@@ -168,9 +177,16 @@ def config_options(cls: type, *, exclude: tuple[str, ...] = (), flags: dict[str,
         )
         extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann)
                  for name, _, _, _, ann in specs if name not in taken]
+        removed = getattr(cls, "removed_options", {})
+        extra += [inspect.Parameter(f"removed_{name}", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation=Annotated[Optional[str], typer.Option("--" + name.replace("_", "-"), hidden=True)])
+                  for name in removed]
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
+            given = [name for name in removed if kwargs.pop(f"removed_{name}", None) is not None]
+            if given:
+                fail(removed_message(cls, given))
             config_file = kwargs.pop("config_file", None)
             overrides = load_config_file(config_file, cls) if config_file else {}
             for name, flag, kind, item, _ in specs:

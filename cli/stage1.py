@@ -12,7 +12,7 @@ from ._options import config_options
 
 # ---- stage-1 commands (fit-mixture, simulate) ----
 @app.command("fit-mixture")
-@config_options(MixtureConfig)
+@config_options(MixtureConfig, exclude=("ensemble_prior",))
 def fit_mixture_cmd(
     cache: str = typer.Argument(..., help="embedding cache (.h5) from `micro embed` or `micro simulate`"),
     out: str = typer.Option(..., "--out", help="run directory to write (model.safetensors, config.json, metrics.json)"),

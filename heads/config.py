@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from ..methods import FIT_METHODS
 
@@ -41,293 +41,119 @@ def auto_batch_size(pairs: int) -> int:
     return int(min(MAX_AUTO_BATCH, max(BASE_BATCH, 2 ** round(math.log2(target)))))
 
 
+#: the width of the MLP router's hidden layer (the paper's 128)
+ROUTER_HIDDEN = 128
+
+#: options that stage 1 had and no longer has: {name: what replaced it} (docs/decisions.md has the numbers)
+REMOVED_OPTIONS = {
+    "alpha_restarts": "each of alpha_alternatives trains one candidate per head scale",
+    "stop_on": "early stopping always watches the mixture NLL and the calibrated NLL and keeps the later best",
+    "holdout": "early stopping holds out 10 % of the training prompts, at most 8,192 pairs",
+    "holdout_max_pairs": "early stopping holds out at most 8,192 pairs",
+    "eval_every": "an evaluation every quarter epoch, 50 to 500 steps of 32 pairs",
+    "patience": "early stopping stops after 5 evaluations without improvement",
+    "min_delta": "an improvement is a relative decrease of 1e-4",
+    "lr_drops": "no learning-rate drops: the refit's cosine decay settles the weights",
+    "lr_drop_factor": "no learning-rate drops: the refit's cosine decay settles the weights",
+    "min_steps": "the step plan: at least 1,000 steps of 32 pairs or a quarter epoch",
+    "min_epochs": "the step plan: at least 1,000 steps of 32 pairs or a quarter epoch",
+    "max_steps": "the step plan: at most 20,000 steps of 32 pairs or 4 epochs",
+    "max_epochs": "the step plan: at most 20,000 steps of 32 pairs or 4 epochs",
+    "weight_decay": "no weight decay (the paper's unregularised probes)",
+    "scale_choice_z": "the selector's one bar: 1 standard error of the per-pair difference",
+    "restart_steps": "successive halving at 125, 250 and 500 steps of 32 pairs",
+    "refit": "the refit always runs, on caches up to 100,000 training pairs",
+    "refit_warm": "the refit trains the selected candidate from its initialisation",
+    "refit_length": "the refit is as long as the held-out slice asked for",
+    "refit_se": "the refit's length: within 1 standard error of the best on one slice, the folds' best steps otherwise",
+    "refit_max_pairs": "the refit runs on caches up to 100,000 training pairs",
+    "folds": "5-fold cross-validation when the held-out slice would hold fewer than 400 pairs",
+    "folds_below": "5-fold cross-validation when the held-out slice would hold fewer than 400 pairs",
+    "hidden": "the router's hidden layer has the paper's 128 units",
+    "warmup": "5 % linear warm-up (paper B.1)",
+    "prior_scale": "ensemble_prior",
+    "prior_l2": "ensemble_prior",
+    "prior_calibration": "ensemble_prior ('paper' for the paper's uncalibrated prior)",
+}
+
+
 @dataclass
 class MixtureConfig:
     """How to fit stage 1 (paper section 4.1, appendix B.1) or one of its baselines on a cache."""
 
+    removed_options: ClassVar[dict[str, str]] = REMOVED_OPTIONS
+
     method: str = "micro"
-    """'micro': K heads + prompt router (eq. 3-5). 'single': one BT head (K forced to 1).
-    'static': K heads with input-independent learned weights (MaxMin-style static mixture).
-    'ensemble': K heads, each with a frozen random prior, trained on the uniform sum of per-head BT
-    losses (the shared-base ensemble of HyRe)."""
+    """'micro': K heads + router (eq. 3-5); 'single': one BT head; 'static': K heads with learned
+    input-independent weights; 'ensemble': K heads with frozen random priors (HyRe's shared-base ensemble)."""
 
     k: int = 10
     """Number of heads K (the paper uses 10 on RPR/HelpSteer2; 'single' ignores it)."""
 
     alpha: float = 0.5
-    """Weight of the router regulariser (eq. 5). 0 switches it off."""
+    """Weight of the router regulariser (eq. 5); 0 switches it off."""
 
     alpha_alternatives: tuple[float, ...] = (0.0,)
-    """Other router regulariser weights an early-stopping `micro` fit may keep instead of `alpha`: one is
-    kept when its held-out values of the restart criterion (the calibrated NLL by default, per pair) are
-    lower by at least `scale_choice_z` standard errors of the per-pair difference. On cross-validated
-    caches (`folds`) the search runs once per weight and the folds' pooled values choose; on one held-out
-    slice the weights' starts train side by side (`alpha_restarts`). The batch balance keeps all K heads
-    in use, so with fewer groups than heads it spreads each group over several heads, each fitted on a
-    share of the group's pairs (600-pair planted caches: micro@50 3.7 points below the fit without it;
-    23.5K x 3072 'shared': micro-refine@50 1.1 points from the oracle). Without it a router can also settle
-    on a few heads for groups that differ less (the demo: two heads for eight groups, micro@50 -7.9), and
-    the held-out values tell the two apart (benchmarks/README.md, "The regulariser's weight chosen by the
-    folds" and "... on one held-out slice"). (): `alpha` only, as `--paper` has it."""
+    """Other regulariser weights searched as candidates (one per head scale); one is selected only when it leads
+    alpha's best by one standard error on the held-out pairs. (): alpha only (--paper)."""
 
-    alpha_restarts: int = 1
-    """Early stopping on one held-out slice, `micro`, with `alpha_alternatives`: starts per head scale
-    trained with each alternative weight beside the `restarts` starts of `alpha` (initialised as the first
-    ones of `alpha`). At the restart choice the best start of each weight is chosen as usual; an
-    alternative's goes on, beside alpha's in the same stack, when it leads alpha's there by
-    `scale_choice_z` standard errors of the per-pair difference, and at the end of the search the two
-    starts' kept weights are compared again by that bar; the refit trains the one kept, with its weight. The lead at the restart choice alone is not enough: on a real
-    8-group cache alpha 0 led there and its router later settled on a few heads."""
-
-    router: str = "mlp"
-    """'mlp': one hidden layer + softmax (the paper); 'linear': as the authors' released code."""
-
-    hidden: int = 128
-    """Width of the MLP router's hidden layer (paper: 128)."""
-
-    epochs: int | None = None
-    """None (default): train until the held-out NLL stops improving (the fields below, from `holdout` to
-    `restarts`). An int: exactly that many passes over the training pairs with warm-up + cosine decay and
-    no held-out slice (the earlier fixed schedule; 4 epochs of a 9K-pair cache are ~1,150 steps, far from
-    converged, while 40 epochs overfit a small one: no fixed count suits both a 600- and a 700K-pair
-    cache)."""
-
-    stop_on: str = "later-plateau"
-    """Early stopping: the held-out value(s) watched. 'later-plateau' (default): two values from one pass,
-    the mixture NLL and the calibrated NLL below; the learning rate drops, and the fit stops, only when
-    neither has improved for `patience` evaluations, and the best weights of the one whose best step is
-    later are kept (ties: 'nll'); restarts are chosen by the calibrated NLL. The fit record's
-    `kept_criterion` says whose weights were kept. 'nll': the mixture NLL alone (the default before; it
-    stops too early on sample-limited high-dimensional caches, e.g. d = 3072 at 6K pairs, where the NLL
-    turns up while the ranking still improves). 'calibrated-nll': the mixture NLL after the one
-    temperature T (every head margin divided by T, T from a log grid, chosen on the held-out slice) that
-    fits it best, so over-confident margins that still rank well are not counted as worse (stops early
-    and loses ~0.01 stage-1 accuracy at d = 64). The calibrated values are for 'micro' and 'static' only
-    ('single' and 'ensemble' keep their per-head BT loss). Measured in benchmarks/README.md, "Stopping at
-    the later plateau, the default"."""
-
-    holdout: float = 0.1
-    """Early stopping: fraction of the training pairs held out, as whole prompts (a prompt's pairs are never
-    split), to measure the held-out mixture NLL on. The test split is never touched."""
-
-    holdout_max_pairs: int = 8192
-    """Early stopping: at most this many held-out pairs (a 700K-pair cache holds out ~8K, not 70K: the
-    NLL of 8K pairs is precise to ~0.005 nats and each evaluation stays cheap)."""
-
-    eval_every: int = 0
-    """Early stopping: steps between held-out evaluations. 0 (default): a quarter epoch, clipped to
-    [50, 500] steps (50 on a 600-pair cache, 183 at 23.5K pairs, 500 at 700K)."""
-
-    patience: int = 5
-    """Early stopping: evaluations without an improvement (of more than `min_delta`) before the learning
-    rate drops, or, after `lr_drops` drops, before the fit stops."""
-
-    min_delta: float = 1e-4
-    """Early stopping: relative decrease of the held-out NLL that counts as an improvement."""
-
-    lr_drops: int = 0
-    """Early stopping: plateaus on which the learning rate is multiplied by `lr_drop_factor` before the
-    next plateau stops the fit (a lower rate settles the noisy AdamW iterate near the optimum; 0 by
-    default, as the refit's cosine decay does that settling)."""
-
-    lr_drop_factor: float = 0.2
-    """Early stopping: learning-rate multiplier at each drop."""
-
-    min_steps: int = 1000
-    """Early stopping: never stop before max(min_steps, min_epochs epochs) steps (the best weights are still
-    kept, so an early optimum is not lost)."""
-
-    min_epochs: float = 0.25
-    """Early stopping: see min_steps (a quarter pass: 5.5K steps on a 700K-pair cache)."""
-
-    max_steps: int = 20000
-    """Early stopping: stop after max(max_steps, max_epochs epochs) steps at the latest (20K steps on
-    caches up to 160K pairs, 87.5K on a 700K-pair cache)."""
-
-    max_epochs: float = 4.0
-    """Early stopping: see max_steps."""
+    head_init: tuple[float, ...] = (1.0, 0.01)
+    """Scales of the heads' initial weights (uniform in +-s / sqrt(d)), each a candidate; a later scale is
+    selected only when it leads the first by one standard error. --paper: (1,)."""
 
     restarts: int = 4
-    """Early stopping, `micro` only: initialisations (seeds seed, seed + 7919, ...) trained side by side as
-    one stacked model for `restart_steps`; the one with the lowest held-out NLL goes on alone.
-    Mixture fits have local optima (a head that serves no group, a group split over two heads); a restart
-    that falls in one shows it in the held-out NLL. 1: a single initialisation."""
+    """Seeds per (alpha, head scale) candidate of an early-stopping `micro` fit; 1: a single initialisation."""
+
+    router: str = "mlp"
+    """'mlp': one hidden layer of 128 + softmax (the paper); 'linear': as the authors' released code."""
+
+    router_input: str = "auto"
+    """What the router reads: 'prompt' (the paper), 'context' (context + prompt), or 'auto': 'context' when every
+    training pair has one."""
+
+    balance: str = "batch"
+    """Regulariser form: 'batch' keeps every head in use over a batch; 'example' is eq. 4 per example (--paper)."""
+
+    ensemble_prior: str = "calibrated"
+    """Ensemble only: 'calibrated' priors as large as a single BT head's margins, each head pulled towards its
+    prior; 'paper': unit-spread priors, no pull."""
+
+    epochs: int | None = None
+    """None: early stopping on held-out prompts, candidates, selection and a refit; N: exactly N passes of
+    warm-up + cosine decay with the first candidate."""
 
     lr: float = 2e-3
     """Peak AdamW learning rate (paper B.1)."""
 
     batch_size: int | None = None
-    """Pairs per optimiser step; None (default): 32 (the paper's 4 x 8 gradient-accumulation steps) with
-    fixed `epochs` and on caches up to ~7K training pairs, and with early stopping on larger caches the
-    power of two nearest n / 150 for n training pairs, at most 512 (`auto_batch_size`: 128 at 18.8K), so
-    that a step averages out more of the noise of weak-signal pairs in high dimensions and a big cache
-    needs fewer steps (benchmarks/README.md, "A batch that grows with the cache"). The step counts of
-    early stopping (min_steps, max_steps, eval_every, restart_steps) are counted in steps of 32 pairs and
-    shrink in proportion for a larger batch."""
-
-    warmup: float = 0.05
-    """Fraction of all steps spent in linear warm-up (paper B.1); then cosine decay to 0."""
-
-    head_init: tuple[float, ...] = (1.0, 0.01)
-    """Scales of the heads' initial weights (uniform in +-s / sqrt(d)). An early-stopping `micro` fit trains
-    `restarts` starts with each scale side by side (seeds seed, seed + 7919, ... in this order) and keeps
-    the one the held-out slice prefers (see `scale_choice_z`); other fits use the first scale. 1 is the
-    usual layer initialisation; 0.01 starts the heads near zero, as a logistic regression starts: early
-    stopping keeps whatever part of the initialisation no gradient removes, and in high dimensions that
-    part is noise in every head's direction. The default (1, 0.01) lets the held-out slice choose: better
-    on planted caches (23.5K x 3072: stage1-best +1.4 points), the same on the demo and the HelpSteer2
-    subset (benchmarks/README.md, "Both head scales, the default"). `--paper` keeps (1,)."""
-
-    scale_choice_z: float = 1.0
-    """With several `head_init` scales: a start of a later scale is kept instead of the best start of the
-    first scale only when its held-out NLL (the restart criterion) is lower by at least this many standard
-    errors of the per-pair difference on the held-out slice; 0: the lowest NLL wins. On 6K x 3072 planted
-    caches the lowest NLL chose a start near zero that was worse in 2 of 10 fits, 0.26 and 0.57 standard
-    errors ahead; the good choices at 23.5K x 3072 were 1.05 to 2.55 ahead (benchmarks/README.md, "Both
-    head scales, the default")."""
-
-    weight_decay: float = 0.0
-    """Decoupled AdamW weight decay on heads and router. 0 (the paper's probes are unregularised), which
-    also makes 'single' plain maximum-likelihood logistic regression on the difference vectors."""
+    """Pairs per step; None: 32 (the paper's) up to ~7K training pairs with early stopping, then the power of two
+    nearest n / 150, at most 512."""
 
     seed: int = 0
-    """Seeds head/router initialisation, the ensemble priors and the batch order: same seed, same model."""
+    """Seeds every candidate's initialisation, the held-out prompts and the batch order."""
 
     device: str = "cpu"
-    """'cpu' or 'cuda'. The cached tensors are moved there once and trained in place."""
+    """'cpu' or 'cuda': where the cached tensors are trained."""
 
-    threads: int = 1
-    """CPU threads torch may use while fitting (restored afterwards). Batch-32 steps are too small to gain
-    from more; on a shared CPU extra threads mostly wait on each other (measured: 2 threads ran 2-8x slower
-    than 1 on the 2-core benchmark machine under load). 0 leaves torch's own setting."""
-
-    router_input: str = "auto"
-    """What the router sees: 'prompt' (the paper's stage 1), 'context' (context + prompt embedding), or
-    'auto' (default): 'context' when every training pair carries a context, else 'prompt'. When groups
-    share prompts, only a router that sees the context can tell them apart (docs/design.md,
-    "Identifiability"); benchmarks/README.md, "Beyond the paper", has the evidence."""
-
-    balance: str = "batch"
-    """Regulariser form. 'batch' (default): alpha * sum_k fbar_k log fbar_k with fbar the batch-mean
-    weights (keeps every head in use without flattening each example's weights). 'example': eq. 4 as
-    written, alpha * mean_i sum_k f_k(x_i) log f_k(x_i); at alpha 0.5 it pins the router to uniform
-    weights on every cache measured (see benchmarks/README.md)."""
-
-    prior_scale: float = 1.0
-    """Ensemble only: size of each head's frozen random prior, in units of the margins of a single BT head
-    fitted first on the same data (so the priors neither drown a weak signal nor vanish beside a strong one)."""
-
-    prior_l2: float = 0.05
-    """Ensemble only: L2 penalty (lambda/2) * rms(diff)^2 * ||theta_k||^2 on each head's trainable part,
-    inside the loss as in randomized prior functions (rms(diff)^2 ||theta||^2 is the variance of theta's
-    margins, so the setting is cache-independent). It keeps every head near its own prior, hence
-    diverse; 0 collapses all heads onto the single-head solution (BT on frozen features is convex).
-    0.05 gave pairwise agreement ~0.86 with best-head accuracy equal to the single head's on the
-    simulated cache."""
-
-    prior_calibration: str = "single-head"
-    """Ensemble only: the unit of the frozen priors. 'single-head' (default): margins of a single BT head
-    fitted first on the same data. 'none' (the paper's shared-base ensemble, `--paper`): a fixed random
-    prior network whose margins have unit standard deviation."""
-
-    refit: bool = True
-    """Early stopping: after the search, train the chosen initialisation again on every training pair
-    (held-out slice included) for the best step count scaled by the pair counts, with warm-up + cosine
-    decay. The search's constant rate leaves noisy weights and a small cache misses its held-out 10 %;
-    the refit fixes both (on 600-pair planted caches the kept weights of the search reached 0.80
-    best-head accuracy, 40 cosine epochs 0.83). Only for caches up to `refit_max_pairs`."""
-
-    refit_warm: float = 0.0
-    """Early stopping with `refit`: 0 (default) trains the chosen initialisation again from scratch; f > 0
-    continues the kept weights of the search on every pair instead, for f x the scaled best step count,
-    with warm-up + cosine decay (a shorter second pass: benchmarks/README.md, "A warm refit")."""
-
-    refit_length: float = 1.0
-    """Early stopping with `refit`: the refit's length in units of the search's best step count (scaled by
-    the pair counts); 1 (default) trains as long as the held-out slice asked for. 3 gives better heads on
-    3,072-dimensional caches of a few thousand pairs (6K x 3072 planted: micro-refine 0.9-1.0 points from the oracle instead of 1.1-1.3) but over-trains
-    at d = 64 and on the HelpSteer2 subset, at 1.2-2.2x the CPU (benchmarks/README.md, "A longer refit")."""
-
-    refit_se: float = 1.0
-    """Early stopping with `refit` on one held-out slice: the refit's length comes from the last evaluation of
-    the search whose held-out values (the kept criterion, per pair) are within this many standard errors of
-    the per-pair difference of its best step's; 0: the best step itself (the rule before). On a flat
-    held-out plateau (6K x 3072 planted: micro-refine +0.6 / +0.8 points) that is later than the best, on a
-    clear minimum (d = 64 at 6K pairs) close to it. Caches cross-validated by `folds` keep the folds' mean
-    best step: their slices are small and the rule lengthened the refit too far (600 pairs: micro@50 -0.9 /
-    -1.7). benchmarks/README.md, "A refit as long as the plateau"."""
-
-    refit_max_pairs: int = 100_000
-    """Early stopping: refit only caches with at most this many training pairs (above it the held-out
-    slice is a small share of the pairs and a second pass costs minutes)."""
-
-    folds: int = 5
-    """Early stopping, `micro`, small caches: when the held-out slice would hold fewer than `folds_below`
-    pairs, the start and the refit's length are chosen by `folds`-fold cross-validation over prompts
-    instead of on one slice (heads/fit.py): every training pair is held out once, so the choice among
-    starts rests on all of them, not on a slice of a few dozen. On 600-pair planted caches (a 48-pair
-    slice) the folds kept a start near zero in 10 of 10 fits, one slice in 2 of 10, and stage1-best rose by
-    2.8-4.5 points; on the demo and the HelpSteer2 subset the results moved by less than 0.005
-    (benchmarks/README.md, "Cross-validation on small caches"). Costs about `folds` + 1 fits (seconds on
-    such caches). 1: one slice always."""
-
-    folds_below: int = 400
-    """Early stopping: cross-validate (`folds`) when the held-out slice would hold fewer pairs than this
-    (with `holdout` 0.1: caches of fewer than ~4,000 training pairs)."""
-
-    restart_steps: int = 500
-    """Early stopping with restarts: steps (rounded up to an evaluation) before the best restart is kept.
-    The stacked restarts cost ~R times a step, so this stays short; a restart that fell into a poor
-    optimum is already behind by then (benchmarks/README.md, "Convergence")."""
+    threads: int = 0
+    """CPU threads torch may use while fitting; 0: torch's own setting (the machine's cores)."""
 
     def __post_init__(self) -> None:
-        check_numbers(self, integers=("k", "hidden", "seed", "threads", "holdout_max_pairs", "eval_every",
-                                      "patience", "lr_drops", "min_steps", "max_steps", "restarts", "refit_max_pairs",
-                                      "restart_steps", "folds", "folds_below", "alpha_restarts") + tuple(f for f in ("epochs", "batch_size") if getattr(self, f) is not None),
-                      reals=("alpha", "lr", "warmup", "weight_decay", "prior_scale", "prior_l2", "holdout", "min_delta",
-                             "lr_drop_factor", "min_epochs", "max_epochs", "refit_warm", "scale_choice_z", "refit_length", "refit_se"))
-        for name in ("alpha", "weight_decay", "prior_scale", "prior_l2", "seed", "threads", "scale_choice_z", "alpha_restarts"):
+        check_numbers(self, integers=("k", "seed", "threads", "restarts") + tuple(f for f in ("epochs", "batch_size") if getattr(self, f) is not None),
+                      reals=("alpha", "lr"))
+        for name in ("alpha", "seed", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
-        scales = (self.head_init,) if isinstance(self.head_init, numbers.Real) else tuple(self.head_init)
-        if not scales or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in scales):
-            raise ValueError(f"head_init must be one or more positive numbers, not {self.head_init!r}")
-        self.head_init = tuple(float(v) for v in scales)
-        alphas = (self.alpha_alternatives,) if isinstance(self.alpha_alternatives, numbers.Real) else tuple(self.alpha_alternatives)
-        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in alphas):
-            raise ValueError(f"alpha_alternatives must be numbers >= 0 (or none), not {self.alpha_alternatives!r}")
-        self.alpha_alternatives = tuple(float(v) for v in alphas)
-        if self.method not in FIT_METHODS:
-            raise ValueError(f"method must be one of {', '.join(FIT_METHODS)}, not {self.method!r}")
-        if self.router not in ("mlp", "linear"):
-            raise ValueError(f"router must be 'mlp' or 'linear', not {self.router!r}")
-        if self.router_input not in ("auto", "prompt", "context"):
-            raise ValueError(f"router_input must be 'auto', 'prompt' or 'context', not {self.router_input!r}")
-        if self.prior_calibration not in ("single-head", "none"):
-            raise ValueError(f"prior_calibration must be 'single-head' or 'none', not {self.prior_calibration!r}")
-        if self.stop_on not in ("nll", "calibrated-nll", "later-plateau"):
-            raise ValueError(f"stop_on must be 'nll', 'calibrated-nll' or 'later-plateau', not {self.stop_on!r}")
-        if self.balance not in ("example", "batch"):
-            raise ValueError(f"balance must be 'example' or 'batch', not {self.balance!r}")
-        if self.folds_below < 0:
-            raise ValueError(f"folds_below must be >= 0, not {self.folds_below!r}")
-        for name in ("k", "hidden", "patience", "restarts", "holdout_max_pairs", "folds") + (("batch_size",) if self.batch_size is not None else ()):
-            if int(getattr(self, name)) < 1:
+        self.head_init = _positive_tuple("head_init", self.head_init, allow_zero=False)
+        self.alpha_alternatives = _positive_tuple("alpha_alternatives", self.alpha_alternatives, allow_zero=True, allow_empty=True)
+        choices = {"method": FIT_METHODS, "router": ("mlp", "linear"), "router_input": ("auto", "prompt", "context"),
+                   "balance": ("batch", "example"), "ensemble_prior": ("calibrated", "paper")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        for name in ("k", "restarts", "epochs", "batch_size"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
-        if self.epochs is not None and int(self.epochs) < 1:
-            raise ValueError(f"epochs must be at least 1 (or None: early stopping), not {self.epochs!r}")
-        if not 0 < self.holdout < 1:
-            raise ValueError(f"holdout is a fraction of the training pairs in (0, 1), not {self.holdout!r}")
-        if not 0 < self.lr_drop_factor < 1:
-            raise ValueError(f"lr_drop_factor must be in (0, 1), not {self.lr_drop_factor!r}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup is a fraction of the steps in [0, 1), not {self.warmup!r}")
-        if not self.refit_se >= 0:
-            raise ValueError(f"refit_se must be >= 0, not {self.refit_se!r}")
-        if not self.refit_length > 0:
-            raise ValueError(f"refit_length must be > 0, not {self.refit_length!r}")
-        if not 0 <= self.refit_warm <= 1:
-            raise ValueError(f"refit_warm is a fraction of the refit's steps in [0, 1], not {self.refit_warm!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, not {self.lr!r}")
 
@@ -341,12 +167,10 @@ class MixtureConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> "MixtureConfig":
-        """The paper's exact stage 1 (section 4.1, B.1): the router reads the prompt only, the
-        regulariser is eq. 4's per-example entropy, and the ensemble is a frozen random prior network plus
-        trainable heads on the uniform sum of BT losses (no anchor, no calibration); batch 32 and the usual
-        layer initialisation of the heads (head_init 1). The per-dataset K is
-        `micro.paper.PRESETS`. Other fields keep their defaults unless overridden."""
-        paper = {"router_input": "prompt", "balance": "example", "prior_l2": 0.0, "prior_calibration": "none", "batch_size": BASE_BATCH,
+        """The paper's exact stage 1 (section 4.1, B.1): the router reads the prompt only, the regulariser is
+        eq. 4's per-example entropy, the ensemble's prior is uncalibrated, batch 32, the usual layer
+        initialisation of the heads and one regulariser weight. The per-dataset K is `micro.paper.PRESETS`."""
+        paper = {"router_input": "prompt", "balance": "example", "ensemble_prior": "paper", "batch_size": BASE_BATCH,
                  "head_init": (1.0,), "alpha_alternatives": ()}
         return cls(**{**paper, **overrides})
 
@@ -361,8 +185,18 @@ class MixtureConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MixtureConfig":
+        """From a stored config.json: removed options are ignored (a run fitted before they went still loads)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _positive_tuple(name: str, value: Any, allow_zero: bool, allow_empty: bool = False) -> tuple[float, ...]:
+    """`value` (a number or several) as a tuple of floats, each > 0 (>= 0 with `allow_zero`)."""
+    values = (value,) if isinstance(value, numbers.Real) else tuple(value)
+    ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0) for v in values)
+    if not ok or (not values and not allow_empty):
+        raise ValueError(f"{name} must be {'numbers >= 0 (or none)' if allow_zero else 'one or more positive numbers'}, not {value!r}")
+    return tuple(float(v) for v in values)
 
 
 SIMULATION_REGIMES = ("prompt", "shared")

@@ -1,175 +1,189 @@
-"""`fit_mixture`: stage 1 on a cache split, on one held-out slice (heads/train.py) or, on small caches, by
-cross-validation over prompts.
+"""`fit_mixture`: stage 1 on a cache split, as an estimator plus a selector.
 
-On a cache of a few thousand pairs the held-out slice of early stopping holds a few hundred pairs or
-fewer (~48 on a 600-pair cache): too few to tell a good start from a poor one, or to say how long to
-train. There `micro` is fitted by `MixtureConfig.folds`-fold cross-validation instead (`uses_folds`):
-1. each fold of prompts is held out in turn while the starts train side by side on the other folds, up
-   to the point where one slice would choose; the per-pair values of the restart criterion, pooled over
-   the folds (every training pair held out once), choose the start (`scale_choice`, with its bar for a
-   later head scale);
-2. the chosen start is trained alone on each fold's other folds until the fold's held-out values stop
-   improving: its best steps, scaled to all pairs and averaged, are the refit's length;
-3. the chosen start is trained on every pair for that many steps (warm-up + cosine decay), as the
-   refit of a one-slice fit.
-Steps 1-2 run once for `alpha` and once for each of `alpha_alternatives`; the per-pair held-out values of
-the restart criterion of each fold's search, pooled over the folds, choose the regulariser weight of step 3
-(`scale_choice`, as for head scales: an alternative must lead `alpha` by `scale_choice_z` standard errors).
-On one held-out slice the alternatives are starts of the one search instead (heads/train.py, `start_grid`,
-`choose_start`).
+1. The candidates (heads/search.py) train side by side until the held-out values stop improving, on one
+   held-out slice of prompts or, on small caches, on every fold of a cross-validation over prompts at once
+   (heads/train.py, `Search`); successive halving drops the losing half at each rung.
+2. One rule selects among those still training (`select`).
+3. The refit trains the selected candidate again, from its initialisation, on every training pair, for as
+   many steps as the held-out values asked for (scaled to all pairs), with warm-up + cosine decay.
+`--epochs N` trains the first candidate for N passes instead; baselines have one candidate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
 from ..embedcache.store import CacheSplit
-from .config import MixtureConfig
+from .config import ROUTER_HIDDEN, MixtureConfig
+from .criteria import CRITERIA, recorded_z
 from .model import MixtureRewardModel
-from .train import STOP_CRITERIA, FitRecord, _fit, heldout_rows, pair_nll, recorded_z, router_table, scale_choice, start_scales
+from .search import candidates, held_out_sets, is_default, select
+from .train import Data, Search, build_model, make_trainer, train_fixed
+
+#: train again on every pair after the search for caches of at most this many training pairs
+REFIT_MAX_PAIRS = 100_000
+#: one held-out slice: the refit is as long as the last evaluation within REFIT_SE standard errors of the best
+REFIT_SE = 1.0
+#: the ensemble's calibrated prior: an L2 pull of each head towards its prior, in units of rms(diff)^2
+ENSEMBLE_L2 = 0.05
 
 
-def fit_mixture(
-    train: CacheSplit,
-    config: MixtureConfig | None = None,
-    *,
-    log: Callable[[dict], None] | None = None,
-    reference: bool = False,
-) -> MixtureRewardModel:
-    """Fit stage 1 (or a baseline) on `train`; deterministic for `config.seed` on a given device.
+@dataclass
+class FitRecord:
+    """What a fit did: written to metrics.json under "fit" and kept on the model as `fit_record`."""
 
-    `reference=True` trains `micro` by autograd on `batch_loss` instead of the hand-written stacked step
-    (one restart; the slow reference the tests and benchmarks/fit_mixture_speed.py compare against).
+    schedule: str  # "early-stopping" | "fixed-epochs"
+    steps: int = 0  # optimiser steps of the search (or of the fixed schedule)
+    best_step: int = 0  # the kept step of the selected candidate (its held-out values pooled over folds)
+    stop_reason: str = ""  # "patience" | "max_steps" | "epochs"
+    train_pairs: int = 0
+    heldout_pairs: int = 0
+    folds: int = 0  # 0: one held-out slice
+    plan: dict = field(default_factory=dict)
+    candidates: list = field(default_factory=list)  # [{"alpha", "head_init", "seed"}]
+    chosen: int = 0  # the selected candidate
+    chosen_z: float | None = None  # its lead over the best default candidate (None: a default candidate won)
+    candidate_nll: dict = field(default_factory=dict)  # each candidate's pooled held-out value when last compared
+    rungs: list = field(default_factory=list)  # [{"step", "kept": [candidates]}]
+    curve: list = field(default_factory=list)  # per evaluation: fold 0's held-out values of each live candidate
+    best_heldout_nll: float | None = None  # the selected candidate's kept criterion at its best step
+    kept_criterion: str = ""
+    criterion_best_steps: dict = field(default_factory=dict)
+    refit_steps: int = 0
+    head_init: float | None = None
+    alpha: float | None = None
+    candidate_steps: int = 0  # steps summed over the models trained (search and refit)
+    steps_vs_one_start: float = 1.0  # candidate_steps / the selected candidate's own (in every fold, and its refit)
+    seconds: float = 0.0  # wall time of the fit
+    matmul_seconds: float = 0.0  # candidate_steps x one model's matrix products per step, timed in the same run
+    time_vs_matmul: float = 0.0  # seconds / matmul_seconds
 
-    `log`, if given, receives {"step", "epoch", "loss", "heldout_nll" (None with fixed epochs), "best_step",
-    "lr", "seconds"} after each held-out evaluation (or each epoch with fixed epochs; with folds also
-    "fold" and "folds", and "alpha" while the folds compare regulariser weights). The returned model is on
-    the CPU in eval mode; `model.fit_record` (a FitRecord) says how it stopped, `model.train_history` holds the logged training losses and `model.train_steps`
-    the steps run.
-    """
+    def to_dict(self) -> dict:
+        return {k: ({str(i): v for i, v in value.items()} if k == "candidate_nll" else value) for k, value in self.__dict__.items()}
+
+
+def fit_mixture(train: CacheSplit, config: MixtureConfig | None = None, *, log: Callable[[dict], None] | None = None,
+                reference: bool = False) -> MixtureRewardModel:
+    """Fit stage 1 (or a baseline) on `train`; deterministic for `config.seed` on a given device and thread count.
+
+    `reference=True` trains `micro` by autograd on `batch_loss` with one candidate (the slow reference the
+    tests compare against). `log`, if given, receives {"step", "epoch", "loss", "heldout_nll" (None with
+    fixed epochs), "best_nll", "best_step", "lr", "restarts", "seconds"} at each held-out evaluation (each
+    pass with fixed epochs). The model returned is on the CPU in eval mode; `model.fit_record` says what
+    the fit did, `model.train_history` holds the refit's (or the fixed schedule's) mean loss per pass."""
     config = (config or MixtureConfig()).resolved(train)
+    if len(train.diff) == 0:
+        raise ValueError("the training split has no pairs")
     threads = torch.get_num_threads()
     if config.threads and config.device == "cpu":
         torch.set_num_threads(config.threads)
-    # Subnormal floats (router weights of unused heads, exp(-90)) make every CPU product they enter
-    # many times slower; flushing them to zero changes no result beyond float tolerance.
+    # Subnormal floats (router weights of unused heads) make CPU products many times slower; flushing them
+    # to zero changes no result beyond float tolerance.
     flushed = config.device == "cpu" and torch.set_flush_denormal(True)
     try:
-        folds = prompt_folds(train, config.folds, config.seed) if uses_folds(train, config, reference) else []
-        return _fit_by_folds(train, config, folds, log) if len(folds) > 1 else _fit(train, config, log, reference)
+        start = time.perf_counter()
+        model = _fit(train, config, log, reference)
+        record = model.fit_record
+        record.seconds = round(time.perf_counter() - start, 3)
+        hidden = ROUTER_HIDDEN if config.method == "micro" else 0
+        record.matmul_seconds = round(record.candidate_steps * step_products(train.diff.shape[1], model.k, hidden, config), 3)
+        record.time_vs_matmul = round(record.seconds / max(record.matmul_seconds, 1e-9), 2)
     finally:
         torch.set_num_threads(threads)
         if flushed:
             torch.set_flush_denormal(False)
-
-
-def uses_folds(train: CacheSplit, config: MixtureConfig, reference: bool = False) -> bool:
-    """Whether `fit_mixture` cross-validates: an early-stopping `micro` fit with a refit from scratch (a warm
-    refit continues one search's weights), `folds` > 1, and a held-out slice of fewer than `folds_below`
-    pairs."""
-    if config.method != "micro" or config.epochs is not None or reference or config.folds < 2 or not config.refit or config.refit_warm:
-        return False
-    n = len(train.diff)
-    if n > config.refit_max_pairs or len(np.unique(train.prompt_index.numpy())) < 2:
-        return False
-    return len(heldout_rows(train, config.holdout, config.holdout_max_pairs, config.seed)[1]) < config.folds_below
-
-
-def prompt_folds(train: CacheSplit, folds: int, seed: int = 0) -> list[torch.Tensor]:
-    """The held-out rows of each fold: the prompts in a seeded order, cut into `folds` runs of about equal
-    pair counts (a prompt's pairs are never split; a fold that would be empty is dropped)."""
-    prompt = train.prompt_index.numpy()
-    prompts, counts = np.unique(prompt, return_counts=True)
-    order = np.random.default_rng([seed, 0xF01D]).permutation(len(prompts))
-    before = np.cumsum(counts[order]) - counts[order]  # pairs ahead of each prompt in that order
-    fold_of = np.empty(len(prompts), dtype=np.int64)
-    fold_of[order] = before * folds // len(prompt)
-    fold_of = fold_of[np.searchsorted(prompts, prompt)]  # per pair
-    return [torch.from_numpy(np.flatnonzero(fold_of == f)) for f in range(folds) if (fold_of == f).any()]
-
-
-def fold_splits(n: int, folds: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(fit rows, held-out rows) of each fold of `n` pairs, as `_fit(split=...)` takes them."""
-    splits = []
-    for held in folds:
-        mask = torch.ones(n, dtype=torch.bool)
-        mask[held] = False
-        splits.append((mask.nonzero().flatten(), held))
-    return splits
-
-
-@dataclass
-class FoldSearch:
-    """Steps 1-2 of the cross-validated fit for one config: the start kept (and the z it was judged by), each
-    start's pooled criterion at the choice, each fold's search record, and the per-pair values of the restart
-    criterion (the last of `STOP_CRITERIA[stop_on]`) of each fold's search at its kept weights on the fold's
-    held-out pairs, concatenated in fold order."""
-
-    config: MixtureConfig
-    keep: int
-    z: float | None
-    nll: list
-    searches: list
-    values: torch.Tensor
-
-
-def search_by_folds(train: CacheSplit, config: MixtureConfig, splits: list, fold_log: Callable) -> FoldSearch:
-    """Steps 1 (the start) and 2 (each fold's search of the kept start) of the cross-validated fit."""
-    scales = start_scales(config)
-    keep, z, nll = 0, None, []
-    if len(scales) > 1:
-        values = torch.cat([_fit(train, config, fold_log(f), split=split, until_choice=True) for f, split in enumerate(splits)], dim=1)
-        nll = values.mean(1).tolist()
-        keep, z = scale_choice(nll, scales, lambda r: values[r], config.scale_choice_z)
-    table, index = router_table(train, config.router_input)
-    criterion = STOP_CRITERIA[config.stop_on][-1]  # the restart criterion
-    searches, held_nll = [], []
-    for f, split in enumerate(splits):
-        model = _fit(train, replace(config, refit=False), fold_log(f), split=split, only_start=keep)
-        searches.append(model.fit_record)
-        with torch.no_grad():
-            held = split[1]
-            held_nll.append(pair_nll(criterion, model.log_weights(table[index[held]]), model.head_margins(train.diff[held])).float())
-    return FoldSearch(config, keep, z, nll, searches, torch.cat(held_nll))
-
-
-def _fit_by_folds(train: CacheSplit, config: MixtureConfig, folds: list[torch.Tensor], log: Callable[[dict], None] | None) -> MixtureRewardModel:
-    n = len(train.diff)
-    splits = fold_splits(n, folds)
-    # one search per regulariser weight, each with the starts of `alpha` alone (start_grid)
-    alphas = [config.alpha] + [a for a in dict.fromkeys(config.alpha_alternatives) if a != config.alpha]
-    candidates = [replace(config, alpha=a, alpha_alternatives=()) for a in alphas]
-
-    def fold_log(f: int, alpha: float) -> Callable[[dict], None] | None:
-        if log is None:
-            return None
-        return lambda entry: log({**entry, "fold": f + 1, "folds": len(splits), **({"alpha": alpha} if len(candidates) > 1 else {})})
-
-    # 1-2 for each regulariser weight; the pooled per-pair held-out values choose among them
-    found = [search_by_folds(train, c, splits, lambda f, a=c.alpha: fold_log(f, a)) for c in candidates]
-    means = [float(f.values.mean()) for f in found]
-    chosen, alpha_z = scale_choice(means, [c.alpha for c in candidates], lambda r: found[r].values, config.scale_choice_z)
-    search = found[chosen]
-    config, keep, searches, scales = search.config, search.keep, search.searches, start_scales(search.config)
-    best = float(np.mean([s.best_step * n / s.train_pairs for s in searches]))
-    # 3. the refit on every pair
-    refit_steps = max(1, int(round(config.refit_length * best)))
-    refit_config = replace(config, seed=config.seed + 7919 * keep, head_init=(scales[keep],))
-    model = _fit(train, refit_config, None, steps=refit_steps)
-    first = searches[0]
-    model.fit_record = FitRecord(
-        schedule="early-stopping", steps=sum(s.steps for f in found for s in f.searches), best_step=int(round(np.mean([s.best_step for s in searches]))),
-        stop_reason=", ".join(sorted({s.stop_reason for s in searches})), train_pairs=n, heldout_pairs=n, plan=first.plan,
-        restarts=len(scales), chosen_restart=keep, restart_nll=[round(v, 6) for v in search.nll],
-        start_z=recorded_z(search.z), curve=first.curve,
-        best_heldout_nll=round(float(np.average([s.best_heldout_nll for s in searches], weights=[len(h) for h in folds])), 6),
-        refit_steps=refit_steps, kept_criterion=first.kept_criterion, criterion_best_steps=first.criterion_best_steps,
-        head_init=scales[keep], folds=len(splits), fold_best_steps=[s.best_step for s in searches],
-        fold_heldout_nll=[s.best_heldout_nll for s in searches],
-        alpha=config.alpha, alpha_nll=[round(v, 6) for v in means], alpha_z=recorded_z(alpha_z))
-    model.train_steps = model.fit_record.steps + refit_steps
+    model.train_steps = record.candidate_steps
     return model
+
+
+def step_products(d: int, k: int, hidden: int, config: MixtureConfig, repeats: int = 20) -> float:
+    """Seconds of one model's matrix products in one step (forward and weight gradient of the heads and of
+    the router's first layer) at this batch size, on this device and thread count: the best of 3 timings."""
+    device, b = torch.device(config.device), config.batch_size
+    x, heads, gk = torch.randn(b, d, device=device), torch.randn(d, k, device=device), torch.randn(b, k, device=device)
+    first, gh = torch.randn(d, max(hidden, 1), device=device), torch.randn(b, max(hidden, 1), device=device)
+    best = math.inf
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            x @ heads, x.T @ gk
+            if hidden:
+                x @ first, x.T @ gh
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return best
+
+
+def ensemble_prior(train: CacheSplit, config: MixtureConfig) -> tuple[float, float]:
+    """(prior unit, L2 weight) of the ensemble's frozen priors: 'calibrated' gives prior margins the spread of a
+    single BT head's fitted margins and pulls each head towards its prior; 'paper' gives them unit spread, no pull."""
+    diff = train.diff[:4096].float()
+    rms = float(diff.pow(2).mean().sqrt())
+    if config.method != "ensemble":
+        return rms, 0.0
+    if config.ensemble_prior == "paper":
+        return rms, 0.0
+    head = fit_mixture(train, MixtureConfig(**{**config.to_dict(), "method": "single"})).head_vectors()[0]
+    return rms / max(float((diff @ head).std()), 1e-6), ENSEMBLE_L2 * rms**2
+
+
+def _fit(train: CacheSplit, config: MixtureConfig, log: Callable | None, reference: bool) -> MixtureRewardModel:
+    n, d = train.diff.shape
+    data, (prior_unit, l2) = Data(train, config), ensemble_prior(train, config)
+    searching = config.method == "micro" and not reference
+    cands = candidates(config, searching and config.epochs is None)
+    if config.epochs is not None:
+        steps = config.epochs * math.ceil(n / config.batch_size)
+        model, history = train_fixed(data, config, build_model(config, d, cands[0], prior_unit), steps, cands[0].alpha, reference, l2, log)
+        model.fit_record = FitRecord("fixed-epochs", steps=steps, best_step=steps, stop_reason="epochs", train_pairs=n,
+                                     candidate_steps=steps, candidates=[c.__dict__ for c in cands], head_init=cands[0].head_init)
+        model.train_history = history
+        return model
+
+    def trainer_for(members: list[int]):
+        models = [build_model(config, d, cands[i], prior_unit) for i in members]
+        return make_trainer(config, data, models, [cands[i].alpha for i in members], reference, l2)
+
+    held = held_out_sets(train, config.seed, cross_validate=searching and n <= REFIT_MAX_PAIRS)
+    search = Search(data, config, cands, [is_default(c, config) for c in cands], held, trainer_for, keep_weights=n > REFIT_MAX_PAIRS)
+    steps, stop = search.run(log)
+    record = _record(search, steps, stop, n, sum(len(h) for h in held))
+    chosen = record.chosen
+    if n > REFIT_MAX_PAIRS:  # the search's kept weights are the model
+        model = search.trainer.to_model(search.weights[search.kept_criterion(chosen)][chosen]).cpu().eval()
+        model.train_history = []
+    else:
+        refit_from = search.last_within(chosen, REFIT_SE) if search.folds == 1 else record.best_step
+        record.refit_steps = max(1, int(round(refit_from * n / search.n_fit)))
+        model, model.train_history = train_fixed(data, config, build_model(config, d, cands[chosen], prior_unit), record.refit_steps,
+                                                 cands[chosen].alpha, reference, l2)
+    record.candidate_steps = search.candidate_steps + record.refit_steps
+    record.steps_vs_one_start = round(record.candidate_steps / (search.folds * steps + record.refit_steps), 2)
+    model.fit_record = record
+    return model
+
+
+def _record(search: Search, steps: int, stop: str, n: int, heldout: int) -> FitRecord:
+    """The fit record of a finished search, with the final selection among the candidates still live."""
+    chosen, z = search.live[0], search.z
+    if len(search.live) > 1:
+        values = [search.best_pairs[-1][i] for i in search.live]
+        search.compared.update({i: float(v.mean()) for i, v in zip(search.live, values)})
+        pos, z = select(values, [search.home[i] for i in search.live])
+        chosen = search.live[pos]
+    c = search.kept_criterion(chosen)
+    cand = search.cands[chosen]
+    return FitRecord(
+        "early-stopping", steps=steps, best_step=search.best_step[c][chosen], stop_reason=stop, train_pairs=n, heldout_pairs=heldout,
+        folds=search.folds if search.folds > 1 else 0, plan=search.plan.__dict__.copy(), candidates=[x.__dict__ for x in search.cands],
+        chosen=chosen, chosen_z=recorded_z(z), candidate_nll={i: round(v, 6) for i, v in search.compared.items()}, rungs=search.rungs,
+        curve=search.curve, best_heldout_nll=round(search.best[c][chosen], 6), kept_criterion=CRITERIA[c],
+        criterion_best_steps={name: search.best_step[j][chosen] for j, name in enumerate(CRITERIA)},
+        head_init=cand.head_init, alpha=cand.alpha)

@@ -24,6 +24,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -88,8 +89,8 @@ def _existing_params(out: Path) -> dict | None:
         return None
 
 
-def _simulate(out: Path, config: SimulateConfig, overwrite: bool) -> SimulationTruth:
-    c = config
+def _draw(c: SimulateConfig) -> SimpleNamespace:
+    """Every array of a planted cache, drawn from `c.seed` in a fixed order (the same seed, the same cache)."""
     seed, regime, scale, weight_floor, conflict = c.seed, c.regime, c.scale, c.weight_floor, c.conflict
     rng = np.random.default_rng(seed)
     G, d = c.groups, c.dim
@@ -137,8 +138,14 @@ def _simulate(out: Path, config: SimulateConfig, overwrite: bool) -> SimulationT
     split = np.isin(prompt, test_prompts).astype(np.int64)
     context_prompt_emb = (prompt_emb[:, None, :] + context_vectors[None, :, :]).reshape(-1, d)
 
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "c"})
+
+
+def _simulate(out: Path, config: SimulateConfig, overwrite: bool) -> SimulationTruth:
+    c, x = config, _draw(config)
+    G, regime = c.groups, c.regime
     names = [f"group{g}" for g in range(G)]
-    params = {**c.to_dict(), "pairs": int(n)}  # the resolved config, with the pairs drawn
+    params = {**c.to_dict(), "pairs": int(x.n)}  # the resolved config, with the pairs drawn
     if out.exists() and not overwrite:
         old = _existing_params(out)
         if old is None:
@@ -148,63 +155,69 @@ def _simulate(out: Path, config: SimulateConfig, overwrite: bool) -> SimulationT
             refuse_existing(out, "a simulated cache", diff_fields(old, params))
     truth = SimulationTruth(
         regime=regime,
-        directions=directions,
-        scale=float(scale),
-        mixing=mixing,
-        weight_floor=float(weight_floor if regime == "prompt" else 1.0),
-        context_vectors=context_vectors,
-        pair_group=group.astype(np.int64),
-        pair_weights=prompt_weights[prompt],
-        pair_scores=pair_scores,
+        directions=x.directions,
+        scale=float(c.scale),
+        mixing=x.mixing,
+        weight_floor=float(c.weight_floor if regime == "prompt" else 1.0),
+        context_vectors=x.context_vectors,
+        pair_group=x.group.astype(np.int64),
+        pair_weights=x.prompt_weights[x.prompt],
+        pair_scores=x.pair_scores,
         params=params,
     )
+    _write(out, x, truth, names)
+    return truth
+
+
+def _write(out: Path, x: SimpleNamespace, truth: SimulationTruth, names: list[str]) -> None:
+    """The cache file of a drawn simulation."""
+    params, G, n_prompts, triples = truth.params, len(names), x.n_prompts, x.triples
     write_cache(
         out,
         meta={
             "model_id": "simulate",
-            "model_revision": f"seed{seed}",
+            "model_revision": f"seed{params['seed']}",
             "pooling": "planted",
             "max_length": 0,
-            "template": f"simulate-{regime}",
+            "template": f"simulate-{truth.regime}",
             "source_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
             "simulation": json.dumps(params),
         },
         sequences={
-            "embedding": response_emb,
-            "prompt": np.repeat(triple_prompt, 2),
+            "embedding": x.response_emb,
+            "prompt": np.repeat(x.triple_prompt, 2),
             "text": [f"response {i}" for i in range(2 * triples)],
         },
-        prompts={"embedding": prompt_emb, "text": [f"prompt {p}" for p in range(n_prompts)]},
+        prompts={"embedding": x.prompt_emb, "text": [f"prompt {p}" for p in range(n_prompts)]},
         pairs={
-            "chosen": chosen,
-            "rejected": rejected,
-            "prompt": prompt,
-            "context_prompt": prompt * G + group,
-            "attribute": group,
-            "context": group,
-            "split": split,
+            "chosen": x.chosen,
+            "rejected": x.rejected,
+            "prompt": x.prompt,
+            "context_prompt": x.prompt * G + x.group,
+            "attribute": x.group,
+            "context": x.group,
+            "split": x.split,
         },
         attributes=names,
         splits=["train", "test"],
         contexts=[f"{name}: judge responses the way annotator group {g} does" for g, name in enumerate(names)],
         context_prompts={
-            "embedding": context_prompt_emb,
+            "embedding": x.context_prompt_emb,
             "prompt": np.repeat(np.arange(n_prompts), G),
             "context": np.tile(np.arange(G), n_prompts),
         },
         extra_groups={
             "simulation": {
-                "directions": directions,
-                "mixing": mixing,
-                "context_vectors": context_vectors,
+                "directions": x.directions,
+                "mixing": x.mixing,
+                "context_vectors": x.context_vectors,
                 "pair_group": truth.pair_group,
                 "pair_weights": truth.pair_weights,
-                "pair_scores": pair_scores,
+                "pair_scores": x.pair_scores,
                 "params": [json.dumps({**params, "weight_floor_effective": truth.weight_floor})],
             }
         },
     )
-    return truth
 
 
 def load_truth(path: str | os.PathLike) -> SimulationTruth:

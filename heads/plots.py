@@ -84,7 +84,7 @@ def curve_starts(point: dict, kept: int, key: str = "heldout_nll") -> list[int]:
 def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
     """Write the held-out NLL and, where early stopping watched it, the calibrated held-out NLL (one line
     per restart while they train side by side) and the training loss against the step, with the kept
-    (best) step marked (a cross-validated fit: its first fold's search); None for a fixed-epoch fit (no
+    (best) step marked (a cross-validated fit: the folds' values pooled); None for a fixed-epoch fit (no
     held-out slice)."""
     import matplotlib
 
@@ -95,7 +95,7 @@ def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
     if not curve:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    kept = record.get("chosen_restart", 0)
+    kept = record.get("chosen", 0)
     for key, color, name in (("heldout_nll", "C0", "held-out NLL"), ("heldout_calibrated_nll", "C2", "held-out calibrated NLL")):
         if key not in curve[0]:
             continue
@@ -107,14 +107,11 @@ def heldout_curve(record: dict, out: str | os.PathLike) -> Path | None:
             ax.plot(*zip(*pts), color=color, **({"label": name} if start == kept else {"alpha": 0.3}))
     ax.plot([c["step"] for c in curve], [c["train_loss"] for c in curve], color="C1", alpha=0.6, label="training NLL (sample of fit pairs)")
     folds = record.get("folds") or 0
-    best = record["fold_best_steps"][0] if folds else record["best_step"]
-    ax.axvline(best, color="k", ls="--", lw=0.8, label=f"kept: step {best}")
+    ax.axvline(record["best_step"], color="k", ls="--", lw=0.8, label=f"kept: step {record['best_step']}")
     ax.set_xlabel("step")
     ax.set_ylabel("nats per pair")
-    if folds:  # cross-validated: the first fold's search; each fold's best step in the title
-        ax.set_title(f"Stage 1, fold 1 of {folds}: best steps {record['fold_best_steps']}", fontsize=10)
-    else:
-        ax.set_title(f"Stage 1: stopped at step {record['steps']} ({record['stop_reason']})")
+    where = f"{folds} folds pooled" if folds else "held-out slice"
+    ax.set_title(f"Stage 1 ({where}): stopped at step {record['steps']} ({record['stop_reason']})", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)

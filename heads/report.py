@@ -39,12 +39,21 @@ def best_head_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-def alpha_phrase(fit: dict, values: str) -> str:
-    """The router regulariser's weight chosen among `alpha_alternatives` ('' without alternatives)."""
-    if len(fit.get("alpha_nll") or []) < 2:
+def fit_summary(fit: dict, train_pairs: int) -> str:
+    """One line on how stage 1 stopped and which candidate it selected ('' for a fixed schedule)."""
+    if fit.get("schedule") != "early-stopping":
         return ""
-    ahead = f"; the best alternative {fit['alpha_z']:.2f} SE ahead" if fit.get("alpha_z") is not None else ""
-    return f"; router regulariser alpha {fit['alpha']:g} kept ({values} " + ", ".join(f"{v:.4f}" for v in fit["alpha_nll"]) + ahead + ")"
+    where = (f"{fit['folds']}-fold cross-validation over prompts" if fit.get("folds") else f"{fit['heldout_pairs']} held-out pairs")
+    line = (f"early stopping on {where}: {fit['steps']} steps ({fit['stop_reason']}), kept step {fit['best_step']} "
+            f"(the {fit['kept_criterion']} best, {fit['best_heldout_nll']:.4f})")
+    if len(fit.get("candidates") or []) > 1:
+        cand = fit["candidates"][fit["chosen"]]
+        lead = f", {fit['chosen_z']:.2f} SE ahead of the default's" if fit.get("chosen_z") is not None else ""
+        line += (f"; candidate {fit['chosen'] + 1} of {len(fit['candidates'])} selected (alpha {cand['alpha']:g}, "
+                 f"head scale {cand['head_init']:g}{lead})")
+    if fit.get("refit_steps"):
+        line += f"; refitted on all {train_pairs} pairs for {fit['refit_steps']} steps"
+    return line + f"; {fit['steps_vs_one_start']:.2f}x the steps of one candidate, {fit['time_vs_matmul']:.1f}x its matrix products' time"
 
 
 def print_report(metrics: dict[str, Any], console: Console | None = None) -> None:
@@ -57,27 +66,9 @@ def print_report(metrics: dict[str, Any], console: Console | None = None) -> Non
         f"head agreement {metrics['head_agreement']:.3f} | {metrics['train_steps']} steps in {metrics['train_seconds']:.1f} s "
         f"on {metrics['train_pairs']} pairs"
     )
-    fit = metrics.get("fit") or {}
-    if fit.get("schedule") == "early-stopping" and fit.get("folds"):
-        console.print(
-            f"early stopping by {fit['folds']}-fold cross-validation over prompts (every training pair held out once): "
-            f"best steps {fit['fold_best_steps']} ({fit['stop_reason']}), held-out NLL {fit['best_heldout_nll']:.4f}"
-            + (f"; start {fit['chosen_restart'] + 1} of {fit['restarts']} kept (head scale {fit['head_init']:g}"
-               + (f", {fit['start_z']:.2f} SE ahead of the first scale" if fit.get("start_z") is not None else "") + ")" if fit["restarts"] > 1 else "")
-            + alpha_phrase(fit, "pooled held-out values")
-            + f"; refitted on all {metrics['train_pairs']} pairs for {fit['refit_steps']} steps"
-        )
-    elif fit.get("schedule") == "early-stopping":
-        console.print(
-            f"early stopping: {fit['steps']} steps ({fit['stop_reason']}), kept step {fit['best_step']} with held-out NLL "
-            f"{fit['best_heldout_nll']:.4f} on {fit['heldout_pairs']} held-out pairs"
-            + (f" (the {fit['kept_criterion']} best; best steps {fit['criterion_best_steps']})" if len(fit.get("criterion_best_steps") or {}) > 1 else "")
-            + (f"; restart {fit['chosen_restart'] + 1} of {fit['restarts']} kept" if fit["restarts"] > 1 else "")
-            + (f" (head scale {fit['head_init']:g}" + (f", {fit['start_z']:.2f} SE ahead of the first scale" if fit.get("start_z") is not None else "") + ")"
-               if fit["restarts"] > 1 and fit.get("head_init") is not None else "")
-            + alpha_phrase(fit, "held-out values")
-            + (f"; refitted on all {metrics['train_pairs']} pairs for {fit['refit_steps']} steps" if fit.get("refit_steps") else "")
-        )
+    summary = fit_summary(metrics.get("fit") or {}, metrics["train_pairs"])
+    if summary:
+        console.print(summary)
     for w in metrics["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     for name, path in metrics["files"].items():

@@ -27,7 +27,7 @@ def _help(command: str) -> str:
 
 
 @pytest.mark.parametrize(("command", "cls", "skipped", "renamed"), [
-    ("fit-mixture", MixtureConfig, (), {}),
+    ("fit-mixture", MixtureConfig, ("ensemble_prior",), {}),
     ("adapt", AdaptConfig, ("save_routers", "plot"), {"baselines": "--no-baselines", "baseline_runs": "--baselines"}),
 ])
 def test_every_config_field_is_an_option_showing_its_one_default(command, cls, skipped, renamed):
@@ -38,6 +38,13 @@ def test_every_config_field_is_an_option_showing_its_one_default(command, cls, s
         assert renamed.get(f.name, "--" + f.name.replace("_", "-")) in text, f.name
     defaults = cls()
     assert f"[default: {defaults.k if cls is MixtureConfig else defaults.seeds}]" in text
+
+
+def test_stage1_is_small_enough_to_read():
+    """At most 20 config fields and 25 options on `micro fit-mixture --help` (ensemble_prior: --config and --paper)."""
+    result = runner.invoke(app, ["fit-mixture", "--help"], env={"COLUMNS": "200"})
+    options = [line for line in result.output.splitlines() if line.lstrip("│ *").startswith("-")]
+    assert len(fields(MixtureConfig)) <= 20 and len(options) <= 25, (len(fields(MixtureConfig)), len(options))
 
 
 @pytest.mark.parametrize(("command", "cls"), [("score", ScoreConfig), ("export", ExportConfig), ("serve", ServeConfig),

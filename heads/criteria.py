@@ -1,0 +1,79 @@
+"""The held-out values stage 1 stops on and selects by, per pair, and the paired z that compares two of them.
+
+Two values are watched (the "later plateau" of heads/train.py): the mixture NLL, and the calibrated NLL
+(the mixture NLL after the one temperature that fits the held-out pairs best, so over-confident margins
+that still rank well are not counted as worse). Candidates are selected by the calibrated NLL.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+#: the values watched by early stopping, in order; the last one selects among candidates
+CRITERIA = ("nll", "calibrated-nll")
+
+# Margin scales 1/T tried by the calibrated NLL: 2^(j/4) for j in -40..40 (1/1024 to 1024, 19 % apart).
+CALIBRATION_SCALES = 2.0 ** (torch.arange(-40, 41, dtype=torch.float64) / 4)
+
+
+def grid_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """[S, ...] mixture NLL at each scale of `CALIBRATION_SCALES`; log_weights, margins: [..., n, K].
+
+    One scale at a time, in float64, as -mean log sum_k w_k sigmoid(s m_k) over one reused buffer; a scale at
+    which some pair's probability underflows to 0 is recomputed in log space."""
+    w, m = log_weights.double().exp(), margins.double()
+    buf, rows = torch.empty_like(m), []
+    for s in CALIBRATION_SCALES.tolist():
+        torch.mul(m, s, out=buf)
+        torch.sigmoid(buf, out=buf)
+        nll = -buf.mul_(w).sum(-1).log_().mean(-1)
+        if not bool(torch.isfinite(nll).all()):
+            nll = -torch.logsumexp(log_weights.double() + F.logsigmoid(s * m), dim=-1).mean(-1)
+        rows.append(nll)
+    return torch.stack(rows).to(margins.dtype)
+
+
+def mixture_pair_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """[..., n] each pair's -log sum_k w_k sigmoid(m_k); log_weights, margins: [..., n, K]."""
+    return -torch.logsumexp(log_weights + F.logsigmoid(margins), dim=-1)
+
+
+def plain_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """[...] mixture NLL -mean_i log sum_k w_ik sigmoid(m_ik)."""
+    return mixture_pair_nll(log_weights, margins).mean(-1)
+
+
+def calibrated_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """[...] mixture NLL at the best single margin scale of `CALIBRATION_SCALES` (all heads share it)."""
+    return grid_nll(log_weights, margins).min(0).values
+
+
+def pair_values(log_weights: torch.Tensor, margins: torch.Tensor, mixture: bool = True) -> torch.Tensor:
+    """[2, R, n] each pair's share of the two `CRITERIA` for R models (log_weights, margins: [R, n, K]);
+    their means are the criteria's values. The calibrated row uses each model's best scale.
+    `mixture=False` (single head, ensemble): both rows are the mean per-head BT loss."""
+    if not mixture:
+        per_head = -F.logsigmoid(margins.double()).mean(-1)
+        return torch.stack([per_head, per_head])
+    lw, m = log_weights.double(), margins.double()
+    scale = CALIBRATION_SCALES[grid_nll(lw, m).argmin(0)].view(-1, 1, 1)
+    return torch.stack([mixture_pair_nll(lw, m), mixture_pair_nll(lw, scale * m)])
+
+
+def paired_z(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """How many standard errors of the per-pair difference `ours` lies below `theirs` (per-pair values on
+    the same pairs; positive: ours lower). +-inf for a difference without spread, 0 for none."""
+    diff = (theirs - ours).double()
+    mean = float(diff.mean())
+    se = float(diff.std()) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+    if se > 0:
+        return mean / se
+    return math.copysign(math.inf, mean) if mean else 0.0
+
+
+def recorded_z(z: float | None) -> float | None:
+    """A paired z as the fit record keeps it: finite (clipped to +-1e6, for metrics.json), 3 decimals."""
+    return None if z is None else round(max(-1e6, min(1e6, z)), 3)

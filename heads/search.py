@@ -1,0 +1,126 @@
+"""What stage 1 searches, and the one rule that selects: candidates, held-out prompts, folds, halving.
+
+A `Candidate` is one initialisation of a `micro` fit: a router-regulariser weight, a head scale and a
+seed. The default candidates are `restarts` seeds of (alpha, head scale) for each of `head_init`, and
+one seed per head scale of each of `alpha_alternatives`. They train side by side (heads/train.py) on the
+pairs outside a held-out slice of prompts, or, on small caches, in every fold of a cross-validation over
+prompts at once; every held-out value below is the calibrated NLL, per held-out pair, pooled over folds.
+
+The rule (`select`): the lowest value wins, except that a candidate other than the default's own
+(alpha, first head scale) must lead the best of those by `SELECT_Z` standard errors of the per-pair
+difference. Successive halving (`halve`) keeps the better half at each rung (always the best default
+candidate), and at the last rung applies the rule, so that a second candidate trains on only while it
+leads; the rule is applied again at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..embedcache.store import CacheSplit
+from .config import MixtureConfig
+from .criteria import paired_z
+
+#: the bar of the selection rule, in standard errors of the per-pair difference
+SELECT_Z = 1.0
+#: successive-halving rungs, in steps of 32 pairs: the better half goes on at each but the last, where the rule selects
+RUNGS = (125, 250, 500)
+#: early stopping's held-out slice: this fraction of the training pairs (whole prompts), at most HOLDOUT_MAX pairs
+HOLDOUT, HOLDOUT_MAX = 0.1, 8192
+#: cross-validate over FOLDS folds of prompts when the held-out slice would hold fewer than FOLDS_BELOW pairs
+FOLDS, FOLDS_BELOW = 5, 400
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One initialisation of a `micro` fit: its regulariser weight, initial head scale and seed."""
+
+    alpha: float
+    head_init: float
+    seed: int
+
+
+def candidates(config: MixtureConfig, search: bool = True) -> list[Candidate]:
+    """The candidates of a fit; the first is the default's own. Seeds come from one generator seeded by
+    config.seed. Without `search` (baselines, fixed epochs, the autograd reference): the first alone."""
+    seeds = [int(s) for s in np.random.default_rng(config.seed).integers(0, 2**31 - 1, size=max(1, config.restarts))]
+    if not search:
+        return [Candidate(config.alpha, config.head_init[0], seeds[0])]
+    found = [Candidate(config.alpha, scale, s) for scale in config.head_init for s in seeds]
+    found += [Candidate(a, scale, seeds[0]) for a in dict.fromkeys(config.alpha_alternatives) if a != config.alpha for scale in config.head_init]
+    return found
+
+
+def is_default(candidate: Candidate, config: MixtureConfig) -> bool:
+    return candidate.alpha == config.alpha and candidate.head_init == config.head_init[0]
+
+
+def select(values: list[torch.Tensor], home: list[bool]) -> tuple[int, float | None]:
+    """(index, z): the lowest mean of `values` (per-pair held-out values, one tensor per candidate), except
+    that a candidate outside `home` must lead the best home candidate by SELECT_Z; z is the leader's lead
+    over that home candidate (None when the leader is at home)."""
+    means = [float(v.mean()) for v in values]
+    best = int(np.argmin(means))
+    if home[best] or not any(home):
+        return best, None
+    base = min((i for i in range(len(values)) if home[i]), key=lambda i: means[i])
+    z = paired_z(values[best], values[base])
+    return (best if z >= SELECT_Z else base), z
+
+
+def halve(values: list[torch.Tensor], home: list[bool], last: bool) -> tuple[list[int], float | None]:
+    """(positions that go on, z): the better half (at least two), always with the best home candidate; at the `last` rung
+    the `select` winner, and beside it the best home candidate while someone else leads it by the bar."""
+    means = [float(v.mean()) for v in values]
+    order = sorted(range(len(values)), key=lambda i: means[i])
+    base = next((i for i in order if home[i]), order[0])
+    if last:
+        chosen, z = select(values, home)
+        return sorted({chosen, base}), z
+    keep = order[: max(2, math.ceil(len(values) / 2))]
+    if base not in keep:
+        keep[-1] = base
+    return sorted(keep), None
+
+
+def heldout_rows(train: CacheSplit, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit rows, held-out rows) of `train`: whole prompts held out, in a seeded order, until HOLDOUT of the
+    pairs or HOLDOUT_MAX is reached (at least one prompt; at least one prompt left to fit on)."""
+    prompt = train.prompt_index.numpy()
+    prompts, counts = np.unique(prompt, return_counts=True)
+    if len(prompts) < 2:
+        raise ValueError("the training split has a single prompt, so no prompt can be held out for early stopping; "
+                         "set a fixed number of epochs (--epochs).")
+    order = np.random.default_rng([seed, 0x4E1D]).permutation(len(prompts))
+    target = min(HOLDOUT * len(prompt), HOLDOUT_MAX)
+    take = int(np.searchsorted(np.cumsum(counts[order]), target, side="left")) + 1
+    mask = np.isin(prompt, prompts[order[: min(max(1, take), len(prompts) - 1)]])
+    return torch.from_numpy(np.flatnonzero(~mask)), torch.from_numpy(np.flatnonzero(mask))
+
+
+def prompt_folds(train: CacheSplit, folds: int, seed: int = 0) -> list[torch.Tensor]:
+    """The held-out rows of each fold: the prompts in a seeded order, cut into `folds` runs of about equal
+    pair counts (a prompt's pairs are never split; a fold that would be empty is dropped)."""
+    prompt = train.prompt_index.numpy()
+    prompts, counts = np.unique(prompt, return_counts=True)
+    order = np.random.default_rng([seed, 0xF01D]).permutation(len(prompts))
+    before = np.cumsum(counts[order]) - counts[order]
+    fold_of = np.empty(len(prompts), dtype=np.int64)
+    fold_of[order] = before * folds // len(prompt)
+    fold_of = fold_of[np.searchsorted(prompts, prompt)]
+    return [torch.from_numpy(np.flatnonzero(fold_of == f)) for f in range(folds) if (fold_of == f).any()]
+
+
+def held_out_sets(train: CacheSplit, seed: int, cross_validate: bool) -> list[torch.Tensor]:
+    """The held-out rows of each fold: FOLDS folds of prompts where `cross_validate` allows it and one slice
+    would hold fewer than FOLDS_BELOW pairs, else the one slice of `heldout_rows`."""
+    held = heldout_rows(train, seed)[1]
+    if cross_validate and len(held) < FOLDS_BELOW:
+        folds = prompt_folds(train, FOLDS, seed)
+        if len(folds) > 1:
+            return folds
+    return [held]

@@ -1,0 +1,248 @@
+"""The engines that train stage-1 models: `MicroStack` (many `micro` models side by side, hand-written
+backward) and `AutogradTrainer` (one model of any method, autograd on `batch_loss`, the reference).
+
+Both take one AdamW step on a batch of difference vectors (and router inputs) and give each model's
+held-out log weights and margins; heads/train.py drives them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from .config import MixtureConfig
+from .losses import mixture_nll, per_head_bt, weight_regulariser
+from .model import MixtureRewardModel
+
+
+def adamw(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """torch's AdamW without weight decay, fused where the build has it."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=True)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+class FlatAdamW:
+    """AdamW over one flat buffer that every parameter is a view of: one fused kernel call per step,
+    without the Python overhead of `torch.optim` around it. Elementwise, so it equals AdamW per parameter."""
+
+    def __init__(self, flat: torch.Tensor, grad: torch.Tensor, state: dict | None = None):
+        self.flat, self.grad = flat, grad
+        state = state or {}
+        self.exp_avg = state.get("exp_avg", torch.zeros_like(flat))
+        self.exp_avg_sq = state.get("exp_avg_sq", torch.zeros_like(flat))
+        self.steps = state.get("step", torch.zeros((), dtype=torch.float32, device=flat.device))
+        self.fused = hasattr(torch, "_fused_adamw_") and flat.device.type in ("cpu", "cuda")
+        if not self.fused:
+            self.opt = adamw([self.flat], 1e-3)
+            self.opt.state[self.flat] = {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+    def step(self, lr: float) -> None:
+        if not self.fused:
+            self.flat.grad = self.grad
+            set_lr(self.opt, lr)
+            self.opt.step()
+            return
+        self.steps += 1
+        torch._fused_adamw_([self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps], lr=lr,
+                            beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+
+    def state(self) -> dict:
+        return {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+
+class MicroStack:
+    """R `micro` models (K heads + router) trained side by side with a hand-written backward.
+
+    Layout (R models, K heads, H router width, d inputs): heads [d, R*K], first router layer [d, R*H]
+    (or [d, R*K] for the linear router) + bias, second layer [R, H, K] + bias [R, K], all views of one
+    flat buffer (gradients likewise). Every pair-level product is one matmul over all models; model r's
+    loss depends on its own slice only, and AdamW is elementwise, so the stack is exactly R independent
+    fits on the same batches. A [R, B] mask lets each model skip some pairs of a batch (its fold)."""
+
+    def __init__(self, models: list[MixtureRewardModel], config: MixtureConfig, device: torch.device, alphas: list[float]):
+        self.config, self.k, self.mlp = config, models[0].k, config.router == "mlp"
+        linears = [[m for m in model.router.net if isinstance(m, torch.nn.Linear)] for model in models]
+        values = [torch.cat([m.heads.detach().T for m in models], 1), torch.cat([ls[0].weight.detach().T for ls in linears], 1),
+                  torch.cat([ls[0].bias.detach() for ls in linears])]
+        if self.mlp:
+            values += [torch.stack([ls[1].weight.detach().T for ls in linears]), torch.stack([ls[1].bias.detach() for ls in linears])]
+        self.template = models[0]
+        self._build([v.to(device, torch.float32) for v in values], None)
+        self._set_alphas(alphas)
+
+    def _build(self, values: list[torch.Tensor], state: dict | None) -> None:
+        shapes, sizes = [v.shape for v in values], [v.numel() for v in values]
+        flat = torch.cat([v.reshape(-1) for v in values])
+        grad = torch.zeros_like(flat)
+        self.params = [t.view(shape) for t, shape in zip(flat.split(sizes), shapes)]
+        self.grads = [t.view(shape) for t, shape in zip(grad.split(sizes), shapes)]
+        self.opt = FlatAdamW(flat, grad, state)
+
+    def _set_alphas(self, alphas: list[float]) -> None:
+        """Each model's regulariser weight: one number when they share it, else a [R, 1, 1] tensor."""
+        self.alphas = list(alphas)
+        self.alpha = alphas[0] if len(set(alphas)) == 1 else torch.tensor(alphas, device=self.params[0].device).view(-1, 1, 1)
+
+    @property
+    def size(self) -> int:
+        return self.params[0].shape[1] // self.k
+
+    def _margins(self, d: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """[R', n, K] head margins of models lo..hi for difference vectors d [n, d]."""
+        hi = self.size if hi is None else hi
+        return (d @ self.params[0][:, lo * self.k : hi * self.k]).view(d.shape[0], hi - lo, self.k).transpose(0, 1)
+
+    def _router(self, x: torch.Tensor, lo: int = 0, hi: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(hidden [R', n, H] after ReLU or None, log weights [R', n, K]) of models lo..hi for inputs x [n, d]."""
+        hi, n = (self.size if hi is None else hi), x.shape[0]
+        width = self.params[1].shape[1] // self.size
+        first = torch.addmm(self.params[2][lo * width : hi * width], x, self.params[1][:, lo * width : hi * width])
+        if not self.mlp:
+            return None, torch.log_softmax(first.view(n, hi - lo, self.k).transpose(0, 1), dim=-1)
+        hidden = first.clamp_min_(0).view(n, hi - lo, -1).transpose(0, 1)
+        return hidden, torch.log_softmax(torch.baddbmm(self.params[4][lo:hi].unsqueeze(1), hidden, self.params[3][lo:hi]), dim=-1)
+
+    @torch.no_grad()
+    def step(self, d: torch.Tensor, x: torch.Tensor, lr: float, mask: torch.Tensor | None = None, want_loss: bool = False) -> float | None:
+        """One AdamW step of every model on the batch (d [B, d] differences, x [B, d] router inputs; `mask`
+        [R, B]: 1 where a model trains on the pair). Returns the mean batch loss over models with `want_loss`."""
+        r, k, n = self.size, self.k, d.shape[0]
+        coef = 1.0 / n if mask is None else (mask / mask.sum(1, keepdim=True).clamp_min(1)).unsqueeze(-1)
+        margins = self._margins(d)
+        hidden, log_w = self._router(x)
+        joint = log_w + F.logsigmoid(margins)
+        top = joint.amax(-1, keepdim=True)
+        post = (joint - top).exp_()
+        total = post.sum(-1, keepdim=True)
+        post /= total  # posterior over heads of each pair
+        loss = float(-((top + total.log()) * coef).sum()) / r if want_loss else None
+        weights = log_w.exp()
+        g_log_w = post.mul_(-coef)
+        g_margins = g_log_w * torch.sigmoid(margins.neg_())
+        if any(self.alphas):
+            # batch: alpha * sum_k fbar_k log fbar_k (fbar: the batch-mean weights); example: eq. 4 per pair
+            batch = self.config.balance == "batch"
+            # (a model whose mask drops the whole batch has fbar 0: clamped, its terms are 0 * finite)
+            entropy_log = (weights * coef).sum(1, keepdim=True).clamp_min_(1e-30).log_() if batch else log_w
+            if want_loss:
+                entropy = entropy_log.exp() * entropy_log if batch else weights * log_w * coef
+                loss += float((self.alpha * entropy).sum()) / r
+            g_log_w += weights * (entropy_log + 1.0) * (self.alpha * coef)
+        g_logits = g_log_w - weights * g_log_w.sum(-1, keepdim=True)
+        torch.mm(d.T, g_margins.transpose(0, 1).reshape(n, r * k), out=self.grads[0])
+        if self.mlp:
+            g_first = torch.bmm(g_logits, self.params[3].transpose(1, 2)).mul_(hidden > 0).transpose(0, 1).reshape(n, -1)
+            torch.bmm(hidden.transpose(1, 2), g_logits, out=self.grads[3])
+            torch.sum(g_logits, 1, out=self.grads[4])
+        else:
+            g_first = g_logits.transpose(0, 1).reshape(n, r * k)
+        torch.mm(x.T, g_first, out=self.grads[1])
+        torch.sum(g_first, 0, out=self.grads[2])
+        self.opt.step(lr)
+        return loss
+
+    @torch.no_grad()
+    def outputs(self, lo: int, hi: int, d: torch.Tensor, table: torch.Tensor, inverse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log weights, margins), each [R', m, K], of models lo..hi on pairs with differences d [m, d] and
+        router inputs table[inverse] (the router runs once per distinct row)."""
+        return self._router(table, lo, hi)[1][:, inverse], self._margins(d, lo, hi)
+
+    def _pick(self, r: int) -> list:
+        """Functions taking model r's slice of each parameter (same layout for the optimiser state)."""
+        k, h = self.k, self.params[1].shape[1] // self.size
+        pick = [lambda t: t[:, r * k : (r + 1) * k], lambda t: t[:, r * h : (r + 1) * h], lambda t: t[r * h : (r + 1) * h]]
+        return pick + ([lambda t: t[r : r + 1], lambda t: t[r : r + 1]] if self.mlp else [])
+
+    def snapshot(self, r: int) -> list[torch.Tensor]:
+        """Model r's parameters (cloned)."""
+        return [f(p).clone() for f, p in zip(self._pick(r), self.params)]
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop every model but `rows` (which go on in that order); their optimiser state goes on unchanged."""
+        picks, old = [self._pick(r) for r in rows], self.opt.state()
+
+        def take(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [torch.cat([pick[i](t) for pick in picks], dim) for i, (t, dim) in enumerate(zip(tensors, (1, 1, 0, 0, 0)))]
+
+        def views(flat: torch.Tensor) -> list[torch.Tensor]:
+            return [t.view(p.shape) for t, p in zip(flat.split([p.numel() for p in self.params]), self.params)]
+
+        state = {"step": old["step"]}
+        for name in ("exp_avg", "exp_avg_sq"):
+            state[name] = torch.cat([t.reshape(-1) for t in take(views(old[name]))])
+        alphas = [self.alphas[r] for r in rows]
+        self._build(take(self.params), state)
+        self._set_alphas(alphas)
+
+    def to_model(self, weights: list[torch.Tensor]) -> MixtureRewardModel:
+        """The template model with `weights` (a snapshot) loaded."""
+        model = self.template
+        linears = [m for m in model.router.net if isinstance(m, torch.nn.Linear)]
+        with torch.no_grad():
+            model.heads.copy_(weights[0].T)
+            linears[0].weight.copy_(weights[1].T)
+            linears[0].bias.copy_(weights[2])
+            if self.mlp:
+                linears[1].weight.copy_(weights[3].reshape(linears[1].weight.T.shape).T)
+                linears[1].bias.copy_(weights[4].reshape(-1))
+        return model
+
+
+def batch_loss(model: MixtureRewardModel, config: MixtureConfig, d: torch.Tensor, x: torch.Tensor | None, l2: float) -> torch.Tensor:
+    """The training loss of a batch for any method, by autograd (the reference for `MicroStack.step`);
+    `l2`: the ensemble's penalty on each head's trainable part (0 elsewhere)."""
+    margins = d @ model.head_vectors().T
+    if config.method in ("micro", "static"):
+        log_w = model.log_weights(x if x is not None else margins)
+        loss = mixture_nll(log_w, margins)
+        if config.alpha:
+            loss = loss + config.alpha * weight_regulariser(log_w, config.balance)
+        return loss
+    loss = per_head_bt(margins)
+    return loss + 0.5 * l2 * model.heads.pow(2).sum() if l2 else loss
+
+
+class AutogradTrainer:
+    """One model of any method, trained by autograd on `batch_loss` (single, static, ensemble; micro as the reference)."""
+
+    size = 1
+
+    def __init__(self, model: MixtureRewardModel, config: MixtureConfig, l2: float = 0.0):
+        self.model, self.config, self.l2 = model, config, l2
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = adamw(self.params, config.lr)
+
+    def step(self, d: torch.Tensor, x: torch.Tensor | None, lr: float, mask: torch.Tensor | None = None, want_loss: bool = False) -> float | None:
+        if mask is not None:
+            raise ValueError("the autograd trainer trains on whole batches")
+        loss = batch_loss(self.model, self.config, d, x, self.l2)
+        set_lr(self.opt, lr)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach()) if want_loss else None
+
+    @torch.no_grad()
+    def outputs(self, lo: int, hi: int, d: torch.Tensor, table: torch.Tensor | None, inverse: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        margins = d @ self.model.head_vectors().T
+        log_w = self.model.log_weights(table)[inverse] if self.config.method == "micro" else self.model.log_weights(margins)
+        return log_w.expand_as(margins).unsqueeze(0), margins.unsqueeze(0)
+
+    def snapshot(self, r: int) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.params]
+
+    def keep(self, rows: list[int]) -> None:
+        pass
+
+    def to_model(self, weights: list[torch.Tensor]) -> MixtureRewardModel:
+        with torch.no_grad():
+            for p, w in zip(self.params, weights):
+                p.copy_(w)
+        return self.model
