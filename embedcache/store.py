@@ -436,8 +436,8 @@ def check_cache(f: h5py.File, path: Any, meta: Mapping[str, Any], pairs: Mapping
     fix = "the file is damaged or was not written by micro: rebuild it with `micro embed ... --overwrite`."
     rows = {}
     for group in ("sequences", "prompts", "context_prompts", "context_sequences"):
-        if group in f and "embedding" in f[group]:
-            shape = f[group]["embedding"].shape
+        if group in ("sequences", "prompts") or (group in f and "embedding" in f[group]):  # the first two are required
+            shape = _dataset(f, f"{group}/embedding").shape
             if len(shape) != 2 or (shape[0] and shape[1] != meta["hidden_size"]):
                 raise CacheError(f"cache {path}: /{group}/embedding has shape {shape}, but the cache declares hidden_size "
                                  f"{meta['hidden_size']}; {fix}")
