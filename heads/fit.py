@@ -130,7 +130,7 @@ def ensemble_prior(train: CacheSplit, config: MixtureConfig) -> tuple[float, flo
         return rms, 0.0
     if config.ensemble_prior == "paper":
         return rms, 0.0
-    head = fit_mixture(train, MixtureConfig(**{**config.to_dict(), "method": "single"})).head_vectors()[0]
+    head = fit_mixture(train, MixtureConfig(**{**config.to_dict(), "method": "single"})).head_vectors()[0].detach()
     return rms / max(float((diff @ head).std()), 1e-6), ENSEMBLE_L2 * rms**2
 
 

@@ -7,6 +7,8 @@ held-out log weights and margins; heads/train.py drives them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional as F
 
@@ -193,6 +195,47 @@ class MicroStack:
                 linears[1].weight.copy_(weights[3].reshape(linears[1].weight.T.shape).T)
                 linears[1].bias.copy_(weights[4].reshape(-1))
         return model
+
+
+class HeadTrainer:
+    """K independent BT heads (single head, ensemble) with frozen priors, trained with a hand-written step:
+    the loss sum_k mean_i -log sigmoid(m_ik) (+ l2/2 ||heads||^2) has the gradient -d^T sigmoid(-m) / n."""
+
+    size = 1
+
+    def __init__(self, model: MixtureRewardModel, device: torch.device, l2: float = 0.0):
+        self.model, self.l2 = model.to(device), l2
+        self.prior = model.prior.detach().T.contiguous()
+        flat = model.heads.detach().T.contiguous().reshape(-1).clone()
+        self.w, self.grad = flat.view(self.prior.shape), torch.zeros_like(flat).view(self.prior.shape)
+        self.opt = FlatAdamW(flat, self.grad.view(-1))
+
+    @torch.no_grad()
+    def step(self, d: torch.Tensor, x: torch.Tensor | None, lr: float, mask: torch.Tensor | None = None, want_loss: bool = False) -> float | None:
+        margins = d @ (self.w + self.prior)
+        torch.mm(d.T, torch.sigmoid(-margins).mul_(-1.0 / d.shape[0]), out=self.grad)
+        if self.l2:
+            self.grad.add_(self.w, alpha=self.l2)
+        self.opt.step(lr)
+        if not want_loss:
+            return None
+        return float(-F.logsigmoid(margins).mean(0).sum() + 0.5 * self.l2 * self.w.pow(2).sum())
+
+    @torch.no_grad()
+    def outputs(self, lo: int, hi: int, d: torch.Tensor, table: torch.Tensor | None, inverse: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        margins = d @ (self.w + self.prior)
+        return torch.full_like(margins, -math.log(margins.shape[1])).unsqueeze(0), margins.unsqueeze(0)
+
+    def snapshot(self, r: int) -> list[torch.Tensor]:
+        return [self.w.clone()]
+
+    def keep(self, rows: list[int]) -> None:
+        pass
+
+    def to_model(self, weights: list[torch.Tensor]) -> MixtureRewardModel:
+        with torch.no_grad():
+            self.model.heads.copy_(weights[0].T)
+        return self.model
 
 
 def batch_loss(model: MixtureRewardModel, config: MixtureConfig, d: torch.Tensor, x: torch.Tensor | None, l2: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ from .config import BASE_BATCH, ROUTER_HIDDEN, MixtureConfig
 from .criteria import CRITERIA, mixture_pair_nll, pair_values, paired_z
 from .model import MixtureRewardModel
 from .search import RUNGS, Candidate, halve
-from .stack import AutogradTrainer, MicroStack
+from .stack import AutogradTrainer, HeadTrainer, MicroStack
 
 #: early stopping: evaluations without an improvement of more than MIN_DELTA (relative) before the fit stops
 PATIENCE, MIN_DELTA = 5, 1e-4
@@ -117,10 +117,12 @@ class Data:
 
 
 def make_trainer(config: MixtureConfig, data: Data, models: list[MixtureRewardModel], alphas: list[float],
-                 reference: bool, l2: float) -> MicroStack | AutogradTrainer:
-    """The stacked engine for `micro`, autograd for the baselines and the reference."""
+                 reference: bool, l2: float) -> MicroStack | HeadTrainer | AutogradTrainer:
+    """The hand-written engines (`micro`: the stack; single and ensemble: BT heads), autograd for 'static' and the reference."""
     if config.method == "micro" and not reference:
         return MicroStack(models, config, data.device, alphas)
+    if config.method in ("single", "ensemble") and not reference:
+        return HeadTrainer(models[0], data.device, l2)
     return AutogradTrainer(models[0].to(data.device).train(), config, l2)
 
 

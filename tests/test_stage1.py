@@ -68,10 +68,11 @@ def test_hand_written_step_has_autograds_gradients(small, router, balance, alpha
     assert loss == pytest.approx(np.mean(ref_losses), rel=1e-5)
 
 
-def test_fixed_epochs_match_the_autograd_fit(small):
+@pytest.mark.parametrize("method", ["micro", "single", "ensemble"])
+def test_fixed_epochs_match_the_autograd_fit(small, method):
     """Same init, same batches, same schedule: the hand-written fit and the autograd reference agree."""
     _, _, train, test = small
-    config = MixtureConfig(k=3, epochs=3)
+    config = MixtureConfig(method=method, k=3, epochs=3)
     fast, slow = fit_mixture(train, config), fit_mixture(train, config, reference=True)
     for (name, a), (_, b) in zip(fast.state_dict().items(), slow.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
