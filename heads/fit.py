@@ -40,11 +40,12 @@ class FitRecord:
 
     schedule: str  # "early-stopping" | "fixed-epochs"
     steps: int = 0  # optimiser steps of the search (or of the fixed schedule)
-    best_step: int = 0  # the kept step of the selected candidate (its held-out values pooled over folds)
+    best_step: int = 0  # the kept step of the selected candidate (cross-validated: the folds' mean)
     stop_reason: str = ""  # "patience" | "max_steps" | "epochs"
     train_pairs: int = 0
     heldout_pairs: int = 0
     folds: int = 0  # 0: one held-out slice
+    fold_best_steps: list = field(default_factory=list)  # cross-validated: each fold's best step of the selected candidate
     plan: dict = field(default_factory=dict)
     candidates: list = field(default_factory=list)  # [{"alpha", "head_init", "seed"}]
     chosen: int = 0  # the selected candidate
@@ -160,8 +161,11 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable | None, referen
         model = search.trainer.to_model(search.weights[search.kept_criterion(chosen)][chosen]).cpu().eval()
         model.train_history = []
     else:
-        refit_from = search.last_within(chosen, REFIT_SE) if search.folds == 1 else record.best_step
-        record.refit_steps = max(1, int(round(refit_from * n / search.n_fit)))
+        if search.folds == 1:
+            record.refit_steps = max(1, int(round(search.last_within(chosen, REFIT_SE) * n / search.n_fit)))
+        else:  # the folds' best steps, each scaled to all pairs, averaged
+            sizes = np.diff(search.bounds)
+            record.refit_steps = max(1, int(round(np.mean([s * n / (n - m) for s, m in zip(record.fold_best_steps, sizes)]))))
         model, model.train_history = train_fixed(data, config, build_model(config, d, cands[chosen], prior_unit), record.refit_steps,
                                                  cands[chosen].alpha, reference, l2)
     record.candidate_steps = search.candidate_steps + record.refit_steps
@@ -181,8 +185,8 @@ def _record(search: Search, steps: int, stop: str, n: int, heldout: int) -> FitR
     c = search.kept_criterion(chosen)
     cand = search.cands[chosen]
     return FitRecord(
-        "early-stopping", steps=steps, best_step=search.best_step[c][chosen], stop_reason=stop, train_pairs=n, heldout_pairs=heldout,
-        folds=search.folds if search.folds > 1 else 0, plan=search.plan.__dict__.copy(), candidates=[x.__dict__ for x in search.cands],
+        "early-stopping", steps=steps, best_step=int(round(np.mean(search.fold_best_steps(chosen)))) if search.folds > 1 else search.best_step[c][chosen], stop_reason=stop, train_pairs=n, heldout_pairs=heldout,
+        folds=search.folds if search.folds > 1 else 0, fold_best_steps=search.fold_best_steps(chosen) if search.folds > 1 else [], plan=search.plan.__dict__.copy(), candidates=[x.__dict__ for x in search.cands],
         chosen=chosen, chosen_z=recorded_z(z), candidate_nll={i: round(v, 6) for i, v in search.compared.items()}, rungs=search.rungs,
         curve=search.curve, best_heldout_nll=round(search.best[c][chosen], 6), kept_criterion=CRITERIA[c],
         criterion_best_steps={name: search.best_step[j][chosen] for j, name in enumerate(CRITERIA)},

@@ -8,9 +8,9 @@ prompts at once; every held-out value below is the calibrated NLL, per held-out 
 
 The rule (`select`): the lowest value wins, except that a candidate other than the default's own
 (alpha, first head scale) must lead the best of those by `SELECT_Z` standard errors of the per-pair
-difference. Successive halving (`halve`) keeps the better half at each rung (always the best default
-candidate), and at the last rung applies the rule, so that a second candidate trains on only while it
-leads; the rule is applied again at the end.
+difference. Successive halving (`halve`) keeps the better half of each family (same alpha and head scale)
+at each rung, and at the last rung applies the rule to the families' best, so that a second candidate
+trains on only while it leads; the rule is applied again at the end.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .criteria import paired_z
 
 #: the bar of the selection rule, in standard errors of the per-pair difference
 SELECT_Z = 1.0
-#: successive-halving rungs, in steps of 32 pairs: the better half goes on at each but the last, where the rule selects
+#: successive-halving rungs, in steps of 32 pairs: each family's better half goes on at each but the last, where the rule selects
 RUNGS = (125, 250, 500)
 #: early stopping's held-out slice: this fraction of the training pairs (whole prompts), at most HOLDOUT_MAX pairs
 HOLDOUT, HOLDOUT_MAX = 0.1, 8192
@@ -72,19 +72,20 @@ def select(values: list[torch.Tensor], home: list[bool]) -> tuple[int, float | N
     return (best if z >= SELECT_Z else base), z
 
 
-def halve(values: list[torch.Tensor], home: list[bool], last: bool) -> tuple[list[int], float | None]:
-    """(positions that go on, z): the better half (at least two), always with the best home candidate; at the `last` rung
-    the `select` winner, and beside it the best home candidate while someone else leads it by the bar."""
+def halve(values: list[torch.Tensor], family: list, home: list[bool], last: bool) -> tuple[list[int], float | None]:
+    """(positions that go on, z). Before the `last` rung: the better half of each family (the candidates that
+    share a regulariser weight and a head scale). At the last rung: each family's best competes by `select`;
+    the winner goes on, and beside it the best home candidate while someone else leads it by the bar."""
     means = [float(v.mean()) for v in values]
-    order = sorted(range(len(values)), key=lambda i: means[i])
-    base = next((i for i in order if home[i]), order[0])
-    if last:
-        chosen, z = select(values, home)
-        return sorted({chosen, base}), z
-    keep = order[: max(2, math.ceil(len(values) / 2))]
-    if base not in keep:
-        keep[-1] = base
-    return sorted(keep), None
+    groups: dict = {}
+    for i in sorted(range(len(values)), key=lambda i: means[i]):
+        groups.setdefault(family[i], []).append(i)
+    if not last:
+        return sorted(i for members in groups.values() for i in members[: math.ceil(len(members) / 2)]), None
+    best = [members[0] for members in groups.values()]
+    chosen, z = select([values[i] for i in best], [home[i] for i in best])
+    base = next((i for i in best if home[i]), best[chosen])
+    return sorted({best[chosen], base}), z
 
 
 def heldout_rows(train: CacheSplit, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -147,6 +147,11 @@ def train_fixed(data: Data, config: MixtureConfig, model: MixtureRewardModel, st
     return trainer.to_model(trainer.snapshot(0)).cpu().eval(), history
 
 
+def _improves(value: float, best: float | None) -> bool:
+    """`value` beats `best` by more than MIN_DELTA (relative); anything beats None."""
+    return best is None or not math.isfinite(best) or value < best - MIN_DELTA * abs(best)
+
+
 class Search:
     """Early stopping of `cands` side by side, on one held-out slice or on every fold of `held` at once.
 
@@ -165,6 +170,7 @@ class Search:
         self.folds = len(held)
         self.rows = torch.arange(n) if self.folds > 1 else torch.nonzero(self.fold_of < 0).flatten()
         self.n_fit = float(np.mean([n - len(rows) for rows in held]))
+        self.bounds = np.cumsum([0] + [len(rows) for rows in held]).tolist()
         self.plan = step_plan(int(self.n_fit), config.batch_size)
         self.probes = [data.probe(rows) for rows in held]
         sample = self.rows[self.fold_of[self.rows] != 0]
@@ -173,7 +179,9 @@ class Search:
         self.trainer = trainer_for([c for _ in held for c in self.live])
         self.member_fold = torch.arange(self.folds).repeat_interleave(len(self.live)).to(data.device)
         self.best, self.best_step, self.best_pairs, self.weights = ([{} for _ in CRITERIA] for _ in range(4))
-        self.since, self.history, self.curve, self.rungs, self.compared = [0] * len(CRITERIA), [], [], [], {}
+        self.fold_best, self.fold_step = ([{} for _ in CRITERIA] for _ in range(2))  # per (fold, candidate)
+        self.since = [[0] * len(CRITERIA) for _ in held]  # per fold: evaluations since a live candidate improved
+        self.history, self.curve, self.rungs, self.compared = [], [], [], {}
         self.candidate_steps, self.z = 0, None
 
     def values(self) -> torch.Tensor:
@@ -188,16 +196,21 @@ class Search:
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"the {self.config.method} fit diverged: its held-out NLL is not finite at step {step} "
                              f"(lr {self.config.lr}); lower --lr, or check the cache for extreme embedding values.")
-        means, improved = values.mean(-1).tolist(), [False] * len(CRITERIA)
+        means = values.mean(-1).tolist()
         for c in range(len(CRITERIA)):
             for j, i in enumerate(self.live):
-                old = self.best[c].get(i, math.inf)
-                if not math.isfinite(old) or means[c][j] < old - MIN_DELTA * abs(old):
+                if _improves(means[c][j], self.best[c].get(i)):
                     self.best[c][i], self.best_step[c][i], self.best_pairs[c][i] = means[c][j], step, values[c, j]
                     if self.keep_weights:
                         self.weights[c][i] = self.trainer.snapshot(j)
-                    improved[c] = True
-        self.since = [0 if imp else s + 1 for imp, s in zip(improved, self.since)]
+        for f, (lo, hi) in enumerate(zip(self.bounds, self.bounds[1:])):
+            fold = values[:, :, lo:hi].mean(-1).tolist()
+            for c in range(len(CRITERIA)):
+                improved = False
+                for j, i in enumerate(self.live):
+                    if _improves(fold[c][j], self.fold_best[c].get((f, i))):
+                        self.fold_best[c][(f, i)], self.fold_step[c][(f, i)], improved = fold[c][j], step, True
+                self.since[f][c] = 0 if improved else self.since[f][c] + 1
         if self.folds == 1:
             self.history.append((step, {i: values[:, j].float() for j, i in enumerate(self.live)}))
         return values
@@ -206,7 +219,8 @@ class Search:
         """Halve the live candidates (`halve`); keep the stack in step."""
         values = [self.best_pairs[-1][i] for i in self.live]
         self.compared.update({i: float(v.mean()) for i, v in zip(self.live, values)})
-        keep, z = halve(values, [self.home[i] for i in self.live], last)
+        family = [(self.cands[i].alpha, self.cands[i].head_init) for i in self.live]
+        keep, z = halve(values, family, [self.home[i] for i in self.live], last)
         width = len(self.live)
         self.trainer.keep([f * width + j for f in range(self.folds) for j in keep])
         self.live = [self.live[j] for j in keep]
@@ -232,7 +246,8 @@ class Search:
             self.rung(step, last=done == len(self.plan.rungs) - 1)
         if step >= self.plan.max_steps:
             return "max_steps"
-        return "patience" if min(self.since) >= PATIENCE and step >= self.plan.min_steps else ""
+        stale = all(min(fold) >= PATIENCE for fold in self.since)  # every fold: neither value improved for PATIENCE
+        return "patience" if stale and step >= self.plan.min_steps else ""
 
     def run(self, log: Callable | None = None) -> tuple[int, str]:
         """Train until the stop; (steps, stop reason)."""
@@ -253,6 +268,10 @@ class Search:
         """The criterion whose best step (of candidate i) is the later; ties go to the first."""
         steps = [self.best_step[c][i] for c in range(len(CRITERIA))]
         return steps.index(max(steps))
+
+    def fold_best_steps(self, i: int) -> list[int]:
+        """Each fold's best step of candidate i: the later of the two criteria's."""
+        return [max(self.fold_step[c][(f, i)] for c in range(len(CRITERIA))) for f in range(self.folds)]
 
     def last_within(self, i: int, bar: float) -> int:
         """One slice: the last evaluation step, at or after candidate i's kept best step, whose per-pair values

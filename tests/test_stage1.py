@@ -132,12 +132,13 @@ def test_one_rule_selects_a_non_default_candidate_only_past_the_bar():
     assert select(slight, home)[0] == 0 and select(slight, home)[1] < SELECT_Z
     assert select(clear, home)[0] == 2 and select(clear, home)[1] >= SELECT_Z
     assert select([base + 0.01, base], [True, True]) == (1, None)
-    # halving: the better half (at least two), always with the best default candidate
+    # halving: the better half of each family (same alpha and head scale) before the last rung
     values = [base + v for v in (0.3, 0.2, 0.1, 0.0, 0.05)]
-    assert halve(values, [True, False, False, False, False], last=False)[0] == [0, 3, 4]
-    assert halve(values[:2], [True, False], last=False)[0] == [0, 1]
-    assert halve(clear, home, last=True)[0] == [0, 2]  # the leader and the best default train on
-    assert halve(slight, home, last=True)[0] == [0]
+    family = ["a", "a", "a", "b", "b"]
+    assert halve(values, family, [True, True, True, False, False], last=False)[0] == [1, 2, 3]
+    # at the last rung the families' best compete by the rule: the leader and the best default train on
+    assert halve(clear + [base + 0.2], ["a", "a", "b", "b"], home + [False], last=True)[0] == [0, 2]
+    assert halve(slight, ["a", "a", "b"], home, last=True)[0] == [0]
 
 
 def test_step_plan_and_batch_scale_with_the_cache():
@@ -158,7 +159,7 @@ def test_default_fit_records_its_search_selection_refit_and_cost(tmp_path):
     model = fit_mixture(train, MixtureConfig())
     rec = model.fit_record
     assert min(match_heads(truth, model.head_vectors())["cosine"]) >= 0.9
-    assert rec.folds == 0 and len(rec.candidates) == 10 and [len(r["kept"]) for r in rec.rungs][:2] == [5, 3]
+    assert rec.folds == 0 and len(rec.candidates) == 10 and [len(r["kept"]) for r in rec.rungs][:2] == [6, 4]
     assert rec.stop_reason == "patience" and rec.best_step <= rec.steps and rec.kept_criterion in ("nll", "calibrated-nll")
     assert rec.refit_steps >= round(rec.best_step * len(train) / (len(train) - rec.heldout_pairs)) - 1
     assert rec.candidate_steps == model.train_steps and 1 < rec.steps_vs_one_start < 3
