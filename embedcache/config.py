@@ -9,7 +9,7 @@ DEFAULT_MODEL = "Ray2333/GRM-Llama3.2-3B-rewardmodel-ft"
 #: Longest decoder sequence when neither the model nor --max-length says less.
 DEFAULT_DECODER_MAX_LENGTH = 4096
 #: Padded tokens per batch. GPU: fills an 80 GB card with a 3B decoder at 4K tokens. CPU: small batches pad
-#: less and keep the FFN activations in cache (2048 measured fastest for MiniLM, benchmarks/README.md).
+#: less and keep the FFN activations in cache (2048 measured fastest for MiniLM, docs/results.md).
 GPU_BATCH_TOKENS = 32768
 CPU_BATCH_TOKENS = 2048
 

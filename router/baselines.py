@@ -212,7 +212,7 @@ def fit_map_heads(
         # beats it by more than keep_prior_se standard errors of the paired per-pair loss differences.
         # Held-out losses of a few dozen pairs are noisy, and the best of many candidates looks better than
         # it is: on a weak signal the plain minimum moves a head away from a good prior by chance
-        # (HelpSteer2, benchmarks/README.md), while a prior that the pairs contradict loses on most pairs
+        # (HelpSteer2, docs/results.md), while a prior that the pairs contradict loses on most pairs
         # and is left.
         rows = torch.arange(n_problems)
         gap = pair_loss[0] - pair_loss[choice, rows]  # [P, n], 0 off the fit

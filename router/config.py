@@ -33,14 +33,14 @@ class AdaptConfig:
     """Hedge temperature of eq. 6. Its scale is that of the per-head BT losses: tau << |L_ik - L_ij|
     makes each soft label one-hot on the pair's best head (the router then chases each pair's
     largest-margin head and gets worse with more budget), tau >> keeps the router's current prediction.
-    Default 1.0 (benchmarks/README.md, "Beyond the paper", has the comparison); the paper's values are
+    Default 1.0 (docs/results.md has the comparison); the paper's values are
     1e-3 (HelpSteer2, cross-dataset) and 1e-4 (RPR): `AdaptConfig.paper()` / `micro adapt --paper`."""
 
     epochs: int = 10
     """Router epochs over the budget pairs; soft labels are recomputed once at the start of each (B.1).
     Each epoch is one more Hedge (mirror-descent) step on the labels, so the epoch count is the router's
     regulariser, not an optimisation length to converge. Measured on planted caches and the demo
-    (benchmarks/README.md, "Stage 2: router steps and the budget-bt / micro-refine prior"): where stage 1
+    (docs/results.md): where stage 1
     already routes on the contexts, 5 epochs raised micro by up to 2 points and 20 epochs or a floor of
     30-100 steps (router_min_steps) lowered it by up to 5 at B <= 10; where a context is new to stage 1
     it went the other way (5 epochs -1, 20 epochs +2, a 30-step floor +4 on the demo). No rule won
@@ -51,8 +51,8 @@ class AdaptConfig:
     over its budget pairs, exp(-eta * sum_i L_ik) with eta = context_rate * sqrt(8 ln K / B)
     (micro.router.hedge.context_log_weights), at scoring time and in micro-refine's prior. The router
     learns each pair's label one pair at a time and carries a context's evidence only as far as it
-    generalises: measured on planted caches and the demo (benchmarks/README.md, "Stage 2: Hedge over
-    each context's budget pairs"). 0: the router alone (the paper's micro; `--paper`)."""
+    generalises: measured on planted caches and the demo (docs/results.md). 0: the router alone (the
+    paper's micro; `--paper`)."""
 
     router_min_steps: int = 0
     """At least this many router steps: the router runs max(epochs, ceil(router_min_steps / steps per
@@ -92,7 +92,7 @@ class AdaptConfig:
     'loo' approximate leave-one-out BT loss per context (one fit per grid value, a Newton step per
     left-out pair); 'cv5' 5-fold cross-validated BT loss per context (the rule before); 'pooled-loo'
     one c per seed shared by all contexts, by their summed leave-one-out loss. Measured on the same
-    budget pairs (benchmarks/README.md, "Stage 2: router steps and the budget-bt / micro-refine prior"):
+    budget pairs (docs/results.md):
     accuracy equal within noise at B = 5..50 on planted caches and the demo, but cv5's choice follows
     the order of the pairs (its folds): on the same pairs in another order it changed c for 33-87 % of
     the contexts at B = 10..50, leave-one-out for none, at 32-40 % of cv5's time."""
@@ -106,15 +106,14 @@ class AdaptConfig:
     prior better (the best of 15 candidates looks better than it is on 5-10 pairs: higher micro-refine in
     all 120 cells of the acquisition tables, demo B = 5 / 10 0.805 / 0.806 against 0.785 / 0.788) but holds
     on to a useless one (the paper's stage 1 on a 'shared' cache: 0.535 against budget-bt's 0.681 at
-    B = 50): benchmarks/README.md, "micro-refine's bar to leave its prior"."""
+    B = 50): docs/results.md."""
 
     refine_prior_pairs: int = 256
     """micro-refine's prior head per context is the stage-1 heads mixed by micro's weights (the adapted
     router's times the context's Hedge weights, context_rate), averaged over pairs of that context: N > 0 over the first N of its training pairs in the seed's random
     order (their prompts and context only, never their labels), so a budget of 1 does not make the prior
     one pair's routing; 0 over its budget pairs (the rule before: at B = 1, 0.802 against micro's 0.838
-    on a planted 8-group cache, benchmarks/README.md, "micro-refine's prior routed over the context's
-    training prompts")."""
+    on a planted 8-group cache, docs/results.md)."""
 
     oracle_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
     """Candidate precisions (same units) for the oracle head, chosen on a 20 % hold-out of ALL the
@@ -187,7 +186,7 @@ class AdaptConfig:
     acquire_random: float = 0.5
     """Share of each active round's acquire_batch pairs taken next in the seeded random order (floored:
     2 of 5) instead of by the rule: insurance against a rule that keeps asking for one kind of pair
-    (benchmarks/README.md, "Active acquisition, measured over cache seeds": it narrows the spread of
+    (docs/results.md: it narrows the spread of
     rule - random; 0 asks by the rule alone)."""
 
     def __post_init__(self) -> None:

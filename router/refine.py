@@ -16,8 +16,7 @@ so it costs the same at d = 3072.
 Under an active `--acquire` rule the router learns from every asked pair, but the correction (s, delta,
 lambda) is fitted and chosen on the pairs that came from the seed's random order only (the first batch
 and each round's random share): pairs asked where the heads disagree are what the router needs, but a
-biased sample of the user's pairs for fitting a reward (benchmarks/README.md, "Active acquisition with
-many groups and rare decisive pairs"). Under 'random' that is every pair.
+biased sample of the user's pairs for fitting a reward (docs/results.md). Under 'random' that is every pair.
 """
 
 from __future__ import annotations
