@@ -177,18 +177,26 @@ class Search:
         self.seen = data.probe(sample[torch.randperm(len(sample), generator=torch.Generator().manual_seed(config.seed))[:2048]])
         self.live = list(range(len(cands)))
         self.trainer = trainer_for([c for _ in held for c in self.live])
-        self.member_fold = torch.arange(self.folds).repeat_interleave(len(self.live)).to(data.device)
+        self.active = list(range(self.folds))  # the folds in the stack, in block order
+        self._restack([f * len(self.live) + j for f in self.active for j in range(len(self.live))], self.live, self.active)
         self.best, self.best_step, self.best_pairs, self.weights = ([{} for _ in CRITERIA] for _ in range(4))
         self.fold_best, self.fold_step = ([{} for _ in CRITERIA] for _ in range(2))  # per (fold, candidate)
         self.since = [[0] * len(CRITERIA) for _ in held]  # per fold: evaluations since a live candidate improved
         self.history, self.curve, self.rungs, self.compared = [], [], [], {}
         self.candidate_steps, self.z = 0, None
 
+    def _restack(self, rows: list[int], live: list[int], active: list[int]) -> None:
+        """Keep the stack's models `rows`: candidates `live` in each of the folds `active`."""
+        if len(rows) < len(self.live) * len(self.active):
+            self.trainer.keep(rows)
+        self.live, self.active = live, active
+        self.member_fold = torch.tensor(active).repeat_interleave(len(live)).to(self.data.device)
+
     def values(self) -> torch.Tensor:
-        """[2, live, held-out pairs] per-pair values of the live candidates, every fold's pairs in fold order."""
+        """[2, live, held-out pairs] per-pair values of the live candidates, the active folds' pairs in order."""
         width, mixture = len(self.live), self.config.method in ("micro", "static")
-        return torch.cat([pair_values(*self.trainer.outputs(f * width, (f + 1) * width, *probe), mixture)
-                          for f, probe in enumerate(self.probes)], dim=-1)
+        return torch.cat([pair_values(*self.trainer.outputs(b * width, (b + 1) * width, *self.probes[f]), mixture)
+                          for b, f in enumerate(self.active)], dim=-1)
 
     def evaluate(self, step: int) -> torch.Tensor:
         """Update the best values of each live candidate; returns the values."""
@@ -196,15 +204,16 @@ class Search:
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"the {self.config.method} fit diverged: its held-out NLL is not finite at step {step} "
                              f"(lr {self.config.lr}); lower --lr, or check the cache for extreme embedding values.")
-        means = values.mean(-1).tolist()
+        means = values.mean(-1).tolist() if len(self.active) == self.folds else [[math.inf] * len(self.live)] * len(CRITERIA)
         for c in range(len(CRITERIA)):
             for j, i in enumerate(self.live):
                 if _improves(means[c][j], self.best[c].get(i)):
                     self.best[c][i], self.best_step[c][i], self.best_pairs[c][i] = means[c][j], step, values[c, j]
                     if self.keep_weights:
                         self.weights[c][i] = self.trainer.snapshot(j)
-        for f, (lo, hi) in enumerate(zip(self.bounds, self.bounds[1:])):
-            fold = values[:, :, lo:hi].mean(-1).tolist()
+        sizes = [self.bounds[f + 1] - self.bounds[f] for f in self.active]
+        for f, fold in zip(self.active, values.split(sizes, dim=-1)):
+            fold = fold.mean(-1).tolist()
             for c in range(len(CRITERIA)):
                 improved = False
                 for j, i in enumerate(self.live):
@@ -222,9 +231,7 @@ class Search:
         family = [(self.cands[i].alpha, self.cands[i].head_init) for i in self.live]
         keep, z = halve(values, family, [self.home[i] for i in self.live], last)
         width = len(self.live)
-        self.trainer.keep([f * width + j for f in range(self.folds) for j in keep])
-        self.live = [self.live[j] for j in keep]
-        self.member_fold = torch.arange(self.folds).repeat_interleave(len(self.live)).to(self.data.device)
+        self._restack([b * width + j for b in range(len(self.active)) for j in keep], [self.live[j] for j in keep], self.active)
         self.rungs.append({"step": step, "kept": list(self.live)})
         self.z = z if last else self.z
 
@@ -246,8 +253,16 @@ class Search:
             self.rung(step, last=done == len(self.plan.rungs) - 1)
         if step >= self.plan.max_steps:
             return "max_steps"
-        stale = all(min(fold) >= PATIENCE for fold in self.since)  # every fold: neither value improved for PATIENCE
-        return "patience" if stale and step >= self.plan.min_steps else ""
+        stale = [f for f in self.active if min(self.since[f]) >= PATIENCE]  # neither value improved for PATIENCE
+        if step < self.plan.min_steps or not stale:
+            return ""
+        if len(stale) == len(self.active):
+            return "patience"
+        if len(self.rungs) == len(self.plan.rungs) or len(self.live) == 1:  # halving done: plateaued folds leave the stack
+            width = len(self.live)
+            go_on = [b for b, f in enumerate(self.active) if f not in stale]
+            self._restack([b * width + j for b in go_on for j in range(width)], self.live, [self.active[b] for b in go_on])
+        return ""
 
     def run(self, log: Callable | None = None) -> tuple[int, str]:
         """Train until the stop; (steps, stop reason)."""
@@ -259,7 +274,7 @@ class Search:
             lr = config.lr * min(1.0, (step + 1) / plan.warmup_steps)
             self.trainer.step(*self.data.inputs(batch), lr, mask)
             step += 1
-            self.candidate_steps += len(self.live) * self.folds
+            self.candidate_steps += len(self.live) * len(self.active)
             if step % plan.eval_every == 0 or step >= plan.max_steps:
                 stop = self.checkpoint(step, lr, log, start)
         return step, stop

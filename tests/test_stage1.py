@@ -15,7 +15,7 @@ from micro.cli import app
 from micro.embedcache import load_split
 from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, simulate
 from micro.heads.config import auto_batch_size
-from micro.heads.criteria import CALIBRATION_SCALES, calibrated_nll, grid_nll, pair_values, paired_z, plain_nll
+from micro.heads.criteria import CALIBRATION_SCALES, best_scale, calibrated_nll, grid_nll, pair_values, paired_z, plain_nll
 from micro.heads.search import SELECT_Z, Candidate, candidates, halve, heldout_rows, prompt_folds, select
 from micro.heads.stack import MicroStack, batch_loss
 from micro.heads.train import build_model, step_plan
@@ -105,6 +105,11 @@ def test_calibrated_nll_ignores_the_margin_scale_and_pair_values_average_to_the_
     huge = torch.full((1, 3, 2), -400.0)
     assert torch.isfinite(grid_nll(torch.log_softmax(torch.zeros(1, 3, 2), -1), huge)).all()
     assert len(CALIBRATION_SCALES) == 81
+    # the coarse-to-fine search finds the full grid's best scale
+    lw = torch.log_softmax(torch.randn(3, 300, 4, generator=gen), -1)
+    for spread in (0.01, 1.0, 30.0):
+        m = torch.randn(3, 300, 4, generator=gen) * spread + spread
+        torch.testing.assert_close(best_scale(lw, m), CALIBRATION_SCALES[grid_nll(lw, m).argmin(0)])
     ours, theirs = torch.tensor([0.0, 0.1, 0.0, 0.1]), torch.tensor([1.0, 1.2, 0.9, 1.1])
     assert paired_z(ours, theirs) > 10 and paired_z(theirs, ours) < -10 and paired_z(ours, ours) == 0.0
 
