@@ -190,7 +190,7 @@ def test_missing_file_unknown_extension_and_corrupt_files(tmp_path):
     with pytest.raises(PreferenceDataError, match=r"data\.txt has an unsupported extension '\.txt'; use \.jsonl"):
         load_preferences(str(tmp_path / "data.txt"))
     (tmp_path / "bad.jsonl").write_text(json.dumps(PAIRS[0]) + "\n{not json\n")
-    with pytest.raises(PreferenceDataError, match=r"could not read .*bad\.jsonl as json \(.*JSON parse error.*one JSON object per line"):
+    with pytest.raises(PreferenceDataError, match=r"could not read .*bad\.jsonl: row 2 is not valid JSON .*one JSON object per line"):
         load_preferences(str(tmp_path / "bad.jsonl"))
     (tmp_path / "bad.json").write_text("[{\"prompt\": 1,")
     with pytest.raises(PreferenceDataError, match=r"could not read .*bad\.json as json"):
