@@ -305,6 +305,16 @@ def require_contexts(split: "CacheSplit", what: str = "context routing") -> None
         )
 
 
+def router_table(split: CacheSplit, source: str) -> "tuple[torch.Tensor, torch.Tensor]":
+    """(table [rows, d], index [n]) such that table[index[i]] is pair i's router input."""
+    if source == "prompt":
+        return split.prompt_embedding, split.prompt_index
+    if source == "context":
+        require_contexts(split, "a router reading the context")
+        return split.context_embedding, split.context_index
+    raise ValueError(f"router input must be 'prompt' or 'context', not {source!r}")
+
+
 @dataclass
 class CacheSplit:
     """One split of a cache in RAM, ready for training on difference vectors.

@@ -30,17 +30,10 @@ def _nll_at(w: torch.Tensor, m: torch.Tensor, log_weights: torch.Tensor, scale, 
     return nll
 
 
-def grid_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
-    """[S, ...] mixture NLL at each scale of `CALIBRATION_SCALES`; log_weights, margins: [..., n, K]
-    (float64, one scale at a time over one reused buffer). The reference for `best_scale`."""
-    w, m = log_weights.double().exp(), margins.double()
-    buf = torch.empty_like(m)
-    return torch.stack([_nll_at(w, m, log_weights, s, buf) for s in CALIBRATION_SCALES.tolist()]).to(margins.dtype)
-
-
 def best_scale(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
     """[R] the scale of `CALIBRATION_SCALES` with the lowest mixture NLL for each of R models ([R, n, K]
-    inputs): every 4th scale first, then the 7 around each model's best (28 of the 81 evaluated)."""
+    inputs): every 4th scale first, then the 7 around each model's best (28 of the 81 evaluated; the tests
+    compare it with the whole grid)."""
     w, m = log_weights.double().exp(), margins.double()
     buf, coarse = torch.empty_like(m), list(range(0, len(CALIBRATION_SCALES), 4))
     values = torch.stack([_nll_at(w, m, log_weights, float(CALIBRATION_SCALES[j]), buf) for j in coarse])
@@ -53,16 +46,6 @@ def best_scale(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor
 def mixture_pair_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
     """[..., n] each pair's -log sum_k w_k sigmoid(m_k); log_weights, margins: [..., n, K]."""
     return -torch.logsumexp(log_weights + F.logsigmoid(margins), dim=-1)
-
-
-def plain_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
-    """[...] mixture NLL -mean_i log sum_k w_ik sigmoid(m_ik)."""
-    return mixture_pair_nll(log_weights, margins).mean(-1)
-
-
-def calibrated_nll(log_weights: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
-    """[...] mixture NLL at the best single margin scale of `CALIBRATION_SCALES` (all heads share it)."""
-    return grid_nll(log_weights, margins).min(0).values
 
 
 def pair_values(log_weights: torch.Tensor, margins: torch.Tensor, mixture: bool = True) -> torch.Tensor:

@@ -24,7 +24,8 @@ from .config import ROUTER_HIDDEN, MixtureConfig
 from .criteria import CRITERIA, recorded_z
 from .model import MixtureRewardModel
 from .search import candidates, held_out_sets, is_default, select
-from .train import Data, Search, build_model, make_trainer, train_fixed
+from ..embedcache.rows import DeviceSplit
+from .train import Search, build_model, make_trainer, train_fixed
 
 #: train again on every pair after the search for caches of at most this many training pairs
 REFIT_MAX_PAIRS = 100_000
@@ -69,12 +70,10 @@ class FitRecord:
         return {k: ({str(i): v for i, v in value.items()} if k == "candidate_nll" else value) for k, value in self.__dict__.items()}
 
 
-def fit_mixture(train: CacheSplit, config: MixtureConfig | None = None, *, log: Callable[[dict], None] | None = None,
-                reference: bool = False) -> MixtureRewardModel:
+def fit_mixture(train: CacheSplit, config: MixtureConfig | None = None, *, log: Callable[[dict], None] | None = None) -> MixtureRewardModel:
     """Fit stage 1 (or a baseline) on `train`; deterministic for `config.seed` on a given device and thread count.
 
-    `reference=True` trains `micro` by autograd on `batch_loss` with one candidate (the slow reference the
-    tests compare against). `log`, if given, receives {"step", "epoch", "loss", "heldout_nll" (None with
+    `log`, if given, receives {"step", "epoch", "loss", "heldout_nll" (None with
     fixed epochs), "best_nll", "best_step", "lr", "restarts", "seconds"} at each held-out evaluation (each
     pass with fixed epochs). The model returned is on the CPU in eval mode; `model.fit_record` says what
     the fit did, `model.train_history` holds the refit's (or the fixed schedule's) mean loss per pass."""
@@ -89,7 +88,7 @@ def fit_mixture(train: CacheSplit, config: MixtureConfig | None = None, *, log: 
     flushed = config.device == "cpu" and torch.set_flush_denormal(True)
     try:
         start = time.perf_counter()
-        model = _fit(train, config, log, reference)
+        model = _fit(train, config, log)
         record = model.fit_record
         record.seconds = round(time.perf_counter() - start, 3)
         hidden = ROUTER_HIDDEN if config.method == "micro" else 0
@@ -135,14 +134,15 @@ def ensemble_prior(train: CacheSplit, config: MixtureConfig) -> tuple[float, flo
     return rms / max(float((diff @ head).std()), 1e-6), ENSEMBLE_L2 * rms**2
 
 
-def _fit(train: CacheSplit, config: MixtureConfig, log: Callable | None, reference: bool) -> MixtureRewardModel:
+def _fit(train: CacheSplit, config: MixtureConfig, log: Callable | None) -> MixtureRewardModel:
     n, d = train.diff.shape
-    data, (prior_unit, l2) = Data(train, config), ensemble_prior(train, config)
-    searching = config.method == "micro" and not reference
+    data = DeviceSplit(train, config.router_input if config.method == "micro" else None, config.device)
+    prior_unit, l2 = ensemble_prior(train, config)
+    searching = config.method == "micro"
     cands = candidates(config, searching and config.epochs is None)
     if config.epochs is not None:
         steps = config.epochs * math.ceil(n / config.batch_size)
-        model, history = train_fixed(data, config, build_model(config, d, cands[0], prior_unit), steps, cands[0].alpha, reference, l2, log)
+        model, history = train_fixed(data, config, build_model(config, d, cands[0], prior_unit), steps, cands[0].alpha, l2, log)
         model.fit_record = FitRecord("fixed-epochs", steps=steps, best_step=steps, stop_reason="epochs", train_pairs=n,
                                      candidate_steps=steps, candidates=[c.__dict__ for c in cands], head_init=cands[0].head_init)
         model.train_history = history
@@ -150,7 +150,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable | None, referen
 
     def trainer_for(members: list[int]):
         models = [build_model(config, d, cands[i], prior_unit) for i in members]
-        return make_trainer(config, data, models, [cands[i].alpha for i in members], reference, l2)
+        return make_trainer(config, data, models, [cands[i].alpha for i in members], l2)
 
     held = held_out_sets(train, config.seed, cross_validate=searching and n <= REFIT_MAX_PAIRS)
     search = Search(data, config, cands, [is_default(c, config) for c in cands], held, trainer_for, keep_weights=n > REFIT_MAX_PAIRS)
@@ -158,7 +158,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable | None, referen
     record = _record(search, steps, stop, n, sum(len(h) for h in held))
     chosen = record.chosen
     if n > REFIT_MAX_PAIRS:  # the search's kept weights are the model
-        model = search.trainer.to_model(search.weights[search.kept_criterion(chosen)][chosen]).cpu().eval()
+        model = search.trainer.to_model(search.weights[search.kept_criterion(0, chosen)][(0, chosen)]).cpu().eval()
         model.train_history = []
     else:
         if search.folds == 1:
@@ -167,7 +167,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable | None, referen
             sizes = np.diff(search.bounds)
             record.refit_steps = max(1, int(round(np.mean([s * n / (n - m) for s, m in zip(record.fold_best_steps, sizes)]))))
         model, model.train_history = train_fixed(data, config, build_model(config, d, cands[chosen], prior_unit), record.refit_steps,
-                                                 cands[chosen].alpha, reference, l2)
+                                                 cands[chosen].alpha, l2)
     record.candidate_steps = search.candidate_steps + record.refit_steps
     record.steps_vs_one_start = round(record.candidate_steps / (search.folds * steps + record.refit_steps), 2)
     model.fit_record = record
@@ -178,16 +178,18 @@ def _record(search: Search, steps: int, stop: str, n: int, heldout: int) -> FitR
     """The fit record of a finished search, with the final selection among the candidates still live."""
     chosen, z = search.live[0], search.z
     if len(search.live) > 1:
-        values = [search.best_pairs[-1][i] for i in search.live]
+        values = [search.pooled(i) for i in search.live]
         search.compared.update({i: float(v.mean()) for i, v in zip(search.live, values)})
         pos, z = select(values, [search.home[i] for i in search.live])
         chosen = search.live[pos]
-    c = search.kept_criterion(chosen)
+    kept = [search.kept_criterion(f, chosen) for f in range(search.folds)]
+    steps_ = [search.best_step[c][(f, chosen)] for f, c in enumerate(kept)]
     cand = search.cands[chosen]
     return FitRecord(
-        "early-stopping", steps=steps, best_step=int(round(np.mean(search.fold_best_steps(chosen)))) if search.folds > 1 else search.best_step[c][chosen], stop_reason=stop, train_pairs=n, heldout_pairs=heldout,
-        folds=search.folds if search.folds > 1 else 0, fold_best_steps=search.fold_best_steps(chosen) if search.folds > 1 else [], plan=search.plan.__dict__.copy(), candidates=[x.__dict__ for x in search.cands],
-        chosen=chosen, chosen_z=recorded_z(z), candidate_nll={i: round(v, 6) for i, v in search.compared.items()}, rungs=search.rungs,
-        curve=search.curve, best_heldout_nll=round(search.best[c][chosen], 6), kept_criterion=CRITERIA[c],
-        criterion_best_steps={name: search.best_step[j][chosen] for j, name in enumerate(CRITERIA)},
+        "early-stopping", steps=steps, best_step=int(round(np.mean(steps_))), stop_reason=stop, train_pairs=n, heldout_pairs=heldout,
+        folds=search.folds if search.folds > 1 else 0, fold_best_steps=steps_ if search.folds > 1 else [], plan=search.plan.__dict__.copy(),
+        candidates=[x.__dict__ for x in search.cands], chosen=chosen, chosen_z=recorded_z(z),
+        candidate_nll={i: round(v, 6) for i, v in search.compared.items()}, rungs=search.rungs, curve=search.curve,
+        best_heldout_nll=round(float(np.mean([search.best[c][(f, chosen)] for f, c in enumerate(kept)])), 6), kept_criterion=CRITERIA[kept[0]],
+        criterion_best_steps={name: search.best_step[j][(0, chosen)] for j, name in enumerate(CRITERIA)},
         head_init=cand.head_init, alpha=cand.alpha)

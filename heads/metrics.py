@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from ..embedcache.store import CacheSplit
 from .model import MixtureRewardModel
-from .train import router_table
+from ..embedcache.store import router_table
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ import torch
 
 from ..embedcache.store import CacheSplit, read_prompt_texts
 from .model import MixtureRewardModel
-from .train import router_table
+from ..embedcache.store import router_table
 
 
 def sample_prompts(split: CacheSplit, n: int = 12) -> list[int]:

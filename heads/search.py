@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..embedcache.rows import heldout_rows, prompt_folds
 from ..embedcache.store import CacheSplit
 from .config import MixtureConfig
 from .criteria import paired_z
@@ -88,38 +89,10 @@ def halve(values: list[torch.Tensor], family: list, home: list[bool], last: bool
     return sorted({best[chosen], base}), z
 
 
-def heldout_rows(train: CacheSplit, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fit rows, held-out rows) of `train`: whole prompts held out, in a seeded order, until HOLDOUT of the
-    pairs or HOLDOUT_MAX is reached (at least one prompt; at least one prompt left to fit on)."""
-    prompt = train.prompt_index.numpy()
-    prompts, counts = np.unique(prompt, return_counts=True)
-    if len(prompts) < 2:
-        raise ValueError("the training split has a single prompt, so no prompt can be held out for early stopping; "
-                         "set a fixed number of epochs (--epochs).")
-    order = np.random.default_rng([seed, 0x4E1D]).permutation(len(prompts))
-    target = min(HOLDOUT * len(prompt), HOLDOUT_MAX)
-    take = int(np.searchsorted(np.cumsum(counts[order]), target, side="left")) + 1
-    mask = np.isin(prompt, prompts[order[: min(max(1, take), len(prompts) - 1)]])
-    return torch.from_numpy(np.flatnonzero(~mask)), torch.from_numpy(np.flatnonzero(mask))
-
-
-def prompt_folds(train: CacheSplit, folds: int, seed: int = 0) -> list[torch.Tensor]:
-    """The held-out rows of each fold: the prompts in a seeded order, cut into `folds` runs of about equal
-    pair counts (a prompt's pairs are never split; a fold that would be empty is dropped)."""
-    prompt = train.prompt_index.numpy()
-    prompts, counts = np.unique(prompt, return_counts=True)
-    order = np.random.default_rng([seed, 0xF01D]).permutation(len(prompts))
-    before = np.cumsum(counts[order]) - counts[order]
-    fold_of = np.empty(len(prompts), dtype=np.int64)
-    fold_of[order] = before * folds // len(prompt)
-    fold_of = fold_of[np.searchsorted(prompts, prompt)]
-    return [torch.from_numpy(np.flatnonzero(fold_of == f)) for f in range(folds) if (fold_of == f).any()]
-
-
 def held_out_sets(train: CacheSplit, seed: int, cross_validate: bool) -> list[torch.Tensor]:
     """The held-out rows of each fold: FOLDS folds of prompts where `cross_validate` allows it and one slice
     would hold fewer than FOLDS_BELOW pairs, else the one slice of `heldout_rows`."""
-    held = heldout_rows(train, seed)[1]
+    held = heldout_rows(train, HOLDOUT, HOLDOUT_MAX, seed)[1]
     if cross_validate and len(held) < FOLDS_BELOW:
         folds = prompt_folds(train, FOLDS, seed)
         if len(folds) > 1:

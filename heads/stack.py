@@ -1,8 +1,7 @@
-"""The engines that train stage-1 models: `MicroStack` (many `micro` models side by side, hand-written
-backward) and `AutogradTrainer` (one model of any method, autograd on `batch_loss`, the reference).
-
-Both take one AdamW step on a batch of difference vectors (and router inputs) and give each model's
-held-out log weights and margins; heads/train.py drives them.
+"""The engines that train stage-1 models with hand-written gradients (the tests check them against
+autograd on heads/losses.py): `MicroStack` (many `micro` models side by side) and `HeadTrainer` (the
+baselines). Both take one AdamW step on a batch of difference vectors (and router inputs) and give each
+model's held-out log weights and margins; heads/train.py drives them.
 """
 
 from __future__ import annotations
@@ -13,26 +12,12 @@ import torch
 from torch.nn import functional as F
 
 from .config import MixtureConfig
-from .losses import mixture_nll, per_head_bt, weight_regulariser
 from .model import MixtureRewardModel
 
 
-def adamw(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    """torch's AdamW without weight decay, fused where the build has it."""
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=True)
-
-
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
-
-
 class FlatAdamW:
-    """AdamW over one flat buffer that every parameter is a view of: one fused kernel call per step,
-    without the Python overhead of `torch.optim` around it. Elementwise, so it equals AdamW per parameter."""
+    """AdamW (no weight decay) over one flat buffer that every parameter is a view of: one fused kernel call
+    per step, without the Python overhead of `torch.optim` around it (the tests compare it with torch's)."""
 
     def __init__(self, flat: torch.Tensor, grad: torch.Tensor, state: dict | None = None):
         self.flat, self.grad = flat, grad
@@ -40,17 +25,8 @@ class FlatAdamW:
         self.exp_avg = state.get("exp_avg", torch.zeros_like(flat))
         self.exp_avg_sq = state.get("exp_avg_sq", torch.zeros_like(flat))
         self.steps = state.get("step", torch.zeros((), dtype=torch.float32, device=flat.device))
-        self.fused = hasattr(torch, "_fused_adamw_") and flat.device.type in ("cpu", "cuda")
-        if not self.fused:
-            self.opt = adamw([self.flat], 1e-3)
-            self.opt.state[self.flat] = {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
 
     def step(self, lr: float) -> None:
-        if not self.fused:
-            self.flat.grad = self.grad
-            set_lr(self.opt, lr)
-            self.opt.step()
-            return
         self.steps += 1
         torch._fused_adamw_([self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps], lr=lr,
                             beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
@@ -156,31 +132,25 @@ class MicroStack:
         router inputs table[inverse] (the router runs once per distinct row)."""
         return self._router(table, lo, hi)[1][:, inverse], self._margins(d, lo, hi)
 
-    def _pick(self, r: int) -> list:
-        """Functions taking model r's slice of each parameter (same layout for the optimiser state)."""
-        k, h = self.k, self.params[1].shape[1] // self.size
-        pick = [lambda t: t[:, r * k : (r + 1) * k], lambda t: t[:, r * h : (r + 1) * h], lambda t: t[r * h : (r + 1) * h]]
-        return pick + ([lambda t: t[r : r + 1], lambda t: t[r : r + 1]] if self.mlp else [])
+    def _by_model(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views of a buffer laid out as the parameters, with the models on axis 1 of the first two (heads,
+        first router layer: [d, R, .]) and on axis 0 of the rest."""
+        parts = flat.split([p.numel() for p in self.params])
+        return [t.view(p.shape[0], self.size, -1) if i < 2 else t.view(self.size, -1) if i == 2 else t.view(p.shape)
+                for i, (t, p) in enumerate(zip(parts, self.params))]
 
     def snapshot(self, r: int) -> list[torch.Tensor]:
         """Model r's parameters (cloned)."""
-        return [f(p).clone() for f, p in zip(self._pick(r), self.params)]
+        return [v.select(1 if i < 2 else 0, r).clone() for i, v in enumerate(self._by_model(self.opt.flat))]
 
     def keep(self, rows: list[int]) -> None:
         """Drop every model but `rows` (which go on in that order); their optimiser state goes on unchanged."""
-        picks, old = [self._pick(r) for r in rows], self.opt.state()
-
-        def take(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [torch.cat([pick[i](t) for pick in picks], dim) for i, (t, dim) in enumerate(zip(tensors, (1, 1, 0, 0, 0)))]
-
-        def views(flat: torch.Tensor) -> list[torch.Tensor]:
-            return [t.view(p.shape) for t, p in zip(flat.split([p.numel() for p in self.params]), self.params)]
-
-        state = {"step": old["step"]}
-        for name in ("exp_avg", "exp_avg_sq"):
-            state[name] = torch.cat([t.reshape(-1) for t in take(views(old[name]))])
+        idx = torch.tensor(rows, device=self.opt.flat.device)
+        take = lambda flat: [v.index_select(1 if i < 2 else 0, idx) for i, v in enumerate(self._by_model(flat))]  # noqa: E731
+        shapes = [(p.shape[0], -1) if i < 2 else (-1,) if i == 2 else (len(rows), *p.shape[1:]) for i, p in enumerate(self.params)]
+        state = {"step": self.opt.steps, **{n: torch.cat([t.reshape(-1) for t in take(getattr(self.opt, n))]) for n in ("exp_avg", "exp_avg_sq")}}
         alphas = [self.alphas[r] for r in rows]
-        self._build(take(self.params), state)
+        self._build([t.reshape(shape) for t, shape in zip(take(self.opt.flat), shapes)], state)
         self._set_alphas(alphas)
 
     def to_model(self, weights: list[torch.Tensor]) -> MixtureRewardModel:
@@ -190,44 +160,61 @@ class MicroStack:
         with torch.no_grad():
             model.heads.copy_(weights[0].T)
             linears[0].weight.copy_(weights[1].T)
-            linears[0].bias.copy_(weights[2])
+            linears[0].bias.copy_(weights[2].reshape(-1))
             if self.mlp:
-                linears[1].weight.copy_(weights[3].reshape(linears[1].weight.T.shape).T)
-                linears[1].bias.copy_(weights[4].reshape(-1))
+                linears[1].weight.copy_(weights[3].T)
+                linears[1].bias.copy_(weights[4])
         return model
 
 
 class HeadTrainer:
-    """K independent BT heads (single head, ensemble) with frozen priors, trained with a hand-written step:
-    the loss sum_k mean_i -log sigmoid(m_ik) (+ l2/2 ||heads||^2) has the gradient -d^T sigmoid(-m) / n."""
+    """K linear heads without a router, hand-written step: 'single' and 'ensemble' minimise K independent BT
+    losses sum_k mean_i -log sigmoid(m_ik) (+ l2/2 ||heads||^2, the heads' frozen priors added to the
+    margins); 'static' the mixture NLL with learned input-independent weights (+ alpha times their negative
+    entropy), as heads/losses.py writes them."""
 
     size = 1
 
-    def __init__(self, model: MixtureRewardModel, device: torch.device, l2: float = 0.0):
-        self.model, self.l2 = model.to(device), l2
+    def __init__(self, model: MixtureRewardModel, config: MixtureConfig, device: torch.device, l2: float = 0.0):
+        self.model, self.l2, self.alpha = model.to(device), l2, config.alpha
         self.prior = model.prior.detach().T.contiguous()
-        flat = model.heads.detach().T.contiguous().reshape(-1).clone()
-        self.w, self.grad = flat.view(self.prior.shape), torch.zeros_like(flat).view(self.prior.shape)
-        self.opt = FlatAdamW(flat, self.grad.view(-1))
+        logits = model.static_logits.detach() if model.static_logits is not None else torch.zeros(0, device=device)
+        flat = torch.cat([model.heads.detach().T.reshape(-1), logits])
+        grad, n = torch.zeros_like(flat), self.prior.numel()
+        self.w, self.v, self.gw, self.gv = flat[:n].view(self.prior.shape), flat[n:], grad[:n].view(self.prior.shape), grad[n:]
+        self.opt = FlatAdamW(flat, grad)
+
+    def log_weights(self) -> torch.Tensor:
+        k = self.prior.shape[1]
+        return torch.log_softmax(self.v, 0) if len(self.v) else torch.full((k,), -math.log(k), device=self.w.device)
 
     @torch.no_grad()
     def step(self, d: torch.Tensor, x: torch.Tensor | None, lr: float, mask: torch.Tensor | None = None, want_loss: bool = False) -> float | None:
-        margins = d @ (self.w + self.prior)
-        torch.mm(d.T, torch.sigmoid(-margins).mul_(-1.0 / d.shape[0]), out=self.grad)
+        margins, n = d @ (self.w + self.prior), d.shape[0]
+        if len(self.v):  # static: the mixture NLL and its weights' gradient
+            log_w = self.log_weights()
+            joint = log_w + F.logsigmoid(margins)
+            post, w = torch.softmax(joint, -1), log_w.exp()
+            g_margins = post * torch.sigmoid(-margins) * (-1.0 / n)
+            g_log_w = post.sum(0) * (-1.0 / n) + self.alpha * w * (log_w + 1)
+            self.gv.copy_(g_log_w - w * g_log_w.sum())
+            loss = -torch.logsumexp(joint, -1).mean() + self.alpha * (w * log_w).sum() if want_loss else None
+        else:
+            g_margins = torch.sigmoid(-margins).mul_(-1.0 / n)
+            loss = -F.logsigmoid(margins).mean(0).sum() + 0.5 * self.l2 * self.w.pow(2).sum() if want_loss else None
+        torch.mm(d.T, g_margins, out=self.gw)
         if self.l2:
-            self.grad.add_(self.w, alpha=self.l2)
+            self.gw.add_(self.w, alpha=self.l2)
         self.opt.step(lr)
-        if not want_loss:
-            return None
-        return float(-F.logsigmoid(margins).mean(0).sum() + 0.5 * self.l2 * self.w.pow(2).sum())
+        return None if loss is None else float(loss)
 
     @torch.no_grad()
     def outputs(self, lo: int, hi: int, d: torch.Tensor, table: torch.Tensor | None, inverse: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         margins = d @ (self.w + self.prior)
-        return torch.full_like(margins, -math.log(margins.shape[1])).unsqueeze(0), margins.unsqueeze(0)
+        return self.log_weights().expand_as(margins).unsqueeze(0), margins.unsqueeze(0)
 
     def snapshot(self, r: int) -> list[torch.Tensor]:
-        return [self.w.clone()]
+        return [self.w.clone(), self.v.clone()]
 
     def keep(self, rows: list[int]) -> None:
         pass
@@ -235,57 +222,6 @@ class HeadTrainer:
     def to_model(self, weights: list[torch.Tensor]) -> MixtureRewardModel:
         with torch.no_grad():
             self.model.heads.copy_(weights[0].T)
-        return self.model
-
-
-def batch_loss(model: MixtureRewardModel, config: MixtureConfig, d: torch.Tensor, x: torch.Tensor | None, l2: float) -> torch.Tensor:
-    """The training loss of a batch for any method, by autograd (the reference for `MicroStack.step`);
-    `l2`: the ensemble's penalty on each head's trainable part (0 elsewhere)."""
-    margins = d @ model.head_vectors().T
-    if config.method in ("micro", "static"):
-        log_w = model.log_weights(x if x is not None else margins)
-        loss = mixture_nll(log_w, margins)
-        if config.alpha:
-            loss = loss + config.alpha * weight_regulariser(log_w, config.balance)
-        return loss
-    loss = per_head_bt(margins)
-    return loss + 0.5 * l2 * model.heads.pow(2).sum() if l2 else loss
-
-
-class AutogradTrainer:
-    """One model of any method, trained by autograd on `batch_loss` (single, static, ensemble; micro as the reference)."""
-
-    size = 1
-
-    def __init__(self, model: MixtureRewardModel, config: MixtureConfig, l2: float = 0.0):
-        self.model, self.config, self.l2 = model, config, l2
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = adamw(self.params, config.lr)
-
-    def step(self, d: torch.Tensor, x: torch.Tensor | None, lr: float, mask: torch.Tensor | None = None, want_loss: bool = False) -> float | None:
-        if mask is not None:
-            raise ValueError("the autograd trainer trains on whole batches")
-        loss = batch_loss(self.model, self.config, d, x, self.l2)
-        set_lr(self.opt, lr)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return float(loss.detach()) if want_loss else None
-
-    @torch.no_grad()
-    def outputs(self, lo: int, hi: int, d: torch.Tensor, table: torch.Tensor | None, inverse: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        margins = d @ self.model.head_vectors().T
-        log_w = self.model.log_weights(table)[inverse] if self.config.method == "micro" else self.model.log_weights(margins)
-        return log_w.expand_as(margins).unsqueeze(0), margins.unsqueeze(0)
-
-    def snapshot(self, r: int) -> list[torch.Tensor]:
-        return [p.detach().clone() for p in self.params]
-
-    def keep(self, rows: list[int]) -> None:
-        pass
-
-    def to_model(self, weights: list[torch.Tensor]) -> MixtureRewardModel:
-        with torch.no_grad():
-            for p, w in zip(self.params, weights):
-                p.copy_(w)
+            if self.model.static_logits is not None:
+                self.model.static_logits.copy_(weights[1])
         return self.model

@@ -19,12 +19,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..embedcache.store import CacheSplit, require_contexts
+from ..embedcache.rows import DeviceSplit
 from .config import BASE_BATCH, ROUTER_HIDDEN, MixtureConfig
 from .criteria import CRITERIA, mixture_pair_nll, pair_values, paired_z
 from .model import MixtureRewardModel
 from .search import RUNGS, Candidate, halve
-from .stack import AutogradTrainer, HeadTrainer, MicroStack
+from .stack import HeadTrainer, MicroStack
 
 #: early stopping: evaluations without an improvement of more than MIN_DELTA (relative) before the fit stops
 PATIENCE, MIN_DELTA = 5, 1e-4
@@ -32,16 +32,6 @@ PATIENCE, MIN_DELTA = 5, 1e-4
 MIN_STEPS, MIN_EPOCHS, MAX_STEPS, MAX_EPOCHS = 1000, 0.25, 20_000, 4.0
 #: the fraction of a schedule spent in linear warm-up (paper B.1)
 WARMUP = 0.05
-
-
-def router_table(split: CacheSplit, source: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(table [rows, d], index [n]) such that table[index[i]] is pair i's router input."""
-    if source == "prompt":
-        return split.prompt_embedding, split.prompt_index
-    if source == "context":
-        require_contexts(split, "a router reading the context")
-        return split.context_embedding, split.context_index
-    raise ValueError(f"router input must be 'prompt' or 'context', not {source!r}")
 
 
 def build_model(config: MixtureConfig, hidden_size: int, candidate: Candidate, prior_unit: float = 1.0) -> MixtureRewardModel:
@@ -85,51 +75,17 @@ def step_plan(n_fit: int, batch_size: int) -> StepPlan:
     return StepPlan(lo, hi, every, max(1, int(round(WARMUP * lo))), rungs)
 
 
-class Data:
-    """The training split on the device: differences, router inputs, and batches of row indices."""
-
-    def __init__(self, train: CacheSplit, config: MixtureConfig):
-        self.device = torch.device(config.device)
-        self.diff = train.diff.to(self.device, torch.float32)
-        self.table = self.index = None
-        if config.method == "micro":
-            table, index = router_table(train, config.router_input)
-            self.table, self.index = table.to(self.device, torch.float32), index.to(self.device)
-
-    def inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(differences, router inputs) of some rows."""
-        x = None if self.table is None else self.table.index_select(0, self.index.index_select(0, rows))
-        return self.diff.index_select(0, rows), x
-
-    def probe(self, rows: torch.Tensor) -> tuple:
-        """(differences, distinct router rows, inverse) of some rows, for `outputs`."""
-        rows = rows.to(self.device)
-        if self.table is None:
-            return self.diff[rows], None, None
-        distinct, inverse = torch.unique(self.index[rows], return_inverse=True)
-        return self.diff[rows], self.table[distinct], inverse
-
-    def batches(self, rows: torch.Tensor, batch_size: int, gen: torch.Generator):
-        """Endless batches of `rows`, reshuffled every pass."""
-        while True:
-            order = rows[torch.randperm(len(rows), generator=gen)].to(self.device)
-            yield from order.split(batch_size)
-
-
-def make_trainer(config: MixtureConfig, data: Data, models: list[MixtureRewardModel], alphas: list[float],
-                 reference: bool, l2: float) -> MicroStack | HeadTrainer | AutogradTrainer:
-    """The hand-written engines (`micro`: the stack; single and ensemble: BT heads), autograd for 'static' and the reference."""
-    if config.method == "micro" and not reference:
+def make_trainer(config: MixtureConfig, data: DeviceSplit, models: list[MixtureRewardModel], alphas: list[float], l2: float) -> MicroStack | HeadTrainer:
+    """The stack for `micro`, the heads' trainer for the baselines."""
+    if config.method == "micro":
         return MicroStack(models, config, data.device, alphas)
-    if config.method in ("single", "ensemble") and not reference:
-        return HeadTrainer(models[0], data.device, l2)
-    return AutogradTrainer(models[0].to(data.device).train(), config, l2)
+    return HeadTrainer(models[0], config, data.device, l2)
 
 
-def train_fixed(data: Data, config: MixtureConfig, model: MixtureRewardModel, steps: int, alpha: float,
-                reference: bool = False, l2: float = 0.0, log: Callable | None = None) -> tuple[MixtureRewardModel, list[float]]:
+def train_fixed(data: DeviceSplit, config: MixtureConfig, model: MixtureRewardModel, steps: int, alpha: float,
+                l2: float = 0.0, log: Callable | None = None) -> tuple[MixtureRewardModel, list[float]]:
     """`steps` steps of warm-up + cosine decay on every pair from `model`'s weights; (model, mean loss of each pass)."""
-    trainer = make_trainer(config, data, [model], [alpha], reference, l2)
+    trainer = make_trainer(config, data, [model], [alpha], l2)
     n, gen, history, losses = len(data.diff), torch.Generator().manual_seed(config.seed), [], []
     batches, start = data.batches(torch.arange(n), config.batch_size, gen), time.perf_counter()
     per_pass = math.ceil(n / config.batch_size)
@@ -147,20 +103,15 @@ def train_fixed(data: Data, config: MixtureConfig, model: MixtureRewardModel, st
     return trainer.to_model(trainer.snapshot(0)).cpu().eval(), history
 
 
-def _improves(value: float, best: float | None) -> bool:
-    """`value` beats `best` by more than MIN_DELTA (relative); anything beats None."""
-    return best is None or not math.isfinite(best) or value < best - MIN_DELTA * abs(best)
-
-
 class Search:
     """Early stopping of `cands` side by side, on one held-out slice or on every fold of `held` at once.
 
-    Each candidate's held-out values are pooled over the folds (every held-out pair once). After `run`:
-    `live` (the candidates still training) and per (criterion, candidate) `best`, `best_step`, `best_pairs`
-    (the per-pair values at the best step) and, with `keep_weights` (one slice), `weights`; `history` (one
-    slice) holds each evaluation's per-pair values of the live candidates."""
+    After `run`: `live` (the candidates still training) and per (criterion, fold, candidate) `best`,
+    `best_step`, `best_pairs` (the per-pair values at the best step) and, with `keep_weights` (one slice),
+    `weights`; `history` (one slice) holds each evaluation's per-pair values of the live candidates. A
+    candidate's values pooled over the folds (`pooled`: every held-out pair once) are what selects."""
 
-    def __init__(self, data: Data, config: MixtureConfig, cands: list[Candidate], home: list[bool], held: list[torch.Tensor],
+    def __init__(self, data: DeviceSplit, config: MixtureConfig, cands: list[Candidate], home: list[bool], held: list[torch.Tensor],
                  trainer_for: Callable[[list[int]], object], keep_weights: bool = False):
         self.data, self.config, self.cands, self.home, self.keep_weights = data, config, cands, home, keep_weights
         n = len(data.diff)
@@ -180,7 +131,6 @@ class Search:
         self.active = list(range(self.folds))  # the folds in the stack, in block order
         self._restack([f * len(self.live) + j for f in self.active for j in range(len(self.live))], self.live, self.active)
         self.best, self.best_step, self.best_pairs, self.weights = ([{} for _ in CRITERIA] for _ in range(4))
-        self.fold_best, self.fold_step = ([{} for _ in CRITERIA] for _ in range(2))  # per (fold, candidate)
         self.since = [[0] * len(CRITERIA) for _ in held]  # per fold: evaluations since a live candidate improved
         self.history, self.curve, self.rungs, self.compared = [], [], [], {}
         self.candidate_steps, self.z = 0, None
@@ -204,29 +154,29 @@ class Search:
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"the {self.config.method} fit diverged: its held-out NLL is not finite at step {step} "
                              f"(lr {self.config.lr}); lower --lr, or check the cache for extreme embedding values.")
-        means = values.mean(-1).tolist() if len(self.active) == self.folds else [[math.inf] * len(self.live)] * len(CRITERIA)
-        for c in range(len(CRITERIA)):
-            for j, i in enumerate(self.live):
-                if _improves(means[c][j], self.best[c].get(i)):
-                    self.best[c][i], self.best_step[c][i], self.best_pairs[c][i] = means[c][j], step, values[c, j]
-                    if self.keep_weights:
-                        self.weights[c][i] = self.trainer.snapshot(j)
         sizes = [self.bounds[f + 1] - self.bounds[f] for f in self.active]
         for f, fold in zip(self.active, values.split(sizes, dim=-1)):
-            fold = fold.mean(-1).tolist()
+            means = fold.mean(-1).tolist()
             for c in range(len(CRITERIA)):
                 improved = False
                 for j, i in enumerate(self.live):
-                    if _improves(fold[c][j], self.fold_best[c].get((f, i))):
-                        self.fold_best[c][(f, i)], self.fold_step[c][(f, i)], improved = fold[c][j], step, True
+                    best = self.best[c].get((f, i))
+                    if best is None or not math.isfinite(best) or means[c][j] < best - MIN_DELTA * abs(best):
+                        self.best[c][(f, i)], self.best_step[c][(f, i)], self.best_pairs[c][(f, i)], improved = means[c][j], step, fold[c, j], True
+                        if self.keep_weights:
+                            self.weights[c][(f, i)] = self.trainer.snapshot(j)
                 self.since[f][c] = 0 if improved else self.since[f][c] + 1
         if self.folds == 1:
             self.history.append((step, {i: values[:, j].float() for j, i in enumerate(self.live)}))
         return values
 
+    def pooled(self, i: int) -> torch.Tensor:
+        """Candidate i's per-pair values of the selecting criterion at each fold's best step, every fold's pairs."""
+        return torch.cat([self.best_pairs[-1][(f, i)] for f in range(self.folds)])
+
     def rung(self, step: int, last: bool) -> None:
         """Halve the live candidates (`halve`); keep the stack in step."""
-        values = [self.best_pairs[-1][i] for i in self.live]
+        values = [self.pooled(i) for i in self.live]
         self.compared.update({i: float(v.mean()) for i, v in zip(self.live, values)})
         family = [(self.cands[i].alpha, self.cands[i].head_init) for i in self.live]
         keep, z = halve(values, family, [self.home[i] for i in self.live], last)
@@ -244,9 +194,9 @@ class Search:
                  "train_loss": round(float(train.mean()), 6), "lr": lr, "starts": list(self.live)}
         self.curve.append(point)
         if log is not None:
-            best = min(self.live, key=lambda i: self.best[0][i])
+            best = min(self.live, key=lambda i: self.best[0][(0, i)])
             log({"step": step, "epoch": step * self.config.batch_size / self.n_fit, "loss": point["train_loss"],
-                 "heldout_nll": min(point["heldout_nll"]), "best_nll": self.best[0][best], "best_step": self.best_step[0][best],
+                 "heldout_nll": min(point["heldout_nll"]), "best_nll": self.best[0][(0, best)], "best_step": self.best_step[0][(0, best)],
                  "lr": lr, "restarts": len(self.live), "seconds": time.perf_counter() - start})
         done = len(self.rungs)
         if len(self.live) > 1 and done < len(self.plan.rungs) and step >= self.plan.rungs[done]:
@@ -279,19 +229,15 @@ class Search:
                 stop = self.checkpoint(step, lr, log, start)
         return step, stop
 
-    def kept_criterion(self, i: int) -> int:
-        """The criterion whose best step (of candidate i) is the later; ties go to the first."""
-        steps = [self.best_step[c][i] for c in range(len(CRITERIA))]
+    def kept_criterion(self, f: int, i: int) -> int:
+        """The criterion whose best step (fold f, candidate i) is the later; ties go to the first."""
+        steps = [self.best_step[c][(f, i)] for c in range(len(CRITERIA))]
         return steps.index(max(steps))
-
-    def fold_best_steps(self, i: int) -> list[int]:
-        """Each fold's best step of candidate i: the later of the two criteria's."""
-        return [max(self.fold_step[c][(f, i)] for c in range(len(CRITERIA))) for f in range(self.folds)]
 
     def last_within(self, i: int, bar: float) -> int:
         """One slice: the last evaluation step, at or after candidate i's kept best step, whose per-pair values
         of the kept criterion are within `bar` standard errors (`paired_z`) of the best step's."""
-        c = self.kept_criterion(i)
+        c = self.kept_criterion(0, i)
         rows = {step: record[i][c] for step, record in self.history if i in record}
-        best_step = self.best_step[c][i]
+        best_step = self.best_step[c][(0, i)]
         return max(step for step, values in rows.items() if step >= best_step and paired_z(values, rows[best_step]) >= -bar)

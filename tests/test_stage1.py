@@ -15,10 +15,52 @@ from micro.cli import app
 from micro.embedcache import load_split
 from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, simulate
 from micro.heads.config import auto_batch_size
-from micro.heads.criteria import CALIBRATION_SCALES, best_scale, calibrated_nll, grid_nll, pair_values, paired_z, plain_nll
-from micro.heads.search import SELECT_Z, Candidate, candidates, halve, heldout_rows, prompt_folds, select
-from micro.heads.stack import MicroStack, batch_loss
-from micro.heads.train import build_model, step_plan
+from micro.heads.criteria import CALIBRATION_SCALES, _nll_at, best_scale, mixture_pair_nll, pair_values, paired_z
+from micro.heads.search import HOLDOUT, HOLDOUT_MAX, SELECT_Z, Candidate, candidates, halve, select
+from micro.heads.losses import mixture_nll, per_head_bt, weight_regulariser
+from micro.heads.stack import FlatAdamW, HeadTrainer, MicroStack
+from micro.embedcache.rows import DeviceSplit, heldout_rows, prompt_folds
+from micro.heads.train import build_model, lr_factor, step_plan
+
+
+def grid_nll(log_weights, margins):
+    """[S, ...] mixture NLL at every scale of CALIBRATION_SCALES: the reference for `best_scale`."""
+    w, m = log_weights.double().exp(), margins.double()
+    buf = torch.empty_like(m)
+    return torch.stack([_nll_at(w, m, log_weights, s, buf) for s in CALIBRATION_SCALES.tolist()])
+
+
+def plain_nll(log_weights, margins):
+    return mixture_pair_nll(log_weights, margins).mean(-1)
+
+
+def calibrated_nll(log_weights, margins):
+    return grid_nll(log_weights, margins).min(0).values
+
+
+def batch_loss(model, config, d, x, l2):
+    """The training loss of a batch for any method, by autograd on heads/losses.py: the reference."""
+    margins = d @ model.head_vectors().T
+    if config.method in ("micro", "static"):
+        log_w = model.log_weights(x if x is not None else margins)
+        return mixture_nll(log_w, margins) + config.alpha * weight_regulariser(log_w, config.balance)
+    return per_head_bt(margins) + 0.5 * l2 * model.heads.pow(2).sum()
+
+
+def autograd_fit(train, config, steps):
+    """`steps` steps of the fixed schedule by torch's AdamW on `batch_loss`, on the same batches as the fit."""
+    config = config.resolved(train)
+    data, model = DeviceSplit(train, config.router_input if config.method == "micro" else None), build_model(config, train.hidden_size, candidates(config, search=False)[0])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
+    batches = data.batches(torch.arange(len(train)), config.batch_size, torch.Generator().manual_seed(config.seed))
+    for step in range(steps):
+        loss = batch_loss(model, config, *data.inputs(next(batches)), 0.0)
+        for group in opt.param_groups:
+            group["lr"] = config.lr * lr_factor(step, steps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -68,21 +110,56 @@ def test_hand_written_step_has_autograds_gradients(small, router, balance, alpha
     assert loss == pytest.approx(np.mean(ref_losses), rel=1e-5)
 
 
-@pytest.mark.parametrize("method", ["micro", "single", "ensemble"])
+@pytest.mark.parametrize("method, alpha, balance", [("single", 0.5, "batch"), ("ensemble", 0.5, "batch"), ("static", 0.5, "batch"),
+                                                   ("static", 0.0, "example")])
+def test_the_heads_trainer_has_autograds_gradients(small, method, alpha, balance):
+    _, _, train, _ = small
+    config = MixtureConfig(method=method, k=3, alpha=alpha, balance=balance)
+    make = lambda: build_model(config, train.hidden_size, _cand(0), prior_unit=0.5)  # noqa: E731
+    l2 = 0.1 if method == "ensemble" else 0.0  # the pull towards the prior is the ensemble's
+    model, trainer = make(), HeadTrainer(make(), config, torch.device("cpu"), l2=l2)
+    d = train.diff[:32]
+    loss = trainer.step(d, None, lr=0.0, want_loss=True)
+    ref = batch_loss(model, config, d, None, l2)
+    ref.backward()
+    torch.testing.assert_close(trainer.gw, model.heads.grad.T, rtol=1e-4, atol=1e-6)
+    if method == "static":
+        torch.testing.assert_close(trainer.gv, model.static_logits.grad, rtol=1e-4, atol=1e-6)
+    assert loss == pytest.approx(float(ref.detach()), rel=1e-5)
+
+
+def test_flat_adamw_is_torchs_adamw():
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(50, generator=gen)
+    ours, theirs = start.clone(), torch.nn.Parameter(start.clone())
+    grad = torch.zeros(50)
+    opt, ref = FlatAdamW(ours, grad), torch.optim.AdamW([theirs], lr=0.01, weight_decay=0.0)
+    for step in range(20):
+        g = torch.randn(50, generator=gen)
+        grad.copy_(g)
+        theirs.grad = g.clone()
+        opt.step(0.01 / (step + 1))
+        ref.param_groups[0]["lr"] = 0.01 / (step + 1)
+        ref.step()
+    torch.testing.assert_close(ours, theirs.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["micro", "single", "static"])
 def test_fixed_epochs_match_the_autograd_fit(small, method):
-    """Same init, same batches, same schedule: the hand-written fit and the autograd reference agree."""
+    """Same init, same batches, same schedule: the hand-written fit and an autograd loop agree."""
     _, _, train, test = small
     config = MixtureConfig(method=method, k=3, epochs=3)
-    fast, slow = fit_mixture(train, config), fit_mixture(train, config, reference=True)
+    fast, slow = fit_mixture(train, config), autograd_fit(train, config, 3 * -(-len(train) // 32))
     for (name, a), (_, b) in zip(fast.state_dict().items(), slow.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
     assert fast.fit_record.schedule == "fixed-epochs" and fast.train_steps == 3 * -(-len(train) // 32)
-    assert evaluate(fast, test, "context")["average"] == pytest.approx(evaluate(slow, test, "context")["average"], abs=0.01)
+    router = "context" if method == "micro" else "prompt"
+    assert evaluate(fast, test, router)["average"] == pytest.approx(evaluate(slow.eval(), test, router)["average"], abs=0.01)
 
 
 def test_held_out_prompts_and_folds_never_split_a_prompt(small):
     _, _, train, _ = small
-    fit, held = heldout_rows(train, seed=0)
+    fit, held = heldout_rows(train, HOLDOUT, HOLDOUT_MAX, seed=0)
     prompt = train.prompt_index.numpy()
     assert not set(prompt[fit.numpy()]) & set(prompt[held.numpy()])
     assert len(fit) + len(held) == len(train) and 0.05 < len(held) / len(train) < 0.2
@@ -100,7 +177,7 @@ def test_calibrated_nll_ignores_the_margin_scale_and_pair_values_average_to_the_
     margins = torch.randn(2, 200, 4, generator=gen) * 3 + 2
     assert torch.allclose(calibrated_nll(log_w, margins), calibrated_nll(log_w, margins * 2 ** 0.25 * 8), atol=1e-5)
     values = pair_values(log_w, margins)
-    torch.testing.assert_close(values.mean(-1), torch.stack([plain_nll(log_w, margins), calibrated_nll(log_w, margins)]).double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(values.mean(-1), torch.stack([plain_nll(log_w, margins).double(), calibrated_nll(log_w, margins)]), rtol=1e-6, atol=1e-6)
     # where sigmoid underflows the grid falls back to log space
     huge = torch.full((1, 3, 2), -400.0)
     assert torch.isfinite(grid_nll(torch.log_softmax(torch.zeros(1, 3, 2), -1), huge)).all()
@@ -220,3 +297,27 @@ def test_run_records_the_fit_and_plots_the_curve(small, tmp_path):
     assert metrics["train_steps"] == fit["candidate_steps"] and (tmp_path / "run" / "heldout_curve.png").stat().st_size > 0
     quiet = CliRunner().invoke(app, ["fit-mixture", str(path), "--out", str(tmp_path / "q"), "--k", "3", "--restarts", "1", "--quiet"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+@pytest.mark.parametrize("router", ["mlp", "linear"])
+def test_dropping_models_from_the_stack_keeps_the_others_and_their_optimiser_state(small, router):
+    """After `keep`, the remaining models have the same weights and train on exactly as a stack that never
+    held the dropped ones."""
+    _, _, train, _ = small
+    config = MixtureConfig(router=router, k=3)
+    make = lambda seeds, alphas: MicroStack([build_model(config, train.hidden_size, _cand(s)) for s in seeds], config, torch.device("cpu"), alphas)  # noqa: E731
+    d, x = train.diff[:32], train.context_inputs()[:32]
+    big, small_stack = make([0, 1, 2, 3], [0.5, 0.5, 0.0, 0.5]), make([3, 1], [0.5, 0.5])
+    for stack in (big, small_stack):
+        for _ in range(3):
+            stack.step(d, x, 1e-2)
+    before = [big.snapshot(r) for r in range(4)]
+    big.keep([3, 1])
+    assert big.alphas == [0.5, 0.5] and all(torch.equal(a, b) for a, b in zip(big.snapshot(0), before[3]))
+    for _ in range(3):
+        big.step(d, x, 1e-2)
+    for _ in range(3):
+        small_stack.step(d, x, 1e-2)
+    for r in range(2):
+        for a, b in zip(big.snapshot(r), small_stack.snapshot(r)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
