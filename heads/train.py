@@ -24,7 +24,8 @@ from .config import BASE_BATCH, ROUTER_HIDDEN, MixtureConfig
 from .criteria import CRITERIA, mixture_pair_nll, pair_values, paired_z
 from .model import MixtureRewardModel
 from .search import RUNGS, Candidate, halve
-from .stack import HeadTrainer, MicroStack
+from .baselines import HeadTrainer
+from .stack import MicroStack
 
 #: early stopping: evaluations without an improvement of more than MIN_DELTA (relative) before the fit stops
 PATIENCE, MIN_DELTA = 5, 1e-4

@@ -18,7 +18,8 @@ from micro.heads.config import auto_batch_size
 from micro.heads.criteria import CALIBRATION_SCALES, _nll_at, best_scale, mixture_pair_nll, pair_values, paired_z
 from micro.heads.search import HOLDOUT, HOLDOUT_MAX, SELECT_Z, Candidate, candidates, halve, select
 from micro.heads.losses import mixture_nll, per_head_bt, weight_regulariser
-from micro.heads.stack import FlatAdamW, HeadTrainer, MicroStack
+from micro.heads.baselines import HeadTrainer
+from micro.heads.stack import FlatAdamW, MicroStack
 from micro.embedcache.rows import DeviceSplit, heldout_rows, prompt_folds
 from micro.heads.train import build_model, lr_factor, step_plan
 
