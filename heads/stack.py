@@ -6,7 +6,6 @@ weights and margins; heads/train.py drives it (and heads/baselines.py's trainer 
 
 from __future__ import annotations
 
-
 import torch
 from torch.nn import functional as F
 
