@@ -6,9 +6,8 @@ one seed per head scale of each of `alpha_alternatives`. They train side by side
 pairs outside a held-out slice of prompts, or, on small caches, in every fold of a cross-validation over
 prompts at once; every held-out value below is the calibrated NLL, per held-out pair, pooled over folds.
 
-The rule (`select`): the lowest value wins, except that a candidate other than the default's own
-(alpha, first head scale) must lead the best of those by `SELECT_Z` standard errors of the per-pair
-difference. Successive halving (`halve`) keeps the better half of each family (same alpha and head scale)
+The rule (`select`): the lowest value wins among the best of the default's own candidates (alpha, first
+head scale) and the others that lead that one by `SELECT_Z` standard errors of the per-pair difference. Successive halving (`halve`) keeps the better half of each family (same alpha and head scale)
 at each rung, and at the last rung applies the rule to the families' best, so that a second candidate
 trains on only while it leads; the rule is applied again at the end.
 """
@@ -46,13 +45,16 @@ class Candidate:
 
 
 def candidates(config: MixtureConfig, search: bool = True) -> list[Candidate]:
-    """The candidates of a fit; the first is the default's own. Seeds come from one generator seeded by
-    config.seed. Without `search` (baselines, fixed epochs, the autograd reference): the first alone."""
-    seeds = [int(s) for s in np.random.default_rng(config.seed).integers(0, 2**31 - 1, size=max(1, config.restarts))]
+    """The candidates of a fit; the first is the default's own. Every (alpha, head scale) start has its own
+    seed, drawn from one generator seeded by config.seed; an alternative alpha starts as alpha's first start
+    of the same head scale. Without `search` (baselines, fixed epochs): the first alone."""
+    restarts = max(1, config.restarts)
+    seeds = [int(s) for s in np.random.default_rng(config.seed).integers(0, 2**31 - 1, size=restarts * len(config.head_init))]
     if not search:
         return [Candidate(config.alpha, config.head_init[0], seeds[0])]
-    found = [Candidate(config.alpha, scale, s) for scale in config.head_init for s in seeds]
-    found += [Candidate(a, scale, seeds[0]) for a in dict.fromkeys(config.alpha_alternatives) if a != config.alpha for scale in config.head_init]
+    found = [Candidate(config.alpha, scale, seeds[i * restarts + j]) for i, scale in enumerate(config.head_init) for j in range(restarts)]
+    found += [Candidate(a, scale, seeds[i * restarts]) for a in dict.fromkeys(config.alpha_alternatives) if a != config.alpha
+              for i, scale in enumerate(config.head_init)]
     return found
 
 
@@ -61,16 +63,16 @@ def is_default(candidate: Candidate, config: MixtureConfig) -> bool:
 
 
 def select(values: list[torch.Tensor], home: list[bool]) -> tuple[int, float | None]:
-    """(index, z): the lowest mean of `values` (per-pair held-out values, one tensor per candidate), except
-    that a candidate outside `home` must lead the best home candidate by SELECT_Z; z is the leader's lead
-    over that home candidate (None when the leader is at home)."""
+    """(index, z): the lowest mean of `values` (per-pair held-out values, one tensor per candidate) among the
+    best home candidate and the others that lead it by SELECT_Z standard errors of the per-pair difference;
+    z is the chosen one's lead (None for a home candidate)."""
     means = [float(v.mean()) for v in values]
-    best = int(np.argmin(means))
-    if home[best] or not any(home):
-        return best, None
+    if all(home) or not any(home):
+        return int(np.argmin(means)), None
     base = min((i for i in range(len(values)) if home[i]), key=lambda i: means[i])
-    z = paired_z(values[best], values[base])
-    return (best if z >= SELECT_Z else base), z
+    lead = {i: paired_z(values[i], values[base]) for i in range(len(values)) if not home[i] and means[i] < means[base]}
+    best = min([base] + [i for i, z in lead.items() if z >= SELECT_Z], key=lambda i: means[i])
+    return best, lead.get(best)
 
 
 def halve(values: list[torch.Tensor], family: list, home: list[bool], last: bool) -> tuple[list[int], float | None]:
