@@ -243,21 +243,14 @@ class SimulateConfig:
     """Labeled triples drawn per prompt (the number of prompts is triples / this)."""
 
     conflict: float | None = None
-    """Fraction c of the groups' mean direction removed before normalising (at most 1; None: 1 for shared,
-    0 for prompt). With u_g ∝ v_g - c mean_h v_h, c = 1 centres them: the unit directions sum to ~0 (mean
-    pairwise cosine ~ -1/(G-1)), so the groups conflict and one global BT direction fits no group better
-    than chance; c = 0 keeps independent random directions (nearly orthogonal in high dimension); c < 0
-    adds the common direction, so most pairs are consensus pairs that every group ranks alike (3 groups,
-    d = 64: c = -4 about 75 %, c = -12 about 90 %). Ignored for one group."""
+    """Fraction c of the groups' mean direction removed before normalising (u_g ∝ v_g - c mean_h v_h, c <= 1);
+    1 centres them (groups conflict), 0 keeps independent directions, c < 0 adds consensus. None: 1 for
+    'shared', 0 for 'prompt' (docs/design.md, "Planted caches")."""
 
     decisive: float | None = None
-    """Share q of the response pairs that tell the groups apart (None: every pair, the plain Gaussian
-    draw). The other pairs' differences e_a - e_b lose their component in the span of the centred group
-    directions u_g - mean_h u_h, so every group gives them the same score (consensus pairs, ranked by the
-    common direction: pair with conflict < 1, e.g. -4, for a common direction that ranks them surely); a
-    decisive pair's component there is scaled by 1/sqrt(q), so the groups disagree on it by a large margin
-    and the difference keeps its average size in that span. With 8 groups, d = 64, conflict -4: q = 0.05
-    leaves about 95 % consensus pairs. Ignored for one group."""
+    """Share q of the response pairs that tell the groups apart; the others lose their component in the span
+    of the centred group directions, so every group ranks them alike. None: every pair (docs/design.md,
+    "Planted caches")."""
 
     def __post_init__(self) -> None:
         check_numbers(self, integers=("groups", "dim", "pairs", "seed", "pairs_per_prompt"),
