@@ -28,6 +28,12 @@ def test_drm_heads_are_the_principal_directions_with_both_signs():
     for k in range(4):  # a direction up to its sign (both signs are heads)
         assert abs(float(np.dot(heads[k].double().numpy(), vt[k]))) == pytest.approx(1.0, abs=1e-5)
     assert drm_heads(diff, 100).shape == (24, 12)  # at most d components
+    # a large matrix takes the low-rank solver: the same top directions as the full float64 SVD
+    wide = torch.randn(3000, 400, generator=gen) @ torch.diag(torch.logspace(1, -1, 400)) + 1.0
+    low = drm_heads(wide, 8)[:8].double().numpy()
+    x = wide.double().numpy()
+    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    assert all(abs(float(np.dot(low[k], vt[k]))) > 0.999 for k in range(8))
 
 
 def test_drm_weights_follow_the_formula_on_a_hand_case():
