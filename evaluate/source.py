@@ -52,7 +52,7 @@ def prepare_cache(
         if not report.noop:
             log(f"embedded {report.n_pairs} pairs ({report.forward_sequences} forward passes, "
                 f"{report.reused_from_cache} rows reused) into {path}")
-    check_cache_matches(run_config, read_meta(path))
+    check_cache_matches(run_config, read_meta(path), path)
     return path
 
 

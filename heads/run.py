@@ -25,15 +25,23 @@ UNIFORM_ROUTER = 0.98
 COPIED_HEADS = 0.98
 
 
-def check_cache_matches(config: Mapping[str, Any], cache_meta: Mapping[str, Any]) -> None:
-    """Refuse a cache made with another backbone (model_id, model_revision, pooling) or hidden size.
+def check_cache_matches(config: Mapping[str, Any], cache_meta: Mapping[str, Any], path: Any = None) -> None:
+    """Refuse a cache made with another backbone (model_id, model_revision, pooling), hidden size or max length.
 
     `config` is a run's config.json as returned by `load_run` (its "cache" entry is used) or a flat dict
-    of cache metadata. Raises CacheError naming each field that differs.
+    of cache metadata; `path` names the cache in the message. Raises CacheError naming each field that
+    differs: the max length is part of a cache's identity (texts cut at another length embed differently).
     """
     expected = config.get("cache", config)
-    check_compatible(expected, cache_meta, what="this cache (compared with the one the heads were trained on)", fields=BACKBONE_FIELDS,
+    name = f"the cache {path}" if path is not None else "this cache"
+    check_compatible(expected, cache_meta, what=f"{name} (compared with the one the heads were trained on)", fields=BACKBONE_FIELDS,
                      fix="give a cache embedded with the backbone the run was fitted on")
+    trained, given = expected.get("max_length"), cache_meta.get("max_length")
+    if trained != given:
+        redo = f"`micro embed ... --max-length {trained}`" if isinstance(trained, int) and trained > 0 else "the run's `micro embed` settings"
+        shown = lambda n: "unrecorded" if n in (None, "") else n  # noqa: E731
+        raise CacheError(f"{name} was embedded with max_length {shown(given)}, but the run's training cache with max_length {shown(trained)}: "
+                         f"texts cut at another length embed differently; re-embed it with {redo}, or give a cache of that max length.")
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[MixtureRewardModel, dict[str, Any]]:

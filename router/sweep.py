@@ -116,7 +116,7 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
     if model.router is None:
         raise ValueError(f"{run_dir} is a {mix_config.method!r} run without a router; stage 2 adapts a `micro` run.")
     meta = read_meta(cache)
-    check_cache_matches(run_config, meta)
+    check_cache_matches(run_config, meta, cache)
     notes: list[str] = []
     try:
         check_same_table(run_config.get("cache", {}), meta, what=f"the run {run_dir}", path=cache)
@@ -127,7 +127,7 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
     eval_path = Path(config.eval_cache) if config.eval_cache else cache
     eval_meta = read_meta(eval_path) if config.eval_cache else meta
     if config.eval_cache:
-        check_cache_matches(run_config, eval_meta)
+        check_cache_matches(run_config, eval_meta, eval_path)
     if "train" not in meta["splits"]:
         raise CacheError(f"cache {cache} has no 'train' split to draw the budget pairs from.")
     if "test" not in eval_meta["splits"]:

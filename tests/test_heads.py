@@ -174,7 +174,7 @@ def test_run_writes_documented_files_and_refuses_another_backbone(small_cache, t
     assert evaluate(model, test, router_input="context")["average"] == pytest.approx(metrics["test"]["average"])
     meta = read_meta(small_cache)
     check_cache_matches(config, meta)  # same backbone: fine
-    for field, value in (("model_id", "other/model"), ("model_revision", "v2"), ("pooling", "mean"), ("hidden_size", 32)):
+    for field, value in (("model_id", "other/model"), ("model_revision", "v2"), ("pooling", "mean"), ("hidden_size", 32), ("max_length", 64)):
         with pytest.raises(CacheError, match=field):
             check_cache_matches(config, {**meta, field: value})
 
