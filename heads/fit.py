@@ -80,6 +80,9 @@ def fit_mixture(train: CacheSplit, config: MixtureConfig | None = None, *, log: 
     config = (config or MixtureConfig()).resolved(train)
     if len(train.diff) == 0:
         raise ValueError("the training split has no pairs")
+    if config.num_heads > len(train.diff):
+        raise ValueError(f"--k {config.num_heads} is more than the {len(train.diff)} training pairs: every head needs pairs to "
+                         f"learn from; choose --k {len(train.diff)} or fewer, or give more training pairs.")
     threads = torch.get_num_threads()
     if config.threads and config.device == "cpu":
         torch.set_num_threads(config.threads)

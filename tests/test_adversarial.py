@@ -121,6 +121,7 @@ TABLE = [
     ("fit-mixture, pair index out of range", lambda w, t: ["fit-mixture", damaged(w, t, lambda f: f["pairs/chosen"].__setitem__(3, 10**6)), "--out", t / "r", *FIT], "/pairs/chosen of pair 3"),
     ("fit-mixture, attribute index out of range", lambda w, t: ["fit-mixture", damaged(w, t, lambda f: f["pairs/attribute"].__setitem__(0, 7)), "--out", t / "r", *FIT], "/pairs/attribute of pair 0"),
     ("fit-mixture, wrong hidden_size attribute", lambda w, t: ["fit-mixture", damaged(w, t, lambda f: f.attrs.__setitem__("hidden_size", 9)), "--out", t / "r", *FIT], "declares hidden_size 9"),
+    ("fit-mixture, K larger than the training pairs", lambda w, t: ["fit-mixture", cache(w, t), "--out", t / "r", "--k", "5000", "--epochs", "1"], "--k 5000 is more than the"),
     ("adapt, NaN in the run's weights", lambda w, t: ["adapt", cache(w, t), nan_run(w, t), "--out", t / "a", *ADAPT], "NaN or infinite"),
     ("eval, NaN in the run's weights", lambda w, t: ["eval", nan_run(w, t), cache(w, t), "--out", t / "e"], "NaN or infinite"),
     ("adapt, a cache of another max length", lambda w, t: ["adapt", damaged(w, t, lambda f: f.attrs.__setitem__("max_length", 64)), run(w, t), "--out", t / "a", *ADAPT], "max_length 64, but the run's training cache with max_length 0"),
