@@ -1,6 +1,9 @@
 """Safe outputs: a lock per output, files and folders built beside their target and renamed into place.
 
-Every command that writes (embed, fit-mixture, adapt, simulate) goes through these helpers, so that
+Every command that writes goes through these helpers: fit-mixture and adapt (`writing_dir`), simulate, score
+(`writing_file`), export (`writing_dir`), eval, audit, compare and the demo's own files (`output_files`);
+embed takes the `lock` and renames its cache into place from its resumable parts folder; sweep-k holds
+the `lock` of its folder. So
 
 - a second writer of the same output is refused at once, naming the process that holds it (`lock`);
 - an existing output is never replaced unless the caller says so (`refuse_existing`, the `--overwrite` flag),
@@ -30,7 +33,7 @@ import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 #: Flags of every file micro creates beside an output: a new file, never through a symbolic link.
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -336,31 +339,40 @@ def output_files(folder: str | os.PathLike, names: Iterable[str], *, overwrite: 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _refuse_present(target: Path, what: str, flag: str) -> None:
+    raise OutputError(f"{what} {target} already exists and is never replaced silently: pass --overwrite to "
+                      f"replace it, or choose another {flag}.")
+
+
 @contextmanager
 def writing_dir(target: str | os.PathLike, *, overwrite: bool = False, what: str = "output folder",
-                inputs: Iterable[str | os.PathLike | None] = (), flag: str = "--out") -> Iterator[Path]:
+                inputs: Iterable[str | os.PathLike | None] = (), flag: str = "--out", keep: Iterable[str] = (),
+                existing: Callable[[], None] | None = None) -> Iterator[Path]:
     """The whole write of an output folder: refuse one that overlaps `inputs`; take its lock; refuse an
-    existing (non-empty) one unless `overwrite`; yield a temporary folder that replaces it on success."""
+    existing (non-empty) one unless `overwrite`; yield a temporary folder that replaces it on success.
+
+    `existing`, when given, is called instead of the plain refusal (under the lock, for an existing output
+    without `overwrite`): it raises to refuse (naming what differs), or returns to let the write replace it.
+    `keep` names entries of the old folder carried into the new one (see `atomic_dir`)."""
     target = check_dir_target(target, flag)
     refuse_overlap(target, inputs, flag)
     with lock(target, what):
         if _present(target) and not overwrite:
-            raise OutputError(f"{what} {target} already exists and is never replaced silently: pass --overwrite to "
-                              f"replace it, or choose another {flag}.")
-        with atomic_dir(target, what=what) as tmp:
+            (existing or (lambda: _refuse_present(target, what, flag)))()
+        with atomic_dir(target, keep=keep, what=what) as tmp:
             yield tmp
 
 
 @contextmanager
 def writing_file(target: str | os.PathLike, *, overwrite: bool = False, what: str = "output",
-                 inputs: Iterable[str | os.PathLike | None] = (), flag: str = "--out") -> Iterator[Path]:
+                 inputs: Iterable[str | os.PathLike | None] = (), flag: str = "--out",
+                 existing: Callable[[], None] | None = None) -> Iterator[Path]:
     """The whole write of an output file: as `writing_dir`, with a temporary file renamed onto `target`."""
     target = check_file_target(target, flag)
     refuse_overlap(target, inputs, flag)
     with lock(target, what):
         if os.path.lexists(target) and not overwrite:
-            raise OutputError(f"{what} {target} already exists and is never replaced silently: pass --overwrite to "
-                              f"replace it, or choose another {flag}.")
+            (existing or (lambda: _refuse_present(target, what, flag)))()
         with atomic_file(target, what=what) as tmp:
             yield tmp
 

@@ -27,6 +27,7 @@ def sweep_k_cmd(
     from .. import paper as presets
     from ..embedcache.store import CacheError, read_meta
     from ..heads.ablation import sweep_k
+    from ..outputs import lock
     from ..router.k_ablation import adapt_k_runs, save_k_config
 
     log = lambda msg: typer.echo(msg, err=True)  # noqa: E731
@@ -35,23 +36,24 @@ def sweep_k_cmd(
     except ValueError as exc:
         fail(option_error(exc, KAblationConfig))
     try:
-        if paper_dataset is not None and not paper:
-            raise ValueError("--paper-dataset chooses a --paper preset: give --paper too")
-        stage1 = config.stage1(paper=paper)
-        results = sweep_k(cache, out, config.k, stage1, log=log)
-        typer.echo(open(results["files"]["table"]).read())
-        stage2 = None
-        if config.budgets:
-            tau = None
-            if paper:
-                _, chosen, note = presets.choose(read_meta(cache), paper_dataset)
-                log(f"note: {note}")
-                tau = chosen.tau
-            stage2 = config.stage2(paper_tau=tau)
-            curves = adapt_k_runs(cache, {int(k): r for k, r in results["runs"].items()}, out, stage2, log=log)
-            results["files"].update({f"k_budget_{n}": p for n, p in curves["files"].items()})
-        results["files"]["config"] = save_k_config(out, config, stage1, stage2, cache=str(cache), paper=paper,
-                                                   paper_dataset=paper_dataset)
+        with lock(out, "sweep-k folder"):  # one sweep per folder at a time
+            if paper_dataset is not None and not paper:
+                raise ValueError("--paper-dataset chooses a --paper preset: give --paper too")
+            stage1 = config.stage1(paper=paper)
+            results = sweep_k(cache, out, config.k, stage1, log=log)
+            typer.echo(open(results["files"]["table"]).read())
+            stage2 = None
+            if config.budgets:
+                tau = None
+                if paper:
+                    _, chosen, note = presets.choose(read_meta(cache), paper_dataset)
+                    log(f"note: {note}")
+                    tau = chosen.tau
+                stage2 = config.stage2(paper_tau=tau)
+                curves = adapt_k_runs(cache, {int(k): r for k, r in results["runs"].items()}, out, stage2, log=log)
+                results["files"].update({f"k_budget_{n}": p for n, p in curves["files"].items()})
+            results["files"]["config"] = save_k_config(out, config, stage1, stage2, cache=str(cache), paper=paper,
+                                                       paper_dataset=paper_dataset)
     except (CacheError, ValueError, FileNotFoundError) as exc:
         fail(exc)
     for name, path in results["files"].items():

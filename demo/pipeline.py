@@ -16,10 +16,13 @@ from typing import Callable
 import torch
 
 from ..methods import BASELINE_FITS
+from ..outputs import output_files
 from .config import DemoConfig
 
 #: The stage-1 fits the demo runs: the baselines first, then the MiCRo run stage 2 adapts.
 STAGE1_METHODS = (*BASELINE_FITS, "micro")
+#: The files the demo writes into its folder itself (every step's own files are written by that step).
+REPORT_FILES = ("summary.json", "report.md", "report.html")
 
 
 def run_demo(config: DemoConfig | None = None, *, log: Callable[[str], None] = print) -> dict:
@@ -81,8 +84,9 @@ def run_demo(config: DemoConfig | None = None, *, log: Callable[[str], None] = p
     if config.zero_label:
         summary["zero_label"] = zero
     summary["timings_s"]["total"] = round(sum(timings.values()), 2)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    summary["report"] = {k: str(v) for k, v in write_report(summary, out).items()}
+    with output_files(out, REPORT_FILES, overwrite=True, what="demo folder") as tmp:  # the demo owns its folder
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary["report"] = {k: str(v) for k, v in write_report(summary, out, into=tmp).items()}
     return summary
 
 

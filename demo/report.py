@@ -83,9 +83,12 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(summary: dict, out: Path) -> dict[str, Path]:
-    """Write report.md always and report.html when there are figures to inline; returns the paths."""
+def write_report(summary: dict, out: Path, into: Path | None = None) -> dict[str, Path]:
+    """Write report.md always and report.html when there are figures to inline; returns their paths in
+    `out`. The figures are read from `out`; the files are written into `into` (default `out`: a writer's
+    temporary folder renamed into `out` afterwards)."""
     out = Path(out)
+    into = Path(into) if into is not None else out
     embed, t = summary["embed"], summary["timings_s"]
     h_header, h_rows, budget = headline_rows(summary)
     sections = [
@@ -131,7 +134,7 @@ def write_report(summary: dict, out: Path) -> dict[str, Path]:
     for caption, p in figures:
         md += [f"![{caption}]({p.relative_to(out).as_posix()})", ""]
     paths = {"markdown": out / "report.md"}
-    paths["markdown"].write_text("# micro demo report\n\n" + "\n".join(md))
+    (into / "report.md").write_text("# micro demo report\n\n" + "\n".join(md))
 
     if figures:
         parts = ["<!doctype html><meta charset='utf-8'><title>micro demo report</title>",
@@ -146,7 +149,7 @@ def write_report(summary: dict, out: Path) -> dict[str, Path]:
             data = base64.b64encode(p.read_bytes()).decode()
             parts += [f"<h2>{html.escape(caption)}</h2>", f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{data}' style='max-width:100%'>"]
         paths["html"] = out / "report.html"
-        paths["html"].write_text("\n".join(parts))
+        (into / "report.html").write_text("\n".join(parts))
     return paths
 
 

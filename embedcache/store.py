@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -138,8 +138,10 @@ def write_cache(
     context_prompts: Mapping[str, Any] | None = None,
     context_sequences: Mapping[str, Any] | None = None,
     extra_groups: Mapping[str, Mapping[str, Any]] | None = None,
+    atomic: bool = True,
 ) -> Path:
-    """Write a complete cache atomically (temporary file + rename).
+    """Write a complete cache atomically (temporary file + rename; with `atomic=False`, straight into
+    `path`, a temporary file the caller renames itself, e.g. from `micro.outputs.writing_file`).
 
     `sequences`, `prompts`, `context_prompts`, `context_sequences` map dataset names to arrays
     (embedding as [rows, d]; text as a list of str). `pairs` maps PAIR_FIELDS to int arrays; missing
@@ -151,7 +153,7 @@ def write_cache(
     hidden = int(np.asarray(sequences["embedding"]).shape[1])
     arrays = [sequences, prompts, context_prompts or {}, context_sequences or {}, *(extra_groups or {}).values()]
     check_space(path, _estimate_bytes(arrays, n_pairs), "cache")
-    with atomic_file(path, "cache") as tmp:
+    with atomic_file(path, "cache") if atomic else nullcontext(path) as tmp:
         _write_file(tmp, meta, sequences, prompts, pairs, attributes, splits, contexts, context_prompts,
                     context_sequences, extra_groups, n_pairs, hidden)
     return path

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..embedcache.store import CacheError, CacheSplit, read_extra_group, read_meta, write_cache
-from ..outputs import check_file_target, diff_fields, lock, refuse_existing
+from ..outputs import diff_fields, refuse_existing, writing_file
 from .config import SimulateConfig
 
 
@@ -76,9 +76,7 @@ def simulate(out: str | os.PathLike, config: SimulateConfig | None = None, *, ov
     renamed into place, under a lock (one writer at a time).
     """
     config = replace(config or SimulateConfig(), **fields).resolved()
-    out = check_file_target(out)
-    with lock(out, "cache"):
-        return _simulate(out, config, overwrite)
+    return _simulate(Path(out), config, overwrite)
 
 
 def _existing_params(out: Path) -> dict | None:
@@ -146,13 +144,6 @@ def _simulate(out: Path, config: SimulateConfig, overwrite: bool) -> SimulationT
     G, regime = c.groups, c.regime
     names = [f"group{g}" for g in range(G)]
     params = {**c.to_dict(), "pairs": int(x.n)}  # the resolved config, with the pairs drawn
-    if out.exists() and not overwrite:
-        old = _existing_params(out)
-        if old is None:
-            refuse_existing(out, "a file that `micro simulate` did not write", ["not a simulated cache"])
-        old = {**SimulateConfig().to_dict(), **old}  # a field added since that cache was written: its default
-        if old != json.loads(json.dumps(params)):
-            refuse_existing(out, "a simulated cache", diff_fields(old, params))
     truth = SimulationTruth(
         regime=regime,
         directions=x.directions,
@@ -165,15 +156,27 @@ def _simulate(out: Path, config: SimulateConfig, overwrite: bool) -> SimulationT
         pair_scores=x.pair_scores,
         params=params,
     )
-    _write(out, x, truth, names)
+    with writing_file(out, overwrite=overwrite, what="cache", existing=lambda: _same_simulation(out, params)) as tmp:
+        _write(tmp, x, truth, names)
     return truth
 
 
+def _same_simulation(out: Path, params: dict) -> None:
+    """Refuse an existing `out` that is not a simulated cache of these parameters (the same one is redrawn)."""
+    old = _existing_params(out)
+    if old is None:
+        refuse_existing(out, "a file that `micro simulate` did not write", ["not a simulated cache"])
+    old = {**SimulateConfig().to_dict(), **old}  # a field added since that cache was written: its default
+    if old != json.loads(json.dumps(params)):
+        refuse_existing(out, "a simulated cache", diff_fields(old, params))
+
+
 def _write(out: Path, x: SimpleNamespace, truth: SimulationTruth, names: list[str]) -> None:
-    """The cache file of a drawn simulation."""
+    """The cache file of a drawn simulation, written straight into `out` (the writer's temporary file)."""
     params, G, n_prompts, triples = truth.params, len(names), x.n_prompts, x.triples
     write_cache(
         out,
+        atomic=False,
         meta={
             "model_id": "simulate",
             "model_revision": f"seed{params['seed']}",

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..outputs import atomic_dir, check_dir_target, diff_fields, is_empty_dir, lock, refuse_existing, refuse_overlap, relocate
+from ..outputs import diff_fields, refuse_existing, relocate, writing_dir
 from ..embedcache.store import BACKBONE_FIELDS, RUN_FIELDS, CacheError, CacheSplit, cache_identity, check_compatible, load_split, read_meta
 from .config import EVAL_SPLIT, MixtureConfig
 from .metrics import evaluate
@@ -123,14 +123,11 @@ def run_fit_mixture(
     non-empty `out_dir` is refused (naming what differs) unless `overwrite`. One writer per folder.
     """
     config = config or MixtureConfig()
-    out_dir = check_dir_target(out_dir)
-    refuse_overlap(out_dir, [cache_path])
-    with lock(out_dir, "run folder"):
-        if out_dir.exists() and not is_empty_dir(out_dir) and not overwrite:
-            refuse_existing(out_dir, "a run", _run_differences(out_dir, config, cache_path))
-        with atomic_dir(out_dir, what="run folder") as tmp:
-            metrics = relocate(_fit_into(cache_path, tmp, config, eval_split, log), tmp, out_dir)
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    out_dir = Path(out_dir)
+    refuse = lambda: refuse_existing(out_dir, "a run", _run_differences(out_dir, config, cache_path))  # noqa: E731
+    with writing_dir(out_dir, overwrite=overwrite, what="run folder", inputs=[cache_path], existing=refuse) as tmp:
+        metrics = relocate(_fit_into(cache_path, tmp, config, eval_split, log), tmp, out_dir)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

@@ -29,7 +29,7 @@ import torch
 from ..embedcache.store import CacheError, check_same_table, load_split, read_meta, require_contexts
 from ..heads import MixtureConfig, check_cache_matches, load_run
 from ..methods import METHODS
-from ..outputs import atomic_dir, check_dir_target, diff_fields, is_empty_dir, lock, refuse_existing, refuse_overlap, relocate
+from ..outputs import diff_fields, refuse_existing, relocate, writing_dir
 from .acquire import SCORES, acquire_pairs
 from .api import PersonalizedRewardModel, save_router
 from .baselines import fit_budget_bt, fit_oracle_head
@@ -77,14 +77,12 @@ def run_adapt(cache: str | Path, run_dir: str | Path, out: str | Path, config: A
     carried over and reused); an existing non-empty OUT is refused, naming what differs, unless `overwrite`.
     """
     config = config or AdaptConfig()
-    out = check_dir_target(out)
-    refuse_overlap(out, [cache, run_dir, config.eval_cache, *config.baseline_runs])
-    with lock(out, "adapt folder"):
-        if out.exists() and not is_empty_dir(out) and not overwrite:
-            refuse_existing(out, "adapt results", _adapt_differences(out, cache, run_dir, config))
-        with atomic_dir(out, keep=("baselines",), what="adapt folder") as tmp:
-            results = relocate(_adapt_into(cache, run_dir, tmp, config, log=log), tmp, out)
-            (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    out = Path(out)
+    refuse = lambda: refuse_existing(out, "adapt results", _adapt_differences(out, cache, run_dir, config))  # noqa: E731
+    with writing_dir(out, overwrite=overwrite, what="adapt folder", inputs=[cache, run_dir, config.eval_cache, *config.baseline_runs],
+                     keep=("baselines",), existing=refuse) as tmp:
+        results = relocate(_adapt_into(cache, run_dir, tmp, config, log=log), tmp, out)
+        (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
 
 
