@@ -194,17 +194,33 @@ def test_refused_in_one_line_with_nothing_changed(w, tmp_path, capsys, monkeypat
     assert _snapshot(tmp_path) == before, name
 
 
-def test_a_concurrent_writer_is_refused_for_score_and_export(w, tmp_path, capsys, monkeypatch):
-    for args, out in ((["score", run(w, tmp_path), data(w, tmp_path), "--out"], tmp_path / "s.jsonl"),
-                      (["export", tmp_path / "run", "--out"], tmp_path / "x")):
-        holder = _hold(out)
-        try:
-            code, err = _cli([*args, out], capsys, monkeypatch)
-        finally:
-            holder.kill()
-            holder.wait()
-        assert code == 2 and f"being written by another process (pid {holder.pid})" in err, err
-        assert not out.exists()
+#: (name, command, output): a second run into an output another process is writing; one line per command.
+CONCURRENT = [
+    ("fit-mixture", lambda w, t: ["fit-mixture", cache(w, t), "--out", t / "r", *FIT], "r"),
+    ("adapt", lambda w, t: ["adapt", cache(w, t), run(w, t), "--out", t / "a", *ADAPT], "a"),
+    ("simulate", lambda w, t: ["simulate", "--out", t / "s.h5", "--pairs", "300", "--dim", "8"], "s.h5"),
+    ("embed", lambda w, t: ["embed", data(w, t), "--out", t / "e.h5"], "e.h5"),
+    ("score", lambda w, t: ["score", run(w, t), data(w, t), "--out", t / "s.jsonl"], "s.jsonl"),
+    ("export", lambda w, t: ["export", run(w, t), "--out", t / "x"], "x"),
+    ("eval", lambda w, t: ["eval", run(w, t), cache(w, t), "--out", t / "e"], "e"),
+    ("audit", lambda w, t: ["audit", run(w, t), cache(w, t), "--out", t / "au"], "au"),
+    ("sweep-k", lambda w, t: ["sweep-k", cache(w, t), "--out", t / "k", "--k", "2", "--epochs", "1"], "k"),
+]
+
+
+@pytest.mark.parametrize("name, command, out", CONCURRENT, ids=[row[0] for row in CONCURRENT])
+def test_a_concurrent_writer_is_refused_naming_its_pid(w, tmp_path, capsys, monkeypatch, name, command, out):
+    args, out = command(w, tmp_path), tmp_path / out
+    holder = _hold(out)
+    try:
+        code, err = _cli(args, capsys, monkeypatch)
+    finally:
+        holder.kill()
+        holder.wait()
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, (name, err)
+    assert f"being written by another process (pid {holder.pid})" in errors[0], (name, err)
+    assert not out.exists(), name
 
 
 def test_a_planted_pid_link_is_not_written_through(w, tmp_path, capsys, monkeypatch):
