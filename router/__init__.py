@@ -7,7 +7,7 @@ from ..lazy import lazy_exports
 # Names load on first use, so `import micro.router.config` (what the CLI reads its options from)
 # does not import torch.
 _EXPORTS = {
-    "PersonalizedRewardModel": ".api",
+    "EmbeddingRewardModel": ".api",
     "load_adapted": ".api",
     "load_router": ".api",
     "save_router": ".api",

@@ -25,9 +25,9 @@ from torch import nn
 from ..heads.model import MixtureRewardModel, Router, load_model
 
 
-class PersonalizedRewardModel(nn.Module):
-    """Frozen stage-1 heads + an adapted router (+ one context's log-weights from its budget pairs), or,
-    for one context, its micro-refine head."""
+class EmbeddingRewardModel(nn.Module):
+    """Rewards from cached embeddings: frozen stage-1 heads + an adapted router (+ one context's log-weights
+    from its budget pairs), or, for one context, its micro-refine head. On text: `micro.PersonalizedRewardModel`."""
 
     def __init__(self, heads_model: MixtureRewardModel, router: Router, *, head: torch.Tensor | None = None,
                  log_weights: torch.Tensor | None = None):
@@ -128,7 +128,7 @@ def saved_log_weights(router_path: str | Path, meta: dict[str, Any], attribute: 
 
 
 def load_adapted(run_dir: str | Path, router_path: str | Path, *, attribute: str | None = None,
-                 refined: bool = True) -> PersonalizedRewardModel:
+                 refined: bool = True) -> EmbeddingRewardModel:
     """Stage-1 heads of `run_dir` + the adapted router at `router_path`; with `attribute`, that
     attribute's micro-refine head too (refused if the router was saved without one for it), or with
     `refined=False` micro for that attribute: the router plus its context log-weights."""
@@ -137,13 +137,13 @@ def load_adapted(run_dir: str | Path, router_path: str | Path, *, attribute: str
     if router.net[-1].out_features != heads_model.k:
         raise ValueError(f"router has {router.net[-1].out_features} outputs but {run_dir} has {heads_model.k} heads")
     if attribute is None:
-        return PersonalizedRewardModel(heads_model, router)
+        return EmbeddingRewardModel(heads_model, router)
     if not refined:
-        return PersonalizedRewardModel(heads_model, router, log_weights=saved_log_weights(router_path, meta, attribute, heads_model.k))
+        return EmbeddingRewardModel(heads_model, router, log_weights=saved_log_weights(router_path, meta, attribute, heads_model.k))
     names = meta.get("refine_attributes") or []
     _, _, refine_path = router_paths(router_path)
     if attribute not in names or not refine_path.exists():
         raise ValueError(f"no micro-refine head for attribute {attribute!r} beside {router_path} (has: {names})")
     tensors = load_file(str(refine_path))
     i = names.index(attribute)
-    return PersonalizedRewardModel(heads_model, router, head=tensors["head"][i])
+    return EmbeddingRewardModel(heads_model, router, head=tensors["head"][i])

@@ -31,7 +31,7 @@ from ..heads import MixtureConfig, check_cache_matches, load_run
 from ..methods import METHODS
 from ..outputs import diff_fields, refuse_existing, relocate, writing_dir
 from .acquire import SCORES, acquire_pairs
-from .api import PersonalizedRewardModel, save_router
+from .api import EmbeddingRewardModel, save_router
 from .baselines import fit_budget_bt, fit_oracle_head
 from .config import AdaptConfig
 from .draws import attribute_rows, check_budgets, draw_budget_pairs, draw_shots
@@ -233,7 +233,7 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
 
     def informativeness(draws: list[dict]) -> list:  # active acquisition (micro.router.acquire)
         score = SCORES[config.acquire]
-        return [lambda rows, m=PersonalizedRewardModel(model, r): score(m.weights(train_inputs[rows]), train_margins[rows])
+        return [lambda rows, m=EmbeddingRewardModel(model, r): score(m.weights(train_inputs[rows]), train_margins[rows])
                 for r in adapt(draws)]
 
     t = time.perf_counter()
@@ -259,7 +259,7 @@ def _adapt_into(cache: str | Path, run_dir: str | Path, out: str | Path, config:
             return table[attribute_ids]
 
         t = time.perf_counter()
-        adapted = [PersonalizedRewardModel(model, r) for r in routers]
+        adapted = [EmbeddingRewardModel(model, r) for r in routers]
         for i, (s, m) in enumerate(zip(seeds, adapted)):
             scores.add("micro", budget, s, (m.weights(test_inputs, log_weights(test, test.attribute, i)) * test_margins).sum(-1))
         timings["evaluate"] += time.perf_counter() - t

@@ -13,7 +13,7 @@ from micro.evaluate import paired_difference_bounds, resolve_mask
 from micro.heads import MixtureConfig, load_run, simulate
 from micro.heads.model import MixtureRewardModel, save_model
 from micro.heads.run import cache_identity
-from micro.router import PersonalizedRewardModel, load_router, save_router
+from micro.router import EmbeddingRewardModel, load_router, save_router
 
 K = 5
 UNSAFE = 2
@@ -88,7 +88,7 @@ def test_masked_rewards_are_the_renormalised_mixture_of_the_other_heads(planted,
     # the adapted-router API and a saved router keep the mask
     path = save_router(tmp_path / "r.safetensors", model.router, {"masked_heads": model.masked_heads})
     router, meta = load_router(path)
-    prm = PersonalizedRewardModel(model, router)
+    prm = EmbeddingRewardModel(model, router)
     torch.testing.assert_close(prm.margins(split.diff, x), expected)
     with pytest.raises(ValueError, match="cannot mask all"):
         model.mask_heads(range(K))
