@@ -208,10 +208,11 @@ def test_paper_micro_stays_near_chance_with_conflicting_groups(real):
 def test_paper_micro_is_flattened_by_eq4_in_the_prompt_regime(real):
     """In the paper's own regime the paper's configs do better than chance but eq. 4 at alpha 0.5 keeps the
     stage-1 router uniform, so the heads only half specialise (cosine 0.54-0.73) and stage 2 cannot reach
-    the oracle. Measured: micro 0.778, oracle 0.871 (the defaults: 0.870); router entropy 0.98 over 3 fit seeds."""
+    the oracle. Measured: micro 0.768 (0.650 before the stage-1 rewrite changed the fit's seeds), oracle 0.871
+    (the defaults: 0.870)."""
     _, _, _, results = real("prompt", "paper")
     micro, oracle = _avg(results, 50, "micro"), _avg(results, 50, "oracle")
-    assert 0.55 < micro < oracle - 0.05, (micro, oracle)
+    assert 0.55 < micro < oracle - 0.1, (micro, oracle)
 
 
 _PAPER_REFINE = ("the paper's stage 1 gives micro-refine a poor prior (heads half specialised in 'prompt', not at all in "
