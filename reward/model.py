@@ -11,7 +11,7 @@ response) with w the stage-1 heads mixed by the router's weights for the prompt 
 a micro-refine head (`attribute=`), or one stage-1 head (`head=`). `heads_mask` gives heads zero weight
 (router logits -inf before the softmax; the other heads' weights renormalise).
 
-`micro.router.PersonalizedRewardModel` (router/api.py) is the embedding-level scorer `micro adapt` saves
+`micro.router.EmbeddingRewardModel` (router/api.py) is the embedding-level scorer `micro adapt` saves
 routers for; this class is the one that reads text, and the one `micro` exports at its root.
 """
 

@@ -7,7 +7,7 @@ import torch
 
 from micro.heads.model import MixtureRewardModel, Router
 from micro.router import (
-    PersonalizedRewardModel,
+    EmbeddingRewardModel,
     StackedRouter,
     adapt_routers,
     fit_map_heads,
@@ -136,4 +136,4 @@ def test_api_scores_margins_and_rewards_consistently(tmp_path):
     assert torch.allclose(refined.rewards(chosen, ctx) - refined.rewards(rejected, ctx), (chosen - rejected) @ heads[1], atol=1e-5)
     with pytest.raises(ValueError, match="no micro-refine head for attribute 'c'"):
         load_adapted(tmp_path / "run", tmp_path / "routers" / "b5_s0.json", attribute="c")
-    assert isinstance(prm, PersonalizedRewardModel) and math.isfinite(float(margins.sum()))
+    assert isinstance(prm, EmbeddingRewardModel) and math.isfinite(float(margins.sum()))
