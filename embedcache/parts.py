@@ -234,12 +234,14 @@ def merge_parts(
     reused: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
     old_cache: Path | None = None,
     window_bytes: int = MERGE_WINDOW_BYTES,
+    found: tuple | None = None,
 ) -> int:
     """Write the cache `out` from the parts (and rows reused from `old_cache`) in bounded memory.
 
     `reused[group] = (new rows, old rows)`: embeddings copied from the old cache. `key` names this run's
     plan: a staging file left by another plan is started over. Returns how many batches an earlier,
-    killed merge had already written (0 for a fresh merge).
+    killed merge had already written (0 for a fresh merge). `found`: `file_state(out)` when the run began;
+    an `out` written by someone else since is refused at the commit, and the parts stay for a rerun.
     """
     slow = float(os.environ.get(SLOW_ENV, "0") or 0)
     staging = parts / STAGING
@@ -289,8 +291,20 @@ def merge_parts(
         f.attrs["complete"] = True
     finally:
         f.close()
+    if file_state(out) != found:
+        raise CacheError(f"{out} was written by something else while this cache was built; nothing was replaced "
+                         f"(the embeddings are kept in {parts}): move that file away and rerun the same command.")
     os.replace(staging, out)
     return merged
+
+
+def file_state(path: Path) -> tuple | None:
+    """(inode, size, mtime) of a file, None when it does not exist: what tells a file written meanwhile."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _copy_reused(src: h5py.Dataset, dst: h5py.Dataset, new_rows: np.ndarray, old_rows: np.ndarray, window_bytes: int) -> None:

@@ -38,6 +38,7 @@ from .parts import (
     PartWriter,
     atomic_write_bytes,
     finished_batches,
+    file_state,
     merge_parts,
     parts_dir,
     read_manifest,
@@ -198,6 +199,7 @@ def _embed(table, config: EmbedConfig, backbone: Backbone | None, out: Path, sou
         decision = dist.broadcast_json(ranks, None)
         if "error" in decision:
             raise (CacheError if decision["cache_error"] else ValueError)(decision["error"])
+    found = file_state(out)  # after the decision: what is at `out` now is what the commit may replace
     if decision["noop"]:
         report.noop = True
         if setup is not None:
@@ -255,7 +257,7 @@ def _embed(table, config: EmbedConfig, backbone: Backbone | None, out: Path, sou
     }
     report.invalid_rows = dict(plan.stats.get("invalid_rows", {}))
     report.merge_resumed_batches = merge_parts(out, parts, n_batches, plan, meta, int(identity["hidden_size"]), setup.manifest["plan_sha256"],
-                reused=setup.reused, old_cache=setup.reuse_from)
+                reused=setup.reused, old_cache=setup.reuse_from, found=found)
     shutil.rmtree(parts, ignore_errors=True)
     report.seconds = round(time.perf_counter() - t0, 2)
     report.message = f"wrote {out}"

@@ -377,3 +377,26 @@ def test_cli_embeds_a_file_and_a_second_run_is_a_noop(tiny_llama, tmp_path):
     assert second.exit_code == 0 and "already complete" in second.output
     refused = CliRunner().invoke(app, args + ["--max-length", "32"])
     assert refused.exit_code == 2 and "max_length" in refused.output
+
+
+def test_a_file_written_at_the_output_during_the_run_is_never_replaced(tiny_llama, tmp_path, monkeypatch):
+    """Existence is checked again at the commit: a file that appears at `out` while the cache is built is
+    kept, the embedded parts stay, and the same command finishes from them once the file is moved away."""
+    import micro.embedcache.runner as runner
+    from micro.embedcache import CacheError
+
+    table, out = make_table(), tmp_path / "c.h5"
+    real = runner.merge_parts
+
+    def foreign_write_then_merge(*args, **kwargs):
+        out.write_text("someone else's file")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "merge_parts", foreign_write_then_merge)
+    with pytest.raises(CacheError, match="written by something else while this cache was built"):
+        embed_table(table, model=str(tiny_llama), out=out, progress=False, log=lambda *a: None)
+    assert out.read_text() == "someone else's file"
+    monkeypatch.setattr(runner, "merge_parts", real)
+    out.unlink()
+    report = embed_table(table, model=str(tiny_llama), out=out, progress=False, log=lambda *a: None)
+    assert out.exists() and report.rank_batches == 0  # every batch came from the kept parts: nothing embedded twice
