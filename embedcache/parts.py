@@ -291,11 +291,16 @@ def merge_parts(
         f.attrs["complete"] = True
     finally:
         f.close()
+    commit(staging, out, found, parts)
+    return merged
+
+
+def commit(staging: Path, out: Path, found: tuple | None, parts: Path) -> None:
+    """Rename the finished cache into place, unless something else wrote `out` since `found` was taken."""
     if file_state(out) != found:
         raise CacheError(f"{out} was written by something else while this cache was built; nothing was replaced "
                          f"(the embeddings are kept in {parts}): move that file away and rerun the same command.")
     os.replace(staging, out)
-    return merged
 
 
 def file_state(path: Path) -> tuple | None:
