@@ -50,19 +50,27 @@ def soft_labels(log_prior: torch.Tensor, losses: torch.Tensor, tau: float) -> to
 def context_log_weights(losses: torch.Tensor, rate: float) -> torch.Tensor:
     """Hedge over one context's budget pairs: [..., B, K] frozen-head BT losses -> [..., K] log-weights.
 
-    Hedge (Freund & Schapire) after B rounds weights head k by exp(-eta * sum_i L_ik), with its
-    learning rate eta = sqrt(8 ln K / B) for a horizon of B rounds; `rate` multiplies that eta (0: no
-    factor, the paper's micro). Added to the router's logits, the context's routing becomes
-    f(x, c)_k exp(-eta sum_i L_ik) / Z: the evidence of all of the context's pairs at once, where the
-    router's per-pair labels (eq. 6) carry it only as far as the router generalises over them.
-    Masked heads (infinite losses) get -inf; the best head gets 0.
+    Added to the router's logits, the context's routing becomes f(x, c)_k exp(-eta sum_i L_ik) / Z
+    (hedge_log_weights on the summed losses). Masked heads (infinite losses) get -inf.
     """
     finite = torch.isfinite(losses).all(dim=-2)  # [..., K] heads with a loss on every pair
     total = losses.masked_fill(~torch.isfinite(losses), 0.0).sum(dim=-2)
-    heads = finite.sum(dim=-1, keepdim=True).clamp_min(1).to(losses.dtype)
-    eta = rate * torch.sqrt(8.0 * torch.log(heads) / max(losses.shape[-2], 1))
+    return hedge_log_weights(total.masked_fill(~finite, float("inf")), losses.shape[-2], rate)
+
+
+def hedge_log_weights(total: torch.Tensor, pairs: int, rate: float) -> torch.Tensor:
+    """Hedge log-weights from each head's summed BT loss over a user's `pairs` pairs ([..., K] -> [..., K]).
+
+    Hedge (Freund & Schapire) weights head k by exp(-eta * total_k), eta = rate * sqrt(8 ln K / pairs)
+    (rate 0: none, the paper's micro). The state is (total, pairs), so an online user who sends pairs one
+    at a time gets exactly the batch weights, in any order. Infinite totals (masked heads) get -inf; the
+    best head gets 0.
+    """
+    finite = torch.isfinite(total)
+    heads = finite.sum(dim=-1, keepdim=True).clamp_min(1).to(total.dtype)
+    eta = rate * torch.sqrt(8.0 * torch.log(heads) / max(int(pairs), 1))
     total = total - total.masked_fill(~finite, float("inf")).min(dim=-1, keepdim=True).values
-    return (-eta * total).masked_fill(~finite, float("-inf"))
+    return (-eta * total.masked_fill(~finite, 0.0)).masked_fill(~finite, float("-inf"))
 
 
 def router_epochs(pairs: int, epochs: int, batch_size: int, min_steps: int = 0) -> int:
