@@ -7,6 +7,11 @@ TRL (GRPOTrainer's `reward_funcs`):
     trainer = GRPOTrainer(model=..., reward_funcs=[reward], train_dataset=dataset_with_a_context_column, ...)
 
 OpenRLHF (remote reward model): `micro serve RUN --router R` and `--remote_rm_url http://127.0.0.1:5000/get_reward`.
+
+Online users: pass `store=` (a micro.reward.users.UserStore, the database `micro serve --users` writes) and a
+dataset column `user_column` (default "user"): each row is scored with that user's current Hedge weights
+(reread on every call, so feedback sent meanwhile counts); unknown users and rows without one score as before.
+A prompt the policy's chat template already rendered is recovered to its plain conversation first.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ def _text(completion: Any) -> str:
 
 def trl_reward_function(run_dir: str | None = None, router: str | None = None, *, attribute: str | None = None,
                         context: str | None = None, context_column: str | None = "context",
-                        heads_mask: Sequence[int] | None = None, device: str | None = None, model: Any = None
-                        ) -> Callable[..., list[float]]:
+                        heads_mask: Sequence[int] | None = None, device: str | None = None, model: Any = None,
+                        store: Any = None, user_column: str | None = "user") -> Callable[..., list[float]]:
     """A callable `(prompts, completions, **kwargs) -> list[float]` for TRL's `reward_funcs`.
 
     Prompts and completions may be plain strings or conversations (lists of {role, content}), as TRL
@@ -32,6 +37,8 @@ def trl_reward_function(run_dir: str | None = None, router: str | None = None, *
     passes through kwargs; rows without one (or no such column) use the fixed `context`. `model` reuses an
     already loaded PersonalizedRewardModel instead of loading `run_dir`.
     """
+    from .reward.templates import plain_rows
+
     if model is None:
         from .reward import PersonalizedRewardModel
 
@@ -46,7 +53,17 @@ def trl_reward_function(run_dir: str | None = None, router: str | None = None, *
         contexts = [c if isinstance(c, str) and c.strip() else context for c in column] if column is not None else None
         if contexts is None and context is not None:
             contexts = [context] * len(prompts)
-        return [float(r) for r in model.score(list(prompts), [_text(c) for c in completions], contexts)]
+        prompts, responses = plain_rows(list(prompts), [_text(c) for c in completions])
+        return [float(r) for r in model.score(prompts, responses, contexts, users=_users(kwargs, len(prompts)))]
+
+    def _users(kwargs: dict, n: int) -> list | None:
+        ids = kwargs.get(user_column) if (store is not None and user_column) else None
+        if ids is None:
+            return None
+        if len(ids) != n:
+            raise ValueError(f"column {user_column!r} has {len(ids)} values for {n} prompts")
+        states = store.get_many([u for u in ids if isinstance(u, str) and u])
+        return [states.get(u) if isinstance(u, str) else None for u in ids]
 
     micro_reward.model = model  # type: ignore[attr-defined]
     return micro_reward

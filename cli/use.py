@@ -163,16 +163,23 @@ def serve_cmd(
     overrides: dict = None,
 ) -> None:
     """Serve rewards over HTTP with OpenRLHF's remote reward-model protocol: POST /get_reward
-    {"query": [...], "prompts": [...]} or {"prompts": [...], "responses": [...], "contexts": [...]}.
+    {"query": [...], "prompts": [...]} or {"prompts": [...], "responses": [...], "contexts": [...]}; with
+    --users, users who send feedback (POST /feedback) are personalized online (docs/online.md).
 
     Every option after --config is a field of micro.reward.ServeConfig (its one default is shown)."""
     from ..reward.serve import serve
+    from ..reward.users import StoreError
 
     config = resolve_config(ServeConfig, overrides, mask_from)
     model = load_model(run, config)
     model.backbone.model  # load the weights before the first request
     try:
         serve(model, host=config.host, port=config.port, context=config.context, max_request_bytes=config.max_request_bytes,
-              log=lambda msg: typer.echo(msg, err=True))
+              log=lambda msg: typer.echo(msg, err=True), users=config.users, keep_text=config.keep_text, token=config.token,
+              batch_window_ms=config.batch_window_ms, max_batch_rows=config.max_batch_rows)
+    except StoreError as exc:
+        fail(exc)
+    except ValueError as exc:
+        fail(exc)
     except OSError as exc:
         fail(f"cannot listen on {config.host}:{config.port}: {exc}")

@@ -6,8 +6,12 @@ own. The commands build their options from these fields (one docstring each: the
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+#: Addresses only this machine can reach (serving on them needs no token).
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -111,7 +115,34 @@ class ServeConfig(ModelConfig):
     max_request_bytes: int = 16 * 1024 * 1024
     """Refuse larger requests (413); 16 MiB of JSON is thousands of long responses."""
 
+    users: str | None = None
+    """Keep per-user Hedge state in this database (a SQLite file, or postgresql://...): enables /feedback and 'user'."""
+
+    keep_text: bool = False
+    """With `users`: also keep the raw text of every feedback pair (off: only summed losses, pair count, context)."""
+
+    token: str | None = None
+    """Bearer token every request must send (Authorization: Bearer TOKEN); default: $MICRO_SERVE_TOKEN."""
+
+    insecure_no_auth: bool = False
+    """Allow a non-loopback `host` without a token (anyone who reaches the port can read and change users)."""
+
+    batch_window_ms: float = 5.0
+    """Milliseconds a request waits for others to share its forward pass (0: no waiting)."""
+
+    max_batch_rows: int = 256
+    """Most rows one batched forward pass takes."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.token is None:
+            self.token = os.environ.get("MICRO_SERVE_TOKEN") or None
+        if self.host not in LOOPBACK and not self.token and not self.insecure_no_auth:
+            raise ValueError(f"--host {self.host} is reachable from other machines: give --token (or $MICRO_SERVE_TOKEN), "
+                             "or --insecure-no-auth to serve without one")
+        if self.users and self.attribute is not None and self.refine:
+            raise ValueError("--users personalizes the mixture of stage-1 heads; --attribute scores with one micro-refine head: drop one")
+        if self.batch_window_ms < 0 or self.max_batch_rows < 1:
+            raise ValueError("batch_window_ms must be >= 0 and max_batch_rows >= 1")
         if self.attribute is not None and self.context is not None and self.refine:
             raise ValueError("--attribute and --context both pick the user; give one (or --no-refine: the context routes, the attribute adds its Hedge weights)")

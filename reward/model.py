@@ -17,6 +17,7 @@ routers for; this class is the one that reads text, and the one `micro` exports 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -61,6 +62,7 @@ class PersonalizedRewardModel:
             raise ValueError("heads_mask applies to the mixture of stage-1 heads, not to a single head "
                              "(attribute= or head=); drop one of them")
         self._mask = build_mask(heads_model.k, self.heads_mask)  # refuses unknown heads and masking every head
+        self.user_state = None  # set by for_user
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -149,17 +151,31 @@ class PersonalizedRewardModel:
         return "context" if self.run_config.get("config", {}).get("router_input") == "context" else "prompt"
 
     @torch.no_grad()
-    def weights(self, router_inputs: torch.Tensor | None, n: int) -> torch.Tensor:
-        """[n, K] mixture weights on the stage-1 heads (masked heads get 0)."""
+    def logits(self, router_inputs: torch.Tensor | None, n: int) -> torch.Tensor:
+        """[n, K] routing logits before the heads mask (the stage-2 router's plus a context's Hedge weights,
+        or the stage-1 router's)."""
         if self.router is not None:
             logits = self.router(router_inputs.float())
             if self.log_weights is not None:
                 logits = logits + self.log_weights
-        elif self.heads_model.router is not None:
-            logits = self.heads_model.router_logits(router_inputs.float())
-        else:
-            logits = self.heads_model.router_logits(torch.zeros(n, self.heads_model.hidden_size))
-        return torch.softmax(mask_logits(logits.float(), self._mask), dim=-1)
+            return logits.float()
+        return self.stage1_logits(router_inputs, n)
+
+    @torch.no_grad()
+    def stage1_logits(self, prompt_inputs: torch.Tensor | None, n: int) -> torch.Tensor:
+        """[n, K] the run's own (stage-1) routing logits on the prompt embeddings (constant for a static run)."""
+        if self.heads_model.router is not None and prompt_inputs is not None:
+            return self.heads_model.router_logits(prompt_inputs.float()).float()
+        return self.heads_model.router_logits(torch.zeros(n, self.heads_model.hidden_size)).float()
+
+    @torch.no_grad()
+    def weights(self, router_inputs: torch.Tensor | None, n: int, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, K] mixture weights on the stage-1 heads (masked heads get 0); offsets [n, K] are log-weights
+        added to the logits (a user's Hedge weights)."""
+        logits = self.logits(router_inputs, n)
+        if offsets is not None:
+            logits = logits + offsets.float()
+        return torch.softmax(mask_logits(logits, self._mask), dim=-1)
 
     @torch.no_grad()
     def fixed_head(self) -> torch.Tensor:
@@ -174,14 +190,69 @@ class PersonalizedRewardModel:
         return w @ self.heads_model.head_vectors().detach().float()
 
     @torch.no_grad()
-    def rewards_from_embeddings(self, sequence: torch.Tensor, router_inputs: torch.Tensor | None = None) -> torch.Tensor:
-        """[n] rewards of response embeddings (the cache's /sequences rows) given their router inputs."""
+    def rewards_from_embeddings(self, sequence: torch.Tensor, router_inputs: torch.Tensor | None = None,
+                                offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """[n] rewards of response embeddings (the cache's /sequences rows) given their router inputs
+        (and optional [n, K] log-weight offsets: users' Hedge weights)."""
         sequence = torch.as_tensor(sequence).float()
         if self.head is not None:
             return sequence @ self.head
-        heads = self.heads_model.head_vectors().detach().float()
-        w = self.weights(None if router_inputs is None else torch.as_tensor(router_inputs), sequence.shape[0])
-        return (w * (sequence @ heads.T)).sum(-1)
+        w = self.weights(None if router_inputs is None else torch.as_tensor(router_inputs), sequence.shape[0], offsets)
+        return (w * self.head_rewards(sequence)).sum(-1)
+
+    @torch.no_grad()
+    def head_rewards(self, sequence: torch.Tensor) -> torch.Tensor:
+        """[n, K] each stage-1 head's reward of response embeddings [n, d]."""
+        return torch.as_tensor(sequence).float() @ self.heads_model.head_vectors().detach().float().T
+
+    @torch.no_grad()
+    def rewards_from_text_embeddings(self, emb, users: Sequence[Any] | None = None,
+                                     contexts: Sequence[str | None] | None = None) -> np.ndarray:
+        """[n] rewards of `embed`'s output; users: one UserState (reward/users.py) or None per row. A known
+        user's Hedge log-weights are added to the row's routing logits; a known user whose row has no
+        context is routed by the stage-1 prompt router (stage 2 routes (context + prompt))."""
+        router_in = None if self.router_input is None else (emb.context_prompt if self.router_input == "context" else emb.prompt)
+        router_in = None if router_in is None else torch.from_numpy(router_in)
+        sequence = torch.from_numpy(emb.sequence)
+        if users is None or all(u is None for u in users):
+            return self.rewards_from_embeddings(sequence, router_in).numpy()
+        if self.head is not None:
+            raise ValueError("a per-user reward mixes the stage-1 heads; this model scores with one head (attribute= or head=)")
+        n = sequence.shape[0]
+        logits = self.logits(router_in, n)
+        offsets = torch.zeros_like(logits)
+        stage1 = torch.tensor([u is not None and self.router is not None and not (contexts and contexts[i]) for i, u in enumerate(users)])
+        if stage1.any():
+            prompt_in = None if emb.prompt is None else torch.from_numpy(emb.prompt)
+            logits[stage1] = self.stage1_logits(prompt_in, n)[stage1]
+        rate = self.user_rate
+        for i, u in enumerate(users):
+            if u is not None:
+                offsets[i] = u.log_weights(rate).float()
+        w = torch.softmax(mask_logits(logits + offsets, self._mask), dim=-1)
+        return (w * self.head_rewards(sequence)).sum(-1).numpy()
+
+    @property
+    def user_rate(self) -> float:
+        """Hedge's rate for online users: AdaptConfig.context_rate, the rate `micro adapt` uses."""
+        from ..router.config import AdaptConfig
+
+        return AdaptConfig().context_rate
+
+    def for_user(self, store, user: str) -> "PersonalizedRewardModel":
+        """This model scoring for `user` of a UserStore (reward/users.py) with their current Hedge state
+        (and their context where a row gives none); an unknown user scores as this model does."""
+        model = copy.copy(self)
+        model.user_state = store.get(user)
+        return model
+
+    def head_margins(self, prompts: Sequence[Any], chosen: Sequence[str], rejected: Sequence[str]) -> np.ndarray:
+        """[n, K] each stage-1 head's margin r_k(chosen) - r_k(rejected): what a user's feedback adds to Hedge."""
+        n = len(prompts)
+        emb = embed_texts(self.backbone, list(prompts) * 2, list(chosen) + list(rejected), None, router_input=None,
+                          batch_tokens=self.batch_tokens)
+        r = self.head_rewards(torch.from_numpy(emb.sequence)).double()
+        return (r[:n] - r[n:]).numpy()
 
     # ---- text -----------------------------------------------------------------------------------
     def embed(self, prompts: Sequence[Any], responses: Sequence[str], contexts: Sequence[str | None] | None = None,
@@ -191,13 +262,22 @@ class PersonalizedRewardModel:
                            router_input=self.router_input, batch_tokens=self.batch_tokens, on_batch=on_batch)
 
     def score(self, prompts: Sequence[Any], responses: Sequence[str], contexts: Sequence[str | None] | str | None = None,
-              *, on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+              *, on_batch: Callable[[int, int], None] | None = None, users: Sequence[Any] | None = None) -> np.ndarray:
         """[n] reward of each (prompt, response) for its user context. A prompt is a string or a conversation
-        (list of {role, content}); contexts: one per row, one string for all rows, or None."""
+        (list of {role, content}); contexts: one per row, one string for all rows, or None. users: one
+        UserState or None per row (default: the user of `for_user`, if any); a user's stored context
+        applies where a row gives none."""
+        n = len(prompts)
+        if users is None and self.user_state is not None:
+            users = [self.user_state] * n
+        contexts = _contexts(contexts, n)
+        if users is not None:
+            if len(users) != n:
+                raise ValueError(f"got {len(users)} users for {n} rows; give one per row")
+            contexts = [(contexts[i] if contexts and contexts[i] is not None else (u.context if u is not None else None)) for i, u in enumerate(users)]
+            contexts = contexts if any(c is not None for c in contexts) else None
         emb = self.embed(prompts, responses, contexts, on_batch)
-        router_in = None if self.router_input is None else (emb.context_prompt if self.router_input == "context" else emb.prompt)
-        return self.rewards_from_embeddings(torch.from_numpy(emb.sequence),
-                                            None if router_in is None else torch.from_numpy(router_in)).numpy()
+        return self.rewards_from_text_embeddings(emb, users, contexts)
 
     def compare(self, prompts: Sequence[Any], chosen: Sequence[str], rejected: Sequence[str],
                 contexts: Sequence[str | None] | str | None = None, *, on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:

@@ -19,9 +19,12 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .config import ServeConfig
+from .templates import plain_rows, split_query
+from .users import check_user_id
 
 #: Default request-size limit (bytes), host and port: ServeConfig's.
 MAX_REQUEST_BYTES = ServeConfig.max_request_bytes
@@ -39,8 +42,25 @@ class RequestError(ValueError):
     """A request the server answers with 400 and this message."""
 
 
+@dataclass
+class RewardRequest:
+    """A parsed /get_reward body: plain prompts and responses (rendered prompts recovered), contexts, users."""
+
+    prompts: list[Any]
+    responses: list[str]
+    contexts: list[str | None] | None
+    users: list[str | None] | None
+
+
 def parse_request(body: bytes, default_context: str | None = None) -> tuple[list[Any], list[str], list[str | None] | None]:
     """(prompts, responses, contexts) of a /get_reward body; RequestError says what is wrong."""
+    req = parse_reward_request(body, default_context)
+    return req.prompts, req.responses, req.contexts
+
+
+def parse_reward_request(body: bytes, default_context: str | None = None) -> RewardRequest:
+    """The RewardRequest of a /get_reward body; RequestError says what is wrong. A prompt already rendered
+    by a chat template (OpenRLHF sends the policy's) becomes its plain conversation (templates.py)."""
     if _depth(body) > MAX_DEPTH:
         raise RequestError(f"body is nested deeper than {MAX_DEPTH} levels")
     try:
@@ -49,36 +69,67 @@ def parse_request(body: bytes, default_context: str | None = None) -> tuple[list
         raise RequestError(f"body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise RequestError("body must be a JSON object with 'query' and 'prompts', or 'prompts' and 'responses'")
-    prompts = _list(data, "prompts")
-    if "responses" in data:
-        responses = _list(data, "responses", str)
-    elif "query" in data:
-        queries = _list(data, "query", str)
-        _same_length(prompts, queries, "prompts", "query")
-        responses = []
-        for i, (q, p) in enumerate(zip(queries, prompts)):
-            if not isinstance(p, str) or not q.startswith(p):
-                raise RequestError(f"query {i} does not start with prompt {i}; the response is the query minus its prompt")
-            responses.append(q[len(p):])
-    else:
-        raise RequestError("give 'responses' (with 'prompts') or 'query' (with 'prompts')")
+    prompts, responses = _rows(data)
     _same_length(prompts, responses, "prompts", "responses")
     for i, p in enumerate(prompts):
         if not (isinstance(p, str) or (isinstance(p, list) and p and all(
                 isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in p))):
             raise RequestError(f"prompt {i} must be a string or a conversation (a non-empty list of {{role, content}}, role "
                                f"one of {', '.join(ROLES)}, content a string)")
-    contexts = None
+    prompts, responses = plain_rows(prompts, responses)
+    return RewardRequest(prompts, responses, _contexts(data, len(prompts), default_context), _users(data, len(prompts)))
+
+
+def _rows(data: dict) -> tuple[list, list[str]]:
+    """(prompts, responses): given, or the queries minus their prompts (a query alone is split after the
+    generation header of its chat format)."""
+    if "responses" in data:
+        return _list(data, "prompts"), _list(data, "responses", str)
+    if "query" not in data:
+        raise RequestError("give 'responses' (with 'prompts') or 'query' (with 'prompts')")
+    queries = _list(data, "query", str)
+    if data.get("prompts") is None:
+        split = [split_query(q) for q in queries]
+        if any(s is None for s in split):
+            raise RequestError(f"query {[s is None for s in split].index(True)} has no 'prompts' and no chat format micro recognises; "
+                               "send 'prompts' with the queries")
+        return [s[0] for s in split], [s[1] for s in split]
+    prompts = _list(data, "prompts")
+    _same_length(prompts, queries, "prompts", "query")
+    responses = []
+    for i, (q, p) in enumerate(zip(queries, prompts)):
+        if not isinstance(p, str) or not q.startswith(p):
+            raise RequestError(f"query {i} does not start with prompt {i}; the response is the query minus its prompt")
+        responses.append(q[len(p):])
+    return prompts, responses
+
+
+def _contexts(data: dict, n: int, default_context: str | None) -> list[str | None] | None:
     if data.get("contexts") is not None:
         contexts = _list(data, "contexts")
-        _same_length(prompts, contexts, "prompts", "contexts")
+        _same_length([None] * n, contexts, "prompts", "contexts")
         if any(c is not None and not isinstance(c, str) for c in contexts):
             raise RequestError("contexts must be strings or null")
-        if default_context is not None:
-            contexts = [default_context if c is None else c for c in contexts]
-    elif default_context is not None:
-        contexts = [default_context] * len(prompts)
-    return prompts, responses, contexts
+        return contexts if default_context is None else [default_context if c is None else c for c in contexts]
+    return None if default_context is None else [default_context] * n
+
+
+def _users(data: dict, n: int) -> list[str | None] | None:
+    """'user': one id for every row, or a list of ids (or nulls) one per row."""
+    user = data.get("user")
+    if user is None:
+        return None
+    users = [user] * n if isinstance(user, str) else user
+    if not isinstance(users, list):
+        raise RequestError("'user' must be a user id (string) or a list of ids (or nulls), one per row")
+    _same_length([None] * n, users, "prompts", "user")
+    for u in users:
+        if u is not None:
+            try:
+                check_user_id(u)
+            except ValueError as exc:
+                raise RequestError(f"'user': {exc}") from None
+    return users
 
 
 def _depth(body: bytes) -> int:
@@ -186,8 +237,55 @@ class _BoundedServer(ThreadingHTTPServer):
 
 
 def serve(model, *, host: str = ServeConfig.host, port: int = ServeConfig.port, context: str | None = None,
-          max_request_bytes: int = MAX_REQUEST_BYTES, log: Callable[[str], None] | None = print) -> None:
-    """Serve `model` (a PersonalizedRewardModel) until interrupted."""
+          max_request_bytes: int = MAX_REQUEST_BYTES, log: Callable[[str], None] | None = print, users: str | None = None,
+          keep_text: bool = False, token: str | None = None, batch_window_ms: float = ServeConfig.batch_window_ms,
+          max_batch_rows: int = ServeConfig.max_batch_rows) -> None:
+    """Serve `model` (a PersonalizedRewardModel) until interrupted: the FastAPI app (app.py: users, feedback,
+    micro-batching, metrics) when micro[serve] is installed, else this module's standard-library server
+    (/get_reward and /health only)."""
+    try:
+        import uvicorn  # noqa: F401
+
+        from .app import create_app
+    except ImportError:
+        if users or token:
+            raise ValueError("--users and --token need the web stack: pip install 'micro[serve]'") from None
+        return _serve_stdlib(model, host=host, port=port, context=context, max_request_bytes=max_request_bytes, log=log)
+    store = open_store(model, users, keep_text) if users else None
+    app = create_app(model, store=store, context=context, token=token, max_request_bytes=max_request_bytes,
+                     batch_window_ms=batch_window_ms, max_batch_rows=max_batch_rows, keep_text=keep_text)
+    try:
+        run_app(app, host=host, port=port, log=log)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def open_store(model, url: str, keep_text: bool = False):
+    """The UserStore at `url` for `model`'s run (refused when it holds another run's users)."""
+    from .users import UserStore, run_fingerprint
+
+    return UserStore.open(url, run=run_fingerprint(model.source["run_dir"]), heads=model.heads_model.k, keep_text=keep_text)
+
+
+def run_app(app, *, host: str, port: int, log: Callable[[str], None] | None = print) -> None:
+    """Run an ASGI app with uvicorn on host:port (0: a free port, printed) until SIGINT/SIGTERM."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)  # connections made before uvicorn starts wait in the backlog
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=int(READ_TIMEOUT),
+                                           limit_concurrency=MAX_CONNECTIONS * 4))
+    if log is not None:
+        log(f"serving rewards on http://{host}:{sock.getsockname()[1]}/get_reward")
+    server.run(sockets=[sock])
+
+
+def _serve_stdlib(model, *, host: str, port: int, context: str | None, max_request_bytes: int, log: Callable[[str], None] | None) -> None:
     server = make_server(lambda p, r, c: model.score(p, r, c).tolist(), host=host, port=port, context=context,
                          max_request_bytes=max_request_bytes, log=log)
     if log is not None:
