@@ -481,14 +481,16 @@ def load_split(
     *,
     context_in_sequence: bool = False,
     attributes: list[str] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> CacheSplit:
     """Load one split into RAM as torch tensors.
 
     `context_in_sequence=True` takes the difference vectors from the (context + prompt, response)
     embeddings, as the paper's evaluation does; the cache must have been built with them.
     `attributes` keeps only pairs of those attributes. Non-finite embeddings are refused (CacheError).
+    `meta`: the cache's `read_meta`, when the caller holds it already.
     """
-    meta = read_meta(path)
+    meta = read_meta(path) if meta is None else meta
     if split not in meta["splits"]:
         raise CacheError(f"cache {path} has no split {split!r}; it has {meta['splits']}.")
     split_id = meta["splits"].index(split)

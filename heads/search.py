@@ -32,7 +32,7 @@ RUNGS = (125, 250, 500)
 #: early stopping's held-out slice: this fraction of the training pairs (whole prompts), at most HOLDOUT_MAX pairs
 HOLDOUT, HOLDOUT_MAX = 0.1, 8192
 #: cross-validate over FOLDS folds of prompts when the held-out slice would hold fewer than FOLDS_BELOW pairs
-FOLDS, FOLDS_BELOW = 5, 150
+FOLDS, FOLDS_BELOW = 3, 150
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ seed's random order, so every draw is reproducible per seed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -27,6 +28,19 @@ import torch
 from ..embedcache.store import CacheSplit
 from .config import ACQUIRE_RULES
 from .draws import attribute_rows, check_budgets, draw_budget_pairs
+
+
+@dataclass
+class AcquireOptions:
+    batch: int = 5
+    """Pairs per user asked per round by an active rule (the first round is the seeded random draw)."""
+
+    random: float = 0.5
+    """Share of each round's pairs taken next in the seed's random order instead of by the rule (floored)."""
+
+    def __post_init__(self) -> None:
+        if int(self.batch) < 1 or not 0.0 <= float(self.random) <= 1.0:
+            raise ValueError(f"acquire: batch must be >= 1 and random in [0, 1], not {self.batch!r}, {self.random!r}")
 
 
 #: Given the pairs asked so far (one {attribute: rows} per seed), one scorer per seed: pool rows -> [n]

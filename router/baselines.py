@@ -9,11 +9,8 @@ materialising the mirrored copies.
 Small budgets (B pairs, B << d) are solved exactly in the span of the pairs (representer theorem): with
 G = D D^T = U diag(e) U^T, margins are Z b with Z = U diag(sqrt(e)) and ||w||^2 = ||b||^2, so Newton runs
 in at most B dimensions for any hidden size, batched over attributes x seeds x grid values. The prior
-precision is chosen per attribute by held-out BT loss on its budget pairs (`select`): approximate
-leave-one-out by default (every candidate fitted once; it does not depend on the order of the pairs,
-which 5-fold cross-validation's folds do), 5-fold cross-validation, or one precision pooled over a
-seed's attributes. (The Laplace evidence was tried first: on simulated data it kept micro-refine at its
-prior even where budget-bt gained 10 points at B = 100, so it is not used.)
+precision is chosen per attribute by approximate leave-one-out BT loss on its budget pairs (every
+candidate fitted once; docs/decisions.md has the rules it was measured against).
 
 Units: lambda = c * mean_i ||d_i||^2, so c is the inverse variance of a prior margin w . d and the grid
 does not depend on the embedding scale.
@@ -27,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import REFINE_SELECT
 
 
 @dataclass
@@ -42,6 +38,8 @@ class MapHeads:
 
 #: Prior precision of the "prior alone" candidate of micro-refine: delta is pinned at 0.
 PRIOR_ONLY = 1e12
+#: micro-refine leaves its prior alone unless the best candidate's leave-one-out loss is lower by this many SE
+KEEP_PRIOR_SE = 1.0
 
 
 def _span_features(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,41 +104,22 @@ def fit_map_heads(
     prior_margins: torch.Tensor | None = None,
     scale_precision: float = 1.0,
     allow_drop_prior: bool = True,
-    select: str = "loo",
-    groups: torch.Tensor | None = None,
-    folds: int = 5,
     iterations: int = 15,
     fit_on: torch.Tensor | None = None,
-    keep_prior_se: float = 1.0,
 ) -> MapHeads:
     """MAP BT heads for P independent problems of n pairs each, the prior precision chosen per problem
-    by held-out BT loss on the same pairs.
+    by approximate leave-one-out BT loss on the same pairs (`_alo_pair_loss`).
 
     diff [P, n, d]: the budget pairs' difference vectors. Without `prior_margins` the head is
     w ~ N(0, I / lambda) (budget-bt). With prior_margins [P, n] (the routed stage-1 mixture's margins on
     the same pairs) the margin is s * prior_margin + delta . d with delta ~ N(0, I / lambda) and
-    s ~ N(1, 1 / scale_precision) (micro-refine): the prior mean is the routed mixture, and a prior that
-    the pairs contradict can shrink. With `allow_drop_prior` the selection also weighs the same
-    grid with the prior switched off (s fixed at 0: the budget-bt head), so a prior that the pairs
-    contradict costs at most the selection's noise against budget-bt. Ties in held-out loss go to
-    the larger precision with the prior on (stay near the prior).
-
-    `select`: how the held-out loss is estimated. 'cv5': `folds`-fold cross-validation (one fixed
-    split). 'loo': approximate leave-one-out (`_alo_pair_loss`: every candidate fitted once on all
-    pairs, no refits). 'pooled-loo': the same losses, but the precision is chosen once per group of
-    problems (`groups` [P] integer labels: the contexts of one seed), by the loss summed over the
-    group's problems (empirical Bayes across contexts: A x n pairs decide one c instead of n pairs each);
-    whether a context keeps its prior (micro-refine) is still decided per problem, at the pooled c of
-    each kind.
-    `keep_prior_se`: with a prior, the best candidate replaces "the prior alone" only if its summed
-    held-out loss is lower by more than this many standard errors of the per-pair differences.
-    `fit_on` [P, n] bool (default: all): the pairs each problem is fitted and chosen on; the others are
-    left out of both (as if absent). A problem with fewer than 2 of them keeps the first candidate (the
-    prior alone, or budget-bt's largest precision).
-    Computed in float64; returns float32 tensors on the CPU.
+    s ~ N(1, 1 / scale_precision) (micro-refine): a prior that the pairs contradict can shrink. With
+    `allow_drop_prior` the selection also weighs the grid with the prior switched off (s = 0: the
+    budget-bt head). The best candidate replaces "the prior alone" only if its held-out loss is lower by
+    KEEP_PRIOR_SE standard errors of the per-pair differences. `fit_on` [P, n] bool (default: all): the
+    pairs each problem is fitted and chosen on. A problem with fewer than 2 of them keeps the first
+    candidate. Computed in float64; returns float32 tensors on the CPU.
     """
-    if select not in REFINE_SELECT:
-        raise ValueError(f"select must be one of {', '.join(REFINE_SELECT)}, not {select!r}")
     diff = diff.detach().to("cpu", torch.float64)
     n_problems, n, _ = diff.shape
     gram = diff @ diff.transpose(1, 2)  # [P, n, n]
@@ -189,27 +168,15 @@ def fit_map_heads(
     every = torch.arange(n_grid)[:, None].expand(-1, n_problems)  # [L, P]: each candidate for each problem
     pair_loss = torch.zeros(n_grid, n_problems, n, dtype=torch.float64)  # held-out BT loss of every pair
     if n >= 2 and n_grid > 1:  # one pair validates nothing: then the first (preferred) candidate
-        if select == "cv5":
-            k = max(2, min(folds, n))
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-            for f in range(k):
-                ho = order[f::k]
-                tr = torch.tensor(sorted(set(range(n)) - set(ho.tolist())))
-                coef, s, *_ = solve(tr, every)
-                margins = (gram[:, ho][:, :, tr].unsqueeze(0) @ coef.unsqueeze(-1)).squeeze(-1)  # [L, P, |ho|]
-                if with_prior:
-                    margins = margins + s.unsqueeze(-1) * prior[:, ho].unsqueeze(0)
-                pair_loss[:, :, ho] = nn.functional.softplus(-margins)
-        else:
-            _, _, theta, x, prec = solve(torch.arange(n), every)
-            pair_loss = _alo_pair_loss(x, theta, prec, on)
+        _, _, theta, x, prec = solve(torch.arange(n), every)
+        pair_loss = _alo_pair_loss(x, theta, prec, on)
     pair_loss = pair_loss * on  # only the pairs in the fit choose
     heldout = pair_loss.sum(-1)  # [L, P]
-    choice = _choose(heldout, torch.tensor(cand_on), groups if select == "pooled-loo" else None)  # [P]
+    choice = heldout.argmin(0)  # [P]; ties: the first candidate
     choice = torch.where(n_on < 2, torch.zeros_like(choice), choice)
     if with_prior:
         # Keep the prior alone (candidate 0: delta = 0, only its scale fitted) unless the best candidate
-        # beats it by more than keep_prior_se standard errors of the paired per-pair loss differences.
+        # beats it by more than KEEP_PRIOR_SE standard errors of the paired per-pair loss differences.
         # Held-out losses of a few dozen pairs are noisy, and the best of many candidates looks better than
         # it is: on a weak signal the plain minimum moves a head away from a good prior by chance
         # (HelpSteer2, docs/results.md), while a prior that the pairs contradict loses on most pairs
@@ -219,7 +186,7 @@ def fit_map_heads(
         mean_gap = gap.sum(-1) / n_on.clamp_min(1)
         var = ((gap - mean_gap.unsqueeze(-1)) ** 2 * on).sum(-1) / (n_on - 1).clamp_min(1)
         se = var.sqrt() * n_on.sqrt()
-        choice = torch.where(gap.sum(-1) <= keep_prior_se * se, torch.zeros_like(choice), choice)
+        choice = torch.where(gap.sum(-1) <= KEEP_PRIOR_SE * se, torch.zeros_like(choice), choice)
     coef, s, *_ = solve(torch.arange(n), choice.unsqueeze(0))
     delta = (coef[0].unsqueeze(1) @ diff).squeeze(1)  # [P, d]
     return MapHeads(
@@ -230,29 +197,9 @@ def fit_map_heads(
     )
 
 
-def _choose(heldout: torch.Tensor, on: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
-    """Candidate index per problem from held-out losses [L, P] (ties: the first candidate).
-
-    Without `groups`, each problem's argmin. With groups [P], within each kind of candidate (prior on /
-    prior off) the one with the lowest loss summed over the group's problems, then per problem the
-    kind with its lower own loss (ties: prior on)."""
-    if groups is None:
-        return heldout.argmin(0)
-    groups = torch.as_tensor(groups, dtype=torch.long)
-    pooled = torch.zeros(heldout.shape[0], int(groups.max()) + 1, dtype=heldout.dtype).index_add_(1, groups, heldout)[:, groups]  # [L, P]
-    best = []
-    for kind in (True, False):
-        idx = torch.nonzero(on == kind).flatten()
-        if len(idx):
-            best.append(idx[pooled[idx].argmin(0)])  # [P]
-    best = torch.stack(best)  # [kinds, P]
-    own = heldout.gather(0, best)
-    return best.gather(0, own.argmin(0, keepdim=True))[0]
-
-
-def fit_budget_bt(diff: torch.Tensor, grid: tuple[float, ...], *, select: str = "loo", groups: torch.Tensor | None = None) -> MapHeads:
+def fit_budget_bt(diff: torch.Tensor, grid: tuple[float, ...]) -> MapHeads:
     """`budget-bt`: a fresh BT head per problem from its budget pairs alone ([P, n, d] -> heads [P, d])."""
-    return fit_map_heads(diff, grid, select=select, groups=groups)
+    return fit_map_heads(diff, grid)
 
 
 def fit_oracle_head(diff: torch.Tensor, grid: tuple[float, ...], *, holdout: float = 0.2, seed: int = 0, max_iter: int = 50) -> tuple[torch.Tensor, float]:

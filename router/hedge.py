@@ -73,14 +73,6 @@ def hedge_log_weights(total: torch.Tensor, pairs: int, rate: float) -> torch.Ten
     return (-eta * total.masked_fill(~finite, 0.0)).masked_fill(~finite, float("-inf"))
 
 
-def router_epochs(pairs: int, epochs: int, batch_size: int, min_steps: int = 0) -> int:
-    """Epochs the router runs over `pairs` budget pairs: at least `epochs`, and enough for `min_steps`
-    optimiser steps (ceil(pairs / batch_size) per epoch), so a small budget is not adapted in a handful
-    of steps."""
-    per_epoch = -(-pairs // batch_size)
-    return max(epochs, -(-min_steps // per_epoch)) if per_epoch else epochs
-
-
 class StackedRouter(nn.Module):
     """R independent copies of a `Router` (MLP or linear) evaluated with batched matmuls.
 
@@ -126,8 +118,6 @@ def adapt_routers(
     epochs: int = 10,
     batch_size: int = 32,
     lr: float = 1e-2,
-    weight_decay: float = 0.0,
-    min_steps: int = 0,
     history: list | None = None,
 ) -> list[Router]:
     """Algorithm 1 for R routers at once, each initialised from `router` (stage 1).
@@ -135,7 +125,7 @@ def adapt_routers(
     inputs [R, n, d]: router r's (context + prompt) embeddings of its n budget pairs;
     losses [R, n, K]: the frozen heads' BT losses on them; seeds[r] orders router r's batches.
     `history`, if a list, receives per epoch the mean cross-entropy and the mean entropy of the labels.
-    Runs router_epochs(n, epochs, batch_size, min_steps) epochs. Returns R trained `Router`s (CPU, eval mode).
+    Runs `epochs` epochs. Returns R trained `Router`s (CPU, eval mode).
     """
     copies, n, _ = inputs.shape
     if len(seeds) != copies or losses.shape[:2] != (copies, n):
@@ -144,12 +134,12 @@ def adapt_routers(
     stack = StackedRouter(router, copies).to(device)
     fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
     try:
-        opt = torch.optim.AdamW(stack.parameters(), lr=lr, weight_decay=weight_decay, **fused)
+        opt = torch.optim.AdamW(stack.parameters(), lr=lr, weight_decay=0.0, **fused)
     except (RuntimeError, TypeError):  # older torch without a fused CPU kernel
-        opt = torch.optim.AdamW(stack.parameters(), lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.AdamW(stack.parameters(), lr=lr, weight_decay=0.0)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     rows = torch.arange(copies, device=device).unsqueeze(1)
-    for _ in range(router_epochs(n, epochs, batch_size, min_steps)):
+    for _ in range(epochs):
         with torch.no_grad():  # omega_i: the router's current prediction, fixed for the epoch (B.1)
             target = soft_labels(torch.log_softmax(stack(inputs), dim=-1), losses, tau).exp()
         order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # [R, n]

@@ -1,9 +1,8 @@
 """HyRe (Lee et al. 2024, "Test-time alignment via hypothesis reweighting"): reweight a fixed set of
 heads from a few labelled test pairs of the target user/attribute.
 
-'posterior' (default): w_k ∝ exp(-sum_i L_ik), with L_ik the BT loss of head k on shot i, i.e. the
-Bayesian posterior over heads under a uniform prior when the user's preferences follow one head.
-'best': all weight on the head that gets most shots right (ties broken by the lower summed loss).
+w_k ∝ exp(-sum_i L_ik), with L_ik the BT loss of head k on shot i: the Bayesian posterior over heads
+under a uniform prior when the user's preferences follow one head.
 The weights are one vector per attribute (no router), applied to every remaining test pair.
 """
 
@@ -14,24 +13,14 @@ import torch
 from .hedge import head_losses
 
 
-def hyre_weights(shot_margins: torch.Tensor, variant: str = "posterior") -> torch.Tensor:
+def hyre_weights(shot_margins: torch.Tensor) -> torch.Tensor:
     """[K] head weights from the heads' margins on the labelled shots [n_shots, K] (chosen minus rejected)."""
     if shot_margins.ndim != 2:
         raise ValueError(f"shot margins must be [n_shots, K], got {tuple(shot_margins.shape)}")
     k = shot_margins.shape[1]
     if shot_margins.shape[0] == 0:
         return torch.full((k,), 1.0 / k, dtype=shot_margins.dtype)
-    total = head_losses(shot_margins.double()).sum(0)
-    if variant == "posterior":
-        return torch.softmax(-total, dim=0).to(shot_margins.dtype)
-    if variant == "best":
-        correct = (shot_margins > 0).double().sum(0)
-        # lexicographic: most correct first, then lowest loss (loss / (1 + max) < 1 never flips a count)
-        score = correct - total / (1.0 + float(total.max()))
-        out = torch.zeros(k, dtype=shot_margins.dtype)
-        out[int(score.argmax())] = 1.0
-        return out
-    raise ValueError(f"HyRe variant must be 'posterior' or 'best', not {variant!r}")
+    return torch.softmax(-head_losses(shot_margins.double()).sum(0), dim=0).to(shot_margins.dtype)
 
 
 def hyre_margins(head_margins: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """`micro-refine` (beyond the paper): adapt the reward itself, not only the routing, from the same budget.
 
 Per context (attribute) one head whose prior mean is the stage-1 heads mixed by micro's weights (the
-adapted router's times the context's Hedge weights over its budget pairs), averaged over that context's first AdaptConfig.refine_prior_pairs training pairs in the seed's
-order (their prompts, no labels; 0: its budget pairs) (w_prior = sum_k fbar_k w_k), fitted MAP on the
+adapted router's times the context's Hedge weights over its budget pairs), averaged over that context's first 256 training pairs in the seed's
+order (their prompts, no labels) (w_prior = sum_k fbar_k w_k), fitted MAP on the
 B budget pairs:
 
     head = s * w_prior + delta,   delta ~ N(0, I / lambda),  s ~ N(1, 1 / scale_precision),
@@ -37,19 +37,9 @@ class Refinement:
     precision: torch.Tensor  # [P] chosen c
 
 
-def fit_refinement(
-    diff: torch.Tensor,
-    prior_margins: torch.Tensor,
-    grid: tuple[float, ...],
-    *,
-    scale_precision: float = 1.0,
-    select: str = "loo",
-    groups: torch.Tensor | None = None,
-    fit_on: torch.Tensor | None = None,
-    keep_prior_se: float = 1.0,
-) -> Refinement:
+def fit_refinement(diff: torch.Tensor, prior_margins: torch.Tensor, grid: tuple[float, ...], *, scale_precision: float = 1.0,
+                   fit_on: torch.Tensor | None = None) -> Refinement:
     """diff [P, n, d] budget pairs of P (context, seed) problems, prior_margins [P, n] the prior head's
-    margins on them -> P refinements; `select`, `groups`, `fit_on` and `keep_prior_se` as in fit_map_heads."""
-    sol = fit_map_heads(diff, grid, prior_margins=prior_margins, scale_precision=scale_precision, select=select, groups=groups,
-                        fit_on=fit_on, keep_prior_se=keep_prior_se)
+    margins on them -> P refinements (fit_map_heads)."""
+    sol = fit_map_heads(diff, grid, prior_margins=prior_margins, scale_precision=scale_precision, fit_on=fit_on)
     return Refinement(delta=sol.delta, scale=sol.scale, precision=sol.precision)

@@ -8,10 +8,12 @@ from pathlib import Path
 from ..methods import REGISTRY, in_block
 from ..heads.plots import save_figure
 
-LABELS = {name: m.label for name, m in REGISTRY.items()}
-FIXED_ORDER = in_block("fixed")
-BUDGET_ORDER = in_block("budget")
-UPPER_ORDER = in_block("upper")
+
+
+def label(name: str) -> str:
+    """A method's table label; † marks a method that learned from the scored users' labels before the budget."""
+    entry = REGISTRY.get(name)
+    return name if entry is None else entry.label + (" †" if entry.saw_scored_labels else "")
 
 
 def table_rows(results: dict) -> list[tuple[str, list[str]]]:
@@ -26,16 +28,16 @@ def table_rows(results: dict) -> list[tuple[str, list[str]]]:
         return [f"{entry[a]['mean']:.4f} ± {entry[a]['std']:.4f}" if a in entry else "-" for a in attrs]
 
     first = summary[budgets[0]]
-    for m in FIXED_ORDER:
+    for m in in_block("fixed"):
         if m in first:
-            rows.append((LABELS[m], cells(first[m])))
+            rows.append((label(m), cells(first[m])))
     for b in budgets:
-        for m in BUDGET_ORDER:
+        for m in in_block("budget"):
             if m in summary[b]:
-                rows.append((f"{LABELS[m]} (B = {b})", cells(summary[b][m])))
-    for m in UPPER_ORDER:
+                rows.append((f"{label(m)} (B = {b})", cells(summary[b][m])))
+    for m in in_block("upper"):
         if m in first:
-            rows.append((LABELS[m], cells(first[m])))
+            rows.append((label(m), cells(first[m])))
     return rows
 
 
@@ -45,14 +47,15 @@ def markdown_table(results: dict) -> str:
     for label, row in table_rows(results):
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     seeds = results["config"]["seeds"]
-    shots = results["config"]["hyre_shots"]
+    shots = max(results.get("hyre_shots", {}).values(), default=0)
     foot = (
         f"\nAccuracy on the test pairs of `{results['eval_cache']}` (mean ± sample std over {seeds} seeds). "
-        f"Every method is scored on all test pairs except HyRe and MiCRo-HyRe, which lose the {shots} labelled "
+        f"Every method is scored on all test pairs except HyRe and MiCRo-HyRe, which lose the (up to) {shots} labelled "
         "shots per attribute they were given. "
         "Average: unweighted mean over attributes per seed. Budget B = labelled context pairs per attribute. "
         "`MiCRo best head` and `Oracle BT` are upper lines: the first picks heads on the test pairs, the second "
-        "trains on all of an attribute's training pairs."
+        "trains on all of an attribute's training pairs. † marks a method that learned from the scored users' "
+        "labels before the budget."
     )
     notes = "".join(f"\n- {n}" for n in results.get("notes", []))
     return "\n".join(lines) + "\n" + foot + ("\n\nNotes:" + notes if notes else "") + "\n"
@@ -87,12 +90,12 @@ def plot_budget_curve(results: dict, path: Path) -> bool:
         x = [p[0] for p in pts]
         mean = [p[1]["mean"] for p in pts]
         std = [p[1]["std"] for p in pts]
-        ax.plot(x, mean, "o-", color=color, label=LABELS[m])
+        ax.plot(x, mean, "o-", color=color, label=label(m))
         ax.fill_between(x, [a - s for a, s in zip(mean, std)], [a + s for a, s in zip(mean, std)], color=color, alpha=0.2)
     for m, color, style in (("single", "k", "--"), ("oracle", "k", ":"), ("stage1-best", "C3", ":")):
         entry = summary[budgets[0]].get(m, {}).get("Average")
         if entry:
-            ax.axhline(entry["mean"], color=color, linestyle=style, label=LABELS[m])
+            ax.axhline(entry["mean"], color=color, linestyle=style, label=label(m))
     save_figure(fig, ax, path, xlabel="labelled context pairs per attribute (budget B)", ylabel="average test accuracy",
                 title="Stage-2 adaptation vs budget")
     return True

@@ -13,17 +13,17 @@ import numpy as np
 import torch
 
 from ..embedcache.store import CacheSplit
-from ..methods import method as method_info
 from ..methods import order
 from .draws import attribute_rows
 
 
 @dataclass
 class Scores:
-    """Accuracy records on the test split; `shots[seed][attribute]` are that seed's HyRe shots."""
+    """Accuracy records on the test split; `shots[method][seed][attribute]`: the labelled test shots a
+    method used (it is scored on the other test pairs)."""
 
     test: CacheSplit
-    shots: dict[int, dict[int, np.ndarray]]
+    shots: dict[str, dict[int, dict[int, np.ndarray]]] = field(default_factory=dict)
     records: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -31,16 +31,22 @@ class Scores:
 
     def eval_rows(self, method: str, seed: int, a: int) -> np.ndarray:
         """Test rows of attribute `a` that `method` is scored on for `seed`."""
-        if method_info(method).uses_test_shots:
-            return np.setdiff1d(self.rows[a], self.shots[seed][a])
+        if method in self.shots:
+            return np.setdiff1d(self.rows[a], self.shots[method][seed][a])
         return self.rows[a]
 
-    def add(self, method: str, budget: int, seed: int, margins: torch.Tensor | np.ndarray, attributes: list[int] | None = None) -> None:
-        """Score margins over all test pairs ([n_test]; > 0 is right) per attribute."""
-        correct = np.asarray(margins > 0)
+    def add(self, method: str, budget: int, seed: int, value) -> None:
+        """Record margins over all test pairs ([n_test]; > 0 is right; an attribute whose margins are all
+        NaN is not scored) or {attribute id: accuracy}."""
+        if isinstance(value, dict):
+            for a, accuracy in value.items():
+                self.add_value(method, budget, seed, a, accuracy)
+            return
+        margins = torch.as_tensor(value)
         for a in self.rows:
-            if attributes is None or a in attributes:
-                self.add_value(method, budget, seed, a, float(correct[self.eval_rows(method, seed, a)].mean()))
+            rows = self.eval_rows(method, seed, a)
+            if len(rows) and not bool(torch.isnan(margins[rows]).all()):
+                self.add_value(method, budget, seed, a, float((margins[rows] > 0).double().mean()))
 
     def add_value(self, method: str, budget: int, seed: int, a: int, accuracy: float) -> None:
         self.records.append(

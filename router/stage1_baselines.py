@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..embedcache.handle import Cache
 from ..embedcache.store import CacheError, CacheSplit, load_split, read_meta, split_fingerprint
 from ..heads import MixtureConfig, check_cache_matches, fit_mixture, load_model
 from ..heads.model import MixtureRewardModel, save_model
@@ -42,13 +43,12 @@ def _load_given(path: Path, meta: Mapping[str, Any], what: str) -> tuple[str, Mi
     return method, model.eval()
 
 
-def stage1_training_split(run_config: Mapping[str, Any], cache: Path, meta: Mapping[str, Any], train: CacheSplit | None) -> CacheSplit:
-    """The train split of the run's stage-1 data: CACHE's (`train`, or loaded when None) when CACHE is
-    that data, else the recorded cache's when it is still there unchanged; CacheError (with the fixes)
-    otherwise."""
+def stage1_training_split(run_config: Mapping[str, Any], cache: Cache) -> CacheSplit:
+    """The train split of the run's stage-1 data: CACHE's when CACHE is that data, else the recorded
+    cache's when it is still there unchanged; CacheError (with the fixes) otherwise."""
     recorded = run_config.get("cache", {})
-    if same_data(recorded, cache, meta):
-        return train if train is not None else load_split(cache, "train")
+    if same_data(recorded, cache.path, cache.meta):
+        return cache.split("train")
     path = Path(recorded["path"]) if recorded.get("path") else None
     if path is not None and path.exists():
         stage1_meta = read_meta(path)
@@ -59,7 +59,7 @@ def stage1_training_split(run_config: Mapping[str, Any], cache: Path, meta: Mapp
         f"({recorded.get('path', 'not recorded')}), not on {cache}: that file is "
         + ("missing or changed" if path is not None else "not recorded in the run")
         + ". Pass --baselines DIR ... (runs of `micro fit-mixture --method single|static|ensemble` on the stage-1 "
-        "data), refit the run with `micro fit-mixture --with-baselines`, or use --no-baselines."
+        "data), refit the run with `micro fit-mixture --with-baselines`, or leave them out: --methods default,-baselines."
     )
 
 
@@ -67,14 +67,12 @@ def load_baselines(
     run_dir: Path,
     run_config: Mapping[str, Any],
     given: list[str],
-    cache: Path,
-    meta: Mapping[str, Any],
-    train: CacheSplit | None,
+    cache: Cache,
     out: Path,
     log: Callable[[str], None],
 ) -> dict[str, MixtureRewardModel]:
-    """{'single', 'static', 'ensemble': model} from the sources listed in the module docstring. `train`:
-    CACHE's train split as stage 1 reads it (None: load it when needed)."""
+    """{'single', 'static', 'ensemble': model} from the sources listed in the module docstring."""
+    meta = cache.meta
     models: dict[str, MixtureRewardModel] = {}
     for path in given:
         method, model = _load_given(Path(path), meta, "--baselines")
@@ -90,7 +88,7 @@ def load_baselines(
     missing = [m for m in BASELINE_FITS if m not in models]
     if not missing:
         return models
-    data = stage1_training_split(run_config, cache, meta, train)
+    data = stage1_training_split(run_config, cache)
     base = MixtureConfig.from_dict(run_config.get("config", {}))
     finger = split_fingerprint(data, data.meta)
     for method in missing:

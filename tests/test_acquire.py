@@ -139,8 +139,8 @@ def test_a_seeded_active_run_is_reproducible(tmp_path):
     cache = tmp_path / "s.h5"
     simulate(cache, groups=3, dim=8, pairs=600, seed=0)
     run_fit_mixture(cache, tmp_path / "run", MixtureConfig(k=3, epochs=2))
-    cfg = dict(budgets=[5, 10], seeds=2, epochs=2, baselines=False, plot=False, save_routers=False,
-               acquire="bald", acquire_random=0.4, lore_steps=20, drm_components=2)
+    cfg = dict(budgets=[5, 10], seeds=2, epochs=2, methods=["default", "-baselines", "peers"], acquire="bald",
+               options={"acquire": {"random": 0.4}, "lore": {"steps": 20}, "drm": {"components": 2}})
     first = run_adapt(cache, tmp_path / "run", tmp_path / "a", AdaptConfig(**cfg))
     again = run_adapt(cache, tmp_path / "run", tmp_path / "b", AdaptConfig(**cfg))
     assert first["records"] == again["records"] and first["run_id"] == again["run_id"]

@@ -17,12 +17,12 @@ from micro.embedcache.store import CacheError
 from micro.heads import MixtureConfig, run_fit_mixture, simulate
 from micro.methods import REGISTRY
 from micro.router import AdaptConfig, adapt_routers, run_adapt, soft_labels, summarise
-from micro.router import sweep as sweep_module
+from micro.router.methods import micro as micro_method
 from micro.router.draws import draw_budget_pairs, draw_shots
 from micro.router.presets import paper_adapt_config
 
 torch.set_num_threads(1)
-SMALL = dict(seeds=2, plot=False, save_routers=False)
+SMALL = dict(seeds=2)
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +48,14 @@ def _spy_adapt(monkeypatch):
         calls.append({"inputs": inputs.clone(), "losses": losses.clone(), "seeds": list(seeds), **kw})
         return adapt_routers(router, inputs, losses, seeds, **kw)
 
-    monkeypatch.setattr(sweep_module, "adapt_routers", spy)
+    monkeypatch.setattr(micro_method, "adapt_routers", spy)
     return calls
 
 
 def test_budget_pairs_come_from_the_train_split_only(sim, monkeypatch, tmp_path):
     cache, run, _ = sim
     calls = _spy_adapt(monkeypatch)
-    run_adapt(cache, run, tmp_path, AdaptConfig(budgets=[5], baselines=False, **SMALL))
+    run_adapt(cache, run, tmp_path, AdaptConfig(budgets=[5], methods=["default", "-baselines"], **SMALL))
     train = load_split(cache, "train")
     expected = torch.stack([train.context_inputs()[np.concatenate([d[a] for a in sorted(d)])]
                             for d in (draw_budget_pairs(train, s, 5) for s in (0, 1))])
@@ -135,7 +135,7 @@ def test_averages_are_per_attribute_means(adapted):
 def test_tau_changes_the_soft_labels_and_the_result(sim, monkeypatch, tmp_path):
     cache, run, _ = sim
     calls = _spy_adapt(monkeypatch)
-    results = {tau: run_adapt(cache, run, tmp_path / str(tau), AdaptConfig(budgets=[10], tau=tau, baselines=False, **SMALL))
+    results = {tau: run_adapt(cache, run, tmp_path / str(tau), AdaptConfig(budgets=[10], tau=tau, methods=["default", "-baselines"], **SMALL))
                for tau in (1e-3, 10.0)}
     assert [c["tau"] for c in calls] == [1e-3, 10.0]
     prior = torch.log_softmax(torch.zeros(calls[0]["losses"].shape), -1)
@@ -148,8 +148,8 @@ def test_tau_changes_the_soft_labels_and_the_result(sim, monkeypatch, tmp_path):
 def test_the_seed_changes_budget_draws_batch_order_and_hyre_shots(sim, monkeypatch, tmp_path):
     cache, run, _ = sim
     calls = _spy_adapt(monkeypatch)
-    res = [run_adapt(cache, run, tmp_path / str(s), AdaptConfig(budgets=[10], seeds=1, seed=s, baselines=False,
-                                                                  plot=False, save_routers=False)) for s in (0, 1)]
+    res = [run_adapt(cache, run, tmp_path / str(s), AdaptConfig(budgets=[10], seeds=1, seed=s, methods=["default", "-baselines"]),
+                     save_routers=False) for s in (0, 1)]
     assert calls[0]["seeds"] == [0] and calls[1]["seeds"] == [1]  # the batch order of each router follows its seed
     assert not torch.equal(calls[0]["inputs"], calls[1]["inputs"])  # the budget draws follow the seed
     hyre = [[r["accuracy"] for r in x["records"] if r["method"] == "micro-hyre"] for x in res]
@@ -173,7 +173,7 @@ def test_cross_dataset_baselines_come_from_the_stage1_data_or_are_refused(sim, t
     stage1.unlink()
     with pytest.raises(CacheError, match="stage-1 data.*--baselines DIR"):
         run_adapt(other, run, tmp_path / "b", AdaptConfig(budgets=[5], cross_dataset=True, **SMALL))
-    res = run_adapt(other, run, tmp_path / "c", AdaptConfig(budgets=[5], baseline_runs=[], baselines=False, cross_dataset=True, **SMALL))
+    res = run_adapt(other, run, tmp_path / "c", AdaptConfig(budgets=[5], baseline_runs=[], methods=["default", "-baselines"], cross_dataset=True, **SMALL))
     assert "single" not in res["methods"]
 
 

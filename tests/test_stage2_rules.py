@@ -1,24 +1,19 @@
-"""Stage 2's fitted quantities: the router's step floor and how budget-bt / micro-refine choose their
-prior precision (fast approximate leave-one-out against refitting, pooled selection, the default on a
-planted cache)."""
+"""Stage 2's fitted quantities: how budget-bt / micro-refine choose their prior precision (fast approximate
+leave-one-out against refitting), micro-refine's prior, and Hedge over each context's budget."""
 
 import pytest
 import torch
 from torch import nn
 
 from micro.router import AdaptConfig
-from micro.router.baselines import _choose, _newton, fit_map_heads
-from micro.router.hedge import router_epochs
+from micro.router import baselines
+from micro.router.baselines import _newton, fit_map_heads
+from micro.router.methods import refine
+from micro.router.methods.refine import GRID
 
 
-def test_router_epochs_floor_on_steps():
-    assert router_epochs(3, 10, 32) == 10  # the paper's rule: epochs alone
-    assert router_epochs(3, 10, 32, min_steps=100) == 100  # 1 step per epoch
-    assert router_epochs(150, 10, 32, min_steps=100) == 20  # 5 steps per epoch
-    assert router_epochs(1000, 10, 32, min_steps=100) == 10  # 32 steps per epoch: the epochs already give more
-    assert AdaptConfig.paper(router_min_steps=50).router_min_steps == 50
-    assert AdaptConfig.paper().router_min_steps == 0
-    assert AdaptConfig.paper().context_rate == 0 and AdaptConfig().context_rate == 1.0  # the router alone, as in the paper
+def test_the_paper_config_uses_the_router_alone():
+    assert AdaptConfig.paper().context_rate == 0 and AdaptConfig().context_rate == 1.0
 
 
 def _problems(n=12, d=6, problems=3, seed=0):
@@ -63,29 +58,15 @@ def test_fast_leave_one_out_matches_refitting(with_prior):
     largest gap, 5 %, is a weakly held prior scale s; most agree to < 1 %), and the same choice."""
     diff, prior = _problems()
     grid = (0.1, 1.0, 10.0)
-    sol = fit_map_heads(diff, grid, prior_margins=prior if with_prior else None, select="loo")
+    sol = fit_map_heads(diff, grid, prior_margins=prior if with_prior else None)
     exact = _exact_loo(diff, grid, prior if with_prior else None)
     fast = sol.heldout_loss.double()
     assert torch.allclose(fast, exact, rtol=0.06, atol=1e-3), (fast, exact)
     assert torch.equal(fast.argmin(1), exact.argmin(1))
 
 
-def test_cv5_depends_on_the_order_of_the_pairs_and_loo_does_not():
-    """The old rule (one option away) splits the pairs into folds by position; leave-one-out has no split."""
-    diff, prior = _problems(n=20, problems=8)
-    perm = torch.randperm(20, generator=torch.Generator().manual_seed(1))
-    grid = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-    loo = [fit_map_heads(d, grid, prior_margins=p).heldout_loss for d, p in ((diff, prior), (diff[:, perm], prior[:, perm]))]
-    cv5 = [fit_map_heads(d, grid, prior_margins=p, select="cv5").heldout_loss for d, p in ((diff, prior), (diff[:, perm], prior[:, perm]))]
-    assert torch.allclose(loo[0], loo[1], atol=1e-5)
-    assert not torch.allclose(cv5[0], cv5[1], atol=1e-3)
-    with pytest.raises(ValueError, match="select must be one of"):
-        fit_map_heads(diff, (1.0,), select="loo5")
-
-
-@pytest.mark.parametrize("select", ["loo", "cv5"])
 @pytest.mark.parametrize("with_prior", [False, True])
-def test_fit_on_is_the_fit_on_those_pairs_alone(with_prior, select):
+def test_fit_on_is_the_fit_on_those_pairs_alone(with_prior):
     """A mask over the pairs gives the same heads, choices and held-out losses as handing the solver only
     the masked pairs (pairs 0-19 of 40 here, which follow a head; 20-39 have coin-flip labels); an
     all-True mask is the default exactly."""
@@ -96,22 +77,18 @@ def test_fit_on_is_the_fit_on_those_pairs_alone(with_prior, select):
     coin = torch.randint(0, 2, (problems, n), generator=gen).double() * 2 - 1
     diff = x * torch.where(torch.arange(n) < 20, clean, coin).unsqueeze(-1)
     margins = 0.3 * torch.randn(problems, n, generator=gen, dtype=torch.float64)
-    grid = AdaptConfig().refine_grid
-    if select == "cv5":  # cv5's folds split the pairs by position: the masked pairs sit at every other row
-        first = torch.arange(n) % 2 == 0
-    else:
-        first = torch.arange(n) < 20
+    grid = GRID
+    first = torch.arange(n) < 20
 
     def fit(dd, mm, **kw):
-        return fit_map_heads(dd, grid, select=select, **({"prior_margins": mm} if with_prior else {}), **kw)
+        return fit_map_heads(dd, grid, **({"prior_margins": mm} if with_prior else {}), **kw)
 
     alone = fit(diff[:, first], margins[:, first])
     masked = fit(diff, margins, fit_on=first.expand(problems, n))
-    if select == "loo":
-        assert torch.equal(alone.precision, masked.precision)
-        torch.testing.assert_close(masked.delta, alone.delta, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(masked.scale, alone.scale, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(masked.heldout_loss, alone.heldout_loss, rtol=1e-4, atol=1e-5)
+    assert torch.equal(alone.precision, masked.precision)
+    torch.testing.assert_close(masked.delta, alone.delta, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(masked.scale, alone.scale, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(masked.heldout_loss, alone.heldout_loss, rtol=1e-4, atol=1e-5)
     everything = fit(diff, margins)
     ones = fit(diff, margins, fit_on=torch.ones(problems, n, dtype=torch.bool))
     for field in ("delta", "scale", "precision", "heldout_loss"):
@@ -123,8 +100,8 @@ def test_fit_on_is_the_fit_on_those_pairs_alone(with_prior, select):
         fit(diff, margins, fit_on=torch.ones(problems, n - 1, dtype=torch.bool))
 
 
-def test_keep_prior_se_sets_how_much_evidence_moves_a_head_off_its_prior():
-    """The prior alone is kept unless the best candidate wins by more than keep_prior_se standard errors:
+def test_keep_prior_se_sets_how_much_evidence_moves_a_head_off_its_prior(monkeypatch):
+    """The prior alone is kept unless the best candidate wins by more than KEEP_PRIOR_SE standard errors:
     a higher bar keeps it on a superset of the problems, and 1 vs 3 differ on some of 40 weak-signal ones."""
     gen = torch.Generator().manual_seed(0)
     problems, n, d = 40, 12, 16
@@ -136,65 +113,27 @@ def test_keep_prior_se_sets_how_much_evidence_moves_a_head_off_its_prior():
     prior = (diff @ (truth + 2.0 * torch.randn(problems, d, 1, generator=gen, dtype=torch.float64))).squeeze(-1)
     kept = {}
     for bar in (0.0, 1.0, 3.0):
-        sol = fit_map_heads(diff, AdaptConfig().refine_grid, prior_margins=prior, keep_prior_se=bar)
+        monkeypatch.setattr(baselines, "KEEP_PRIOR_SE", bar)
+        sol = fit_map_heads(diff, GRID, prior_margins=prior)
         kept[bar] = set(torch.nonzero(sol.precision >= 1e11).flatten().tolist())
     assert kept[0.0] <= kept[1.0] <= kept[3.0]
     assert len(kept[3.0] - kept[1.0]) >= 2, kept
     assert len(kept[1.0]) < problems
 
 
-def test_pooled_choice_sums_the_group_and_keeps_the_prior_decision_per_problem():
-    # rows: candidates (0, 1 prior on; 2, 3 prior off); columns: problems (0-2 one group, 3 another)
-    heldout = torch.tensor([
-        [5.0, 5.0, 9.0, 1.0],   # on: group 0 sums 19
-        [4.0, 4.5, 9.0, 2.0],   # on: group 0 sums 17.5 -> group 0's on-candidate
-        [9.0, 1.0, 9.0, 3.0],   # off: group 0 sums 19 -> group 0's off-candidate
-        [9.0, 9.0, 2.0, 4.0],   # off: group 0 sums 20
-    ], dtype=torch.float64)
-    on = torch.tensor([True, True, False, False])
-    assert _choose(heldout, on, None).tolist() == [1, 2, 3, 0]
-    # group 0 at candidates 1 / 2: problem 0 keeps the prior (4 < 9), problem 1 drops it (1 < 4.5), problem 2
-    # ties (9 = 9) and keeps it; group 1 alone: its own best of each kind (0 and 2), 1 < 3 -> 0.
-    assert _choose(heldout, on, torch.tensor([0, 0, 0, 1])).tolist() == [1, 2, 1, 0]
-
-
-@pytest.mark.slow
-def test_default_rule_is_not_worse_than_the_old_one_on_a_planted_cache(tmp_path):
-    """AdaptConfig()'s router steps and precision rule against the previous ones (10 epochs, 5-fold CV)
-    on the same budget pairs of one small planted cache: no method of the three falls more than a point.
-    (Scoring the in-sample loss instead of the leave-one-out loss fails it: micro-refine 0.775 vs 0.821 at B = 5.)"""
-    from micro.embedcache import load_split, read_meta
-    from micro.heads import MixtureConfig, fit_mixture, simulate
-    from micro.heads.model import save_model
-    from micro.heads.run import cache_identity
-    from micro.router import run_adapt
-
-    cache = tmp_path / "s.h5"
-    simulate(cache, regime="shared", pairs=900, dim=16, seed=7)
-    train = load_split(cache, "train")
-    config = MixtureConfig(seed=7)
-    save_model(fit_mixture(train, config), tmp_path / "run",
-               {"config": config.resolved(train).to_dict(), "cache": cache_identity(read_meta(cache), cache)})
-    sweep = dict(budgets=[5, 25], seeds=4, baselines=False, plot=False, save_routers=False)
-    new = run_adapt(cache, tmp_path / "run", tmp_path / "new", AdaptConfig(**sweep))["summary"]
-    old = run_adapt(cache, tmp_path / "run", tmp_path / "old", AdaptConfig(**sweep, epochs=10, router_min_steps=0, refine_select="cv5"))["summary"]
-    for b in ("5", "25"):
-        for method in ("micro", "micro-refine", "budget-bt"):
-            assert new[b][method]["Average"]["mean"] >= old[b][method]["Average"]["mean"] - 0.01, (b, method, new[b][method], old[b][method])
-
-
-@pytest.mark.parametrize("prior_pairs", [0, 40])
-def test_micro_refine_prior_is_routed_over_the_budget_or_the_first_training_pairs(tmp_path, planted_run, prior_pairs):
+def test_micro_refine_prior_is_routed_over_the_first_training_pairs(tmp_path, planted_run, monkeypatch):
     """At B = 1 micro-refine keeps its prior alone (one pair validates nothing), so the saved head is
     s x (stage-1 heads mixed by micro's weights for the context, the adapted router's times the context's
-    Hedge factor, averaged over the pairs refine_prior_pairs names): the budget pair (0), or the context's
-    first N training pairs in the seed's order (N)."""
+    Hedge factor, averaged over the context's first PRIOR_PAIRS training pairs in the seed's order), not the
+    budget pair's routing."""
     from micro.embedcache import load_split
     from micro.router import run_adapt
 
     cache, run = planted_run(1200, 16)
-    config = AdaptConfig(budgets=[1], seeds=2, baselines=False, plot=False, refine_prior_pairs=prior_pairs)
-    run_adapt(cache, run, tmp_path / "out", config)
+    prior_pairs = 40
+    monkeypatch.setattr(refine, "PRIOR_PAIRS", prior_pairs)
+    config = AdaptConfig(budgets=[1], seeds=2, methods=["micro-refine"])
+    run_adapt(cache, run, tmp_path / "out", config, plot=False)
     train = load_split(cache, "train")
     inputs = train.context_embedding[train.context_index]
     torch.set_grad_enabled(False)
@@ -239,7 +178,7 @@ def test_hedge_over_each_contexts_budget_routes_it_to_its_planted_head(tmp_path)
     cache = tmp_path / "s.h5"
     truth = simulate(cache, regime="prompt", pairs=600, dim=64, seed=0)
     train = load_split(cache, "train")
-    sweep = dict(budgets=[50], seeds=3, baselines=False, plot=False)
+    sweep = dict(budgets=[50], seeds=3, methods=["default", "-baselines"])
     gains = []
     for fit_seed in range(3):
         config = MixtureConfig(seed=fit_seed, alpha_alternatives=())

@@ -43,9 +43,10 @@ def routers(sweep: Sweep, budget: Budget | None, draws: list[dict] | None = None
         idx = torch.as_tensor(np.stack([np.concatenate([d[a] for a in sorted(d)]) for d in chosen]))  # [S, A*B]
         device = torch.device(sweep.config.device)
         history: list = []
-        out = adapt_routers(sweep.model.router, sweep.inputs(sweep.train)[idx].to(device), sweep.train_losses[idx].to(device),
-                            sweep.seeds, tau=sweep.config.tau, epochs=sweep.config.epochs, batch_size=options.batch_size,
-                            lr=options.lr, history=history)
+        with torch.enable_grad():  # callers may hold no_grad
+            out = adapt_routers(sweep.model.router, sweep.inputs(sweep.train)[idx].to(device), sweep.train_losses[idx].to(device),
+                                sweep.seeds, tau=sweep.config.tau, epochs=sweep.config.epochs, batch_size=options.batch_size,
+                                lr=options.lr, history=history)
         if budget is not None:
             budget.shared["micro.history"] = history
         return out
