@@ -1,7 +1,9 @@
 """Micro-batching: requests that arrive within a few milliseconds share one backbone forward pass.
 
 One worker thread owns the model (it is not shared between threads). A job waits at most `window`
-seconds for others to join it (or until `max_rows` rows are queued); the worker then runs all queued
+seconds for others to join it (or until `max_rows` rows are queued), but only while requests are seen to
+arrive together (the last batch held several jobs, or more are already queued): a lone client pays no
+window. The worker then runs all queued
 score jobs as one `model.score` call and all feedback jobs as one `model.head_margins` call, and hands
 each job its slice. Each result carries the seconds the batch spent in the model (`backbone_seconds`).
 """
@@ -42,6 +44,7 @@ class Batcher:
     def __init__(self, model: Any, *, window: float = 0.005, max_rows: int = 256):
         self.model, self.window, self.max_rows = model, float(window), int(max_rows)
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._together = False  # did the last batch hold several jobs?
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self._thread.start()
 
@@ -62,10 +65,11 @@ class Batcher:
             first = self._queue.get()
             if first is None:
                 return
-            jobs, rows, deadline = [first], first.size, time.monotonic() + self.window
+            wait = self.window if (self._together or not self._queue.empty()) else 0.0
+            jobs, rows, deadline = [first], first.size, time.monotonic() + wait
             while rows < self.max_rows:
                 try:
-                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic())) if wait else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if job is None:
@@ -73,6 +77,7 @@ class Batcher:
                     break
                 jobs.append(job)
                 rows += job.size
+            self._together = len(jobs) > 1
             for kind in ("score", "margins"):
                 group = [j for j in jobs if j.kind == kind]
                 if group:
