@@ -79,6 +79,14 @@ def register(entry: Method) -> None:
     METHODS = tuple(REGISTRY)
 
 
+def unregister(name: str) -> None:
+    """Remove a method added by `register` (micro's own methods stay)."""
+    if name in REGISTRY and not REGISTRY[name].plugin.startswith(_M):
+        _REGISTRY.remove(REGISTRY.pop(name))
+        global METHODS
+        METHODS = tuple(REGISTRY)
+
+
 def select_methods(spec: list[str] | tuple[str, ...]) -> list[str]:
     """The methods that `--methods` names (names, groups, `all`; `-x` takes x out), in table order."""
     chosen: list[str] = []

@@ -49,6 +49,7 @@ from micro.embedcache import load_split
 from micro.heads import MixtureConfig, bayes_accuracy, run_fit_mixture, simulate
 from micro.heads.config import SimulateConfig
 from micro.methods import REGISTRY
+from micro.router.acquire import AcquireOptions
 from micro.router import AdaptConfig, run_adapt
 from micro.router import sweep
 
@@ -102,8 +103,8 @@ def run_cache(name: str, cache: Path, stage1: MixtureConfig, seeds: int, work: P
     out = {}
     for label, (rule, share) in rules.items():
         t = time.perf_counter()
-        cfg = AdaptConfig(budgets=BUDGETS, seeds=seeds, plot=False, save_routers=False, baselines=False,
-                          acquire=rule, acquire_random=share)
+        cfg = AdaptConfig(budgets=BUDGETS, seeds=seeds, methods=["default", "-baselines"],
+                          acquire=rule, options={"acquire": {"random": share}})
         calls = []
 
         def spy(rule, split, *args, acquire=sweep.acquire_pairs, **kwargs):  # records the train split and the asked rows
@@ -115,7 +116,7 @@ def run_cache(name: str, cache: Path, stage1: MixtureConfig, seeds: int, work: P
         out[label] = {m: {b: list(per_run(records, m, b).values()) for b in BUDGETS} for m in METHODS}
         if decisive is not None:  # the pairs asked after the shared first batch, as /pairs rows
             (split, (asked, _)), = calls
-            out[label]["decisive"] = [float(np.mean(np.concatenate([decisive[split.pair_rows[rows[cfg.acquire_batch:]]]
+            out[label]["decisive"] = [float(np.mean(np.concatenate([decisive[split.pair_rows[rows[AcquireOptions().batch:]]]
                                                                     for rows in d.values()]))) for d in asked[BUDGETS[-1]]]
             out["pool decisive"] = float(np.mean(decisive[split.pair_rows]))
         print(f"{name} {label}: {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)

@@ -48,7 +48,7 @@ def fit_and_adapt(label: str, cache: Path, seed: int, adapt_seed: int, adapt_see
     save_model(model, run, {"config": config.resolved(fit_on).to_dict(), "cache": cache_identity(read_meta(cache), cache)})
     for rate in RATES:
         adapt = AdaptConfig(budgets=list(BUDGETS), seeds=adapt_seeds, seed=adapt_seed, context_rate=rate,
-                            baselines=False, plot=False, save_routers=False)
+                            methods=["default", "-baselines"])
         results = run_adapt(cache, run, work / "out" / f"{run.name}_{rate}", adapt)
         row = {"cache": label + (" (unseen)" if unseen else ""), "seed": seed, "rate": rate}
         for b in BUDGETS:

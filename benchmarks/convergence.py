@@ -106,7 +106,7 @@ def fit_and_adapt(cache: Path, train, name: str, fit_seed: int, adapt: AdaptConf
 
 
 def stage2(seeds: int, seed: int) -> AdaptConfig:
-    return AdaptConfig(budgets=list(BUDGETS), seeds=seeds, seed=seed, baselines=False, plot=False, save_routers=False)
+    return AdaptConfig(budgets=list(BUDGETS), seeds=seeds, seed=seed, methods=["default", "-baselines"])
 
 
 def one_cache(regime: str, pairs: int, dim: int, seed: int, configs: list[str], work: Path, emit, adapt_seeds: int = 3) -> None:

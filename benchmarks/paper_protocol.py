@@ -44,7 +44,7 @@ def main() -> None:
             run_fit_mixture(args.cache, work / regime / method, cfg)
             runs[method] = str(work / regime / method)
         for reading in ("response", "context"):
-            stage2 = dict(budgets=budgets, seeds=args.seeds, head_input=reading, plot=False, save_routers=False,
+            stage2 = dict(budgets=budgets, seeds=args.seeds, head_input=reading,
                           baseline_runs=[runs[m] for m in BASELINE_FITS])
             acfg = AdaptConfig.paper(tau=preset.tau, **stage2) if regime == "paper" else AdaptConfig(**stage2)
             res = run_adapt(args.cache, runs["micro"], work / regime / f"adapt-{reading}", acfg)

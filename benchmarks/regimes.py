@@ -35,7 +35,7 @@ from micro.router import AdaptConfig, run_adapt
 
 REGIMES = ("prompt", "shared")
 METHODS = ("micro", "micro-refine", "budget-bt", "oracle")
-SWEEP = dict(budgets=[50], seeds=3, baselines=False, plot=False, save_routers=False)
+SWEEP = dict(budgets=[50], seeds=3, methods=["default", "-baselines"])
 
 
 def one_cache(regime: str, seed: int, pairs: int, dim: int, work: Path) -> dict:

@@ -25,7 +25,8 @@ def sweep_k_cmd(
     Every option below is a field of micro.router.config.KAblationConfig (its one default is shown); --config
     FILE sets fields from JSON/YAML and flags override the file."""
     from .. import paper as presets
-    from ..embedcache.store import CacheError, read_meta
+    from ..embedcache.handle import Cache
+    from ..embedcache.store import CacheError
     from ..heads.ablation import sweep_k
     from ..outputs import lock
     from ..router.k_ablation import adapt_k_runs, save_k_config
@@ -40,17 +41,18 @@ def sweep_k_cmd(
             if paper_dataset is not None and not paper:
                 raise ValueError("--paper-dataset chooses a --paper preset: give --paper too")
             stage1 = config.stage1(paper=paper)
-            results = sweep_k(cache, out, config.k, stage1, log=log)
+            handle = Cache(cache)  # opened once: every step below reads this handle
+            results = sweep_k(handle, out, config.k, stage1, log=log)
             typer.echo(open(results["files"]["table"]).read())
             stage2 = None
             if config.budgets:
                 tau = None
                 if paper:
-                    _, chosen, note = presets.choose(read_meta(cache), paper_dataset)
+                    _, chosen, note = presets.choose(handle.meta, paper_dataset)
                     log(f"note: {note}")
                     tau = chosen.tau
                 stage2 = config.stage2(paper_tau=tau)
-                curves = adapt_k_runs(cache, {int(k): r for k, r in results["runs"].items()}, out, stage2, log=log)
+                curves = adapt_k_runs(handle, {int(k): r for k, r in results["runs"].items()}, out, stage2, log=log)
                 results["files"].update({f"k_budget_{n}": p for n, p in curves["files"].items()})
             results["files"]["config"] = save_k_config(out, config, stage1, stage2, cache=str(cache), paper=paper,
                                                        paper_dataset=paper_dataset)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..embedcache.store import read_meta
+from ..embedcache.handle import Cache
 from .config import EVAL_SPLIT, MixtureConfig
 from .metrics import evaluate
 from .model import save_model
@@ -32,8 +32,9 @@ def sweep_k(cache_path: str | os.PathLike, out_dir: str | os.PathLike, ks: list[
     if not ks or ks[0] < 1:
         raise ValueError(f"--k values must be positive integers, not {ks!r}")
     out = Path(out_dir)
-    meta = read_meta(cache_path)
-    train, test, _ = train_and_eval_splits(cache_path, meta, eval_split, config.seed)
+    cache = Cache.of(cache_path)
+    meta, cache_path = cache.meta, cache.path
+    train, test, _ = train_and_eval_splits(cache, eval_split, config.seed)
     rows, runs, attributes = [], {}, []
     for k in ks:
         cfg = replace(config, k=k).resolved(train)

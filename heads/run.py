@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..outputs import diff_fields, refuse_existing, relocate, writing_dir
+from ..embedcache.handle import Cache
 from ..embedcache.store import BACKBONE_FIELDS, RUN_FIELDS, CacheError, CacheSplit, cache_identity, check_compatible, load_split, read_meta
 from .config import EVAL_SPLIT, MixtureConfig
 from .metrics import evaluate
@@ -63,13 +64,15 @@ def holdout_by_prompt(train: CacheSplit, fraction: float = 0.1, seed: int = 0) -
     return train.subset(np.flatnonzero(~mask)), held_split
 
 
-def train_and_eval_splits(cache_path: str | os.PathLike, meta: Mapping[str, Any], eval_split: str, seed: int) -> tuple[CacheSplit, CacheSplit, list[str]]:
-    """(train, evaluation split, warnings) of a cache: `eval_split` when the cache has it; without a 'test'
-    split, 10 % of the train prompts (seeded) held out, with a warning saying so."""
+def train_and_eval_splits(cache: "Cache | str | os.PathLike", eval_split: str, seed: int) -> tuple[CacheSplit, CacheSplit, list[str]]:
+    """(train, evaluation split, warnings) of a cache (a path or an open `Cache`): `eval_split` when the
+    cache has it; without a 'test' split, 10 % of the train prompts (seeded) held out, with a warning."""
     warnings: list[str] = []
-    train = load_split(cache_path, "train")
+    cache = Cache.of(cache)
+    cache_path, meta = cache.path, cache.meta
+    train = cache.split("train")
     if eval_split in meta["splits"]:
-        test = load_split(cache_path, eval_split)
+        test = cache.split(eval_split)
     elif eval_split == EVAL_SPLIT:
         train, test = holdout_by_prompt(train, 0.1, seed)
         warnings.append(
@@ -152,8 +155,9 @@ def _run_differences(out_dir: Path, config: MixtureConfig, cache_path) -> list[s
 
 
 def _fit_into(cache_path, out_dir: Path, config: MixtureConfig, eval_split: str, log) -> dict[str, Any]:
-    meta = read_meta(cache_path)
-    train, test, warnings = train_and_eval_splits(cache_path, meta, eval_split, config.seed)
+    cache = Cache.of(cache_path)
+    meta, cache_path = cache.meta, cache.path
+    train, test, warnings = train_and_eval_splits(cache, eval_split, config.seed)
 
     config = config.resolved(train)
     start = time.perf_counter()

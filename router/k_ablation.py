@@ -28,12 +28,12 @@ def save_k_config(out: str | Path, config: KAblationConfig, stage1: MixtureConfi
     return str(path)
 
 
-def adapt_k_runs(cache: str | Path, runs: dict[int, str], out: str | Path, config: AdaptConfig, *,
+def adapt_k_runs(cache: "Cache | str | Path", runs: dict[int, str], out: str | Path, config: AdaptConfig, *,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """run_adapt for each K's run (OUT/adapt_k<K>/), then OUT/k_budget.json and OUT/k_budget.png:
     MiCRo's average accuracy per budget for each K."""
     out = Path(out)
-    config = replace(config, baselines=False, save_routers=False)  # the curves are MiCRo's alone
+    config = replace(config, methods=["micro"])  # the curves are MiCRo's alone
     curves = {}
     for k, run in sorted(runs.items()):
         res = run_adapt(cache, run, out / f"adapt_k{k}", config, log=log)

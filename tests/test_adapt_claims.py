@@ -128,7 +128,7 @@ def test_budget_larger_than_an_attributes_train_pairs_is_refused(prompt_sim, tmp
     cache, _, run, _, _ = prompt_sim
     counts = np.bincount(load_split(cache, "train").attribute.numpy())
     with pytest.raises(BudgetError, match=r"budget 5000 .* \d+ training pairs of attribute 'group\d'"):
-        run_adapt(cache, run, tmp_path / "o", AdaptConfig(budgets=[10, 5000], seeds=1, baselines=False))
+        run_adapt(cache, run, tmp_path / "o", AdaptConfig(budgets=[10, 5000], seeds=1, methods=["default", "-baselines"]))
     assert counts.max() < 5000
 
 
@@ -136,7 +136,7 @@ def test_budget_larger_than_an_attributes_train_pairs_is_refused(prompt_sim, tmp
 # real stage-1 fits in both regimes: the defaults vs the paper's configs
 # ------------------------------------------------------------------------------------------------
 REGIMES = ("prompt", "shared")
-SWEEP = dict(budgets=[50], seeds=3, baselines=False, plot=False, save_routers=False)  # what is scored, not how
+SWEEP = dict(budgets=[50], seeds=3, methods=["default", "-baselines"])  # what is scored, not how
 
 
 def _configs(which):

@@ -151,7 +151,7 @@ def test_stage2_adapts_with_the_mask_in_place(tmp_path):
     simulate(cache, groups=2, dim=8, pairs=600, seed=2)
     run_fit_mixture(cache, tmp_path / "run", MixtureConfig(k=3, epochs=1))
     results = run_adapt(cache, tmp_path / "run", tmp_path / "adapt",
-                        AdaptConfig(budgets=[5], seeds=1, baselines=False, plot=False, mask_heads=[1]))
+                        AdaptConfig(budgets=[5], seeds=1, methods=["default", "-baselines"], mask_heads=[1]))
     assert results["config"]["mask_heads"] == [1]
     router, meta = load_router(tmp_path / "adapt" / "routers" / "b5_s0.safetensors")
     assert meta["masked_heads"] == [1]
