@@ -232,6 +232,11 @@ def test_malformed_requests_change_nothing_and_name_the_field(model, tmp_path):
                                     (json.dumps({"user": "carol", **pair, "chosen": "y" * 5000}).encode(), 413, "exceeds the limit")):
             code, out = _call(f"{url}/feedback", "POST", raw=raw)
             assert code == status and needle in out["error"]
+        for prompt in ([], [{"role": "user", "content": 3}], [{"role": "hacker", "content": "x"}], ["x"], 5):  # as the stdlib server
+            code, out = _call(f"{url}/get_reward", "POST", {"prompts": [prompt], "responses": ["r"], "user": "carol"})
+            assert code == 400 and "prompt 0 must be" in out["error"]
+        code, out = _call(f"{url}/get_reward", "POST", raw=b'{"prompts": ' + b"[" * 200 + b"]" * 200 + b', "responses": []}')
+        assert code == 400 and "nested deeper" in out["error"]
         code, out = _call(f"{url}/get_reward", "POST", {"prompts": ["p"], "responses": ["r"], "user": ["a", "b"]})
         assert code == 400 and "'user' has 2" in out["error"]
         code, out = _call(f"{url}/get_reward", "POST", {"prompts": ["p"], "responses": ["r"], "user": "\x00"})
