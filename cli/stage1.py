@@ -98,8 +98,9 @@ def simulate_cmd(
     except (ValueError, OSError) as exc:
         fail(error_line(exc, out))
     p = truth.params
+    extras = (f", spread {p['spread']}" if p.get("spread") else "") + (", no contexts" if not p.get("contexts", True) else "")
     typer.echo(
-        f"wrote {out}: {len(truth.pair_group)} pairs, {p['groups']} groups, dim {p['dim']}, regime {p['regime']}; "
+        f"wrote {out}: {len(truth.pair_group)} pairs, {p['groups']} groups, dim {p['dim']}, regime {p['regime']}{extras}; "
         f"Bayes accuracy with context {bayes_accuracy(truth, with_context=True):.3f}, "
         f"prompt only {bayes_accuracy(truth, with_context=False):.3f}"
     )

@@ -252,10 +252,30 @@ class SimulateConfig:
     of the centred group directions, so every group ranks them alike. None: every pair (docs/design.md,
     "Planted caches")."""
 
+    spread: float = 0.0
+    """Std of an extra component of each response pair's difference along the direction of every group that
+    labels it, so the differences vary along the group directions, as real embeddings do, and their principal
+    directions include them (docs/peers.md). 0: none, a group shows only in its labels (isotropic differences)."""
+
+    contexts: bool = True
+    """Write each pair's context (its group's text and the (context + prompt) embeddings). No: a cache without
+    contexts, as `micro embed` writes from data with no context column; the attribute column (the labelling
+    group) stays, the user id (with 'shared': groups that share their prompts and bring no context)."""
+
+    #: fields added after caches were written: recorded in a cache only when set, so a cache of the defaults
+    #: stays byte-identical with one written before they existed
+    RECORDED_WHEN_SET: ClassVar[tuple[str, ...]] = ("spread", "contexts")
+
     def __post_init__(self) -> None:
         check_numbers(self, integers=("groups", "dim", "pairs", "seed", "pairs_per_prompt"),
-                      reals=("test_fraction", "scale", "sharpness", "weight_floor", "context_scale")
+                      reals=("test_fraction", "scale", "sharpness", "weight_floor", "context_scale", "spread")
                       + tuple(name for name in ("conflict", "decisive") if getattr(self, name) is not None))
+        if not isinstance(self.contexts, bool):
+            raise ValueError(f"contexts must be true or false, not {self.contexts!r}")
+        if self.spread < 0:
+            raise ValueError(f"spread must be >= 0, not {self.spread!r}")
+        if self.spread and self.decisive is not None:
+            raise ValueError("spread and decisive both set the pairs' components along the group directions: give one of them")
         if self.regime not in SIMULATION_REGIMES:
             raise ValueError(f"regime must be 'prompt' or 'shared', not {self.regime!r}")
         if self.groups < 1 or self.dim < 1 or self.pairs < 2 * self.groups:
@@ -283,4 +303,6 @@ class SimulateConfig:
         return replace(self, conflict=1.0 if self.regime == "shared" else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, without those of RECORDED_WHEN_SET at their default."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return {k: v for k, v in asdict(self).items() if k not in self.RECORDED_WHEN_SET or v != defaults[k]}

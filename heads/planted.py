@@ -9,7 +9,13 @@ single BT direction explains much (one head, or a prompt-routed mixture, sits ne
 only the context tells the groups apart. In both, attribute = context = the labeling group, and the
 (context + prompt) router input is the prompt embedding plus the group's context vector. Labels are
 sampled from sigmoid(s_z). With `decisive` = q only a share q of the response pairs differ in the span
-of the centred group directions (by a larger margin); every group scores the others alike.
+of the centred group directions (by a larger margin); every group scores the others alike. With `spread` = s
+each pair's difference gains s z_g u_g (z_g ~ N(0, 1), its own random stream) for every group g that labels
+it, so the differences vary along the group directions (their principal directions, drm's heads, find them);
+without it a group shows only in the labels. With `contexts` off the cache has no context text or
+(context + prompt) embeddings, as `micro embed` writes for data without a context column; the attribute
+column (the labelling group, the user id) stays. The two fields are recorded only when set, so a cache of the
+defaults is byte-identical with one written before they existed.
 
 The truth lives in the HDF5 group "simulation" (readers of the cache ignore it): directions [G, d],
 mixing matrix A [G, d], context vectors [G, d], and per pair its group, p(g|x) [n, G] and the scores of
@@ -22,7 +28,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -110,7 +116,6 @@ def _draw(c: SimulateConfig) -> SimpleNamespace:
         along = (response_emb[a] - response_emb[b]) @ basis.T @ basis
         factor = np.where(rng.random(triples) < c.decisive, 1 / math.sqrt(c.decisive), 0.0)
         response_emb[b] += (1 - factor)[:, None] * along
-    scores_ab = scale * (response_emb[a] - response_emb[b]) @ directions.T  # [triples, G]
 
     if regime == "prompt":
         mixing = rng.normal(size=(G, d)) * (c.sharpness / math.sqrt(d))
@@ -124,6 +129,13 @@ def _draw(c: SimulateConfig) -> SimpleNamespace:
         prompt_weights = np.full((n_prompts, G), 1.0 / G)
         group = np.tile(np.arange(G), triples)
         triple_of_pair = np.repeat(np.arange(triples), G)
+    if c.spread:  # each pair varies along the directions of the groups that label it (its own stream: every
+        # other draw is the one without spread)
+        labels_it = np.ones((triples, G)) if regime == "shared" else np.eye(G)[group]
+        z = np.random.default_rng([seed, 1]).normal(size=(triples, G)) * c.spread * labels_it
+        response_emb[a] += 0.5 * z @ directions
+        response_emb[b] -= 0.5 * z @ directions
+    scores_ab = scale * (response_emb[a] - response_emb[b]) @ directions.T  # [triples, G]
     n = len(group)
     s_ab = scores_ab[triple_of_pair]  # [n, G] scores for the (a, b) orientation
     a_wins = rng.random(n) < _sigmoid(s_ab[np.arange(n), group])
@@ -166,14 +178,25 @@ def _same_simulation(out: Path, params: dict) -> None:
     old = _existing_params(out)
     if old is None:
         refuse_existing(out, "a file that `micro simulate` did not write", ["not a simulated cache"])
-    old = {**SimulateConfig().to_dict(), **old}  # a field added since that cache was written: its default
-    if old != json.loads(json.dumps(params)):
-        refuse_existing(out, "a simulated cache", diff_fields(old, params))
+    defaults = asdict(SimulateConfig())  # a field a cache does not record (added since, or at its default): the default
+    old, new = {**defaults, **old}, {**defaults, **json.loads(json.dumps(params))}
+    if old != new:
+        refuse_existing(out, "a simulated cache", diff_fields(old, new))
 
 
 def _write(out: Path, x: SimpleNamespace, truth: SimulationTruth, names: list[str]) -> None:
     """The cache file of a drawn simulation, written straight into `out` (the writer's temporary file)."""
     params, G, n_prompts, triples = truth.params, len(names), x.n_prompts, x.triples
+    pairs = {"chosen": x.chosen, "rejected": x.rejected, "prompt": x.prompt, "attribute": x.group, "split": x.split}
+    contexts, context_prompts = [], None  # no contexts: as `micro embed` writes data without a context column
+    if params.get("contexts", True):
+        pairs.update(context_prompt=x.prompt * G + x.group, context=x.group)
+        contexts = [f"{name}: judge responses the way annotator group {g} does" for g, name in enumerate(names)]
+        context_prompts = {
+            "embedding": x.context_prompt_emb,
+            "prompt": np.repeat(np.arange(n_prompts), G),
+            "context": np.tile(np.arange(G), n_prompts),
+        }
     write_cache(
         out,
         atomic=False,
@@ -192,23 +215,11 @@ def _write(out: Path, x: SimpleNamespace, truth: SimulationTruth, names: list[st
             "text": [f"response {i}" for i in range(2 * triples)],
         },
         prompts={"embedding": x.prompt_emb, "text": [f"prompt {p}" for p in range(n_prompts)]},
-        pairs={
-            "chosen": x.chosen,
-            "rejected": x.rejected,
-            "prompt": x.prompt,
-            "context_prompt": x.prompt * G + x.group,
-            "attribute": x.group,
-            "context": x.group,
-            "split": x.split,
-        },
+        pairs=pairs,
         attributes=names,
         splits=["train", "test"],
-        contexts=[f"{name}: judge responses the way annotator group {g} does" for g, name in enumerate(names)],
-        context_prompts={
-            "embedding": x.context_prompt_emb,
-            "prompt": np.repeat(np.arange(n_prompts), G),
-            "context": np.tile(np.arange(G), n_prompts),
-        },
+        contexts=contexts,
+        context_prompts=context_prompts,
         extra_groups={
             "simulation": {
                 "directions": x.directions,

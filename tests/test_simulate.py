@@ -160,3 +160,63 @@ def test_a_cache_from_before_a_new_field_counts_as_the_same_parameters(tmp_path)
     simulate(path, groups=3, dim=16, pairs=600, seed=1)  # no refusal
     with pytest.raises(Exception, match="decisive"):
         simulate(path, groups=3, dim=16, pairs=600, seed=1, decisive=0.5)
+
+
+def test_spread_makes_the_principal_directions_of_the_differences_the_group_directions(tmp_path):
+    """spread=s adds s * z_g u_g (z_g ~ N(0, 1)) to each pair's difference for each group g that labels it: the
+    top principal directions of the centred differences (drm's heads) then span the planted group directions
+    (principal-angle cosines measured 0.994 / 0.992 / 0.955), where without spread they see nothing of them
+    (0.165 / 0.129 / 0.010). The rest of the draw is the same (directions, groups, prompts), spread 0 is the
+    default cache byte for byte, and a negative spread or spread with decisive is refused."""
+    import hashlib
+
+    from micro.router.peers import drm_heads
+
+    def principal_cosines(spread):
+        truth = simulate(tmp_path / f"s{spread}.h5", dim=64, pairs=3000, seed=1, spread=spread)
+        train = load_split(tmp_path / f"s{spread}.h5", "train")
+        heads = drm_heads(train.diff, 3)[:3].double().numpy()
+        span = np.linalg.qr(truth.directions.T)[0]  # [d, G] orthonormal basis of the group directions
+        return truth, np.linalg.svd(heads @ span, compute_uv=False)
+
+    plain, flat = principal_cosines(0.0)
+    spread, aligned = principal_cosines(4.0)
+    assert aligned.min() > 0.9 and flat.max() < 0.3, (aligned, flat)
+    np.testing.assert_allclose(spread.directions, plain.directions)
+    assert (spread.pair_group == plain.pair_group).all()
+    # the score of a pair along its own group grew, the others' did not (float16 embeddings: compare spreads)
+    own = np.arange(len(plain.pair_group)), plain.pair_group
+    assert spread.pair_scores[own].std() > 2 * plain.pair_scores[own].std()
+    assert spread.params["spread"] == 4.0 and "spread" not in plain.params  # recorded only when set
+    simulate(tmp_path / "d.h5", dim=64, pairs=3000, seed=1)
+    digest = [hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in ("s0.0.h5", "d.h5")]
+    assert digest[0] == digest[1]
+    for bad in (dict(spread=-1.0), dict(spread=1.0, decisive=0.5)):
+        with pytest.raises(ValueError, match="spread"):
+            simulate(tmp_path / "x.h5", pairs=600, **bad)
+
+
+def test_no_contexts_writes_a_cache_without_contexts_that_load_split_reads(tmp_path):
+    """contexts=False writes what `micro embed` writes for data with no context column: no context texts, no
+    (context + prompt) table, -1 in the pairs' context columns; the attribute column (the labelling group) and
+    every difference vector are those of the same draw with contexts. `micro simulate --no-contexts` reaches it."""
+    import h5py
+    from typer.testing import CliRunner
+
+    from micro.cli import app
+    from micro.embedcache.store import CacheError, require_contexts
+
+    simulate(tmp_path / "with.h5", groups=3, dim=16, pairs=600, regime="shared", seed=4)
+    result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path / "none.h5"), "--groups", "3", "--dim", "16",
+                                      "--pairs", "600", "--regime", "shared", "--seed", "4", "--no-contexts"])
+    assert result.exit_code == 0 and "no contexts" in result.output, result.output
+    with_ctx, without = load_split(tmp_path / "with.h5", "train"), load_split(tmp_path / "none.h5", "train")
+    assert with_ctx.has_context and not without.has_context and without.context_embedding is None
+    assert (without.context_index == -1).all() and (without.context_id == -1).all()
+    assert torch.equal(without.attribute, with_ctx.attribute) and torch.equal(without.diff, with_ctx.diff)
+    assert without.attributes == ["group0", "group1", "group2"]
+    with pytest.raises(CacheError, match="no context"):
+        require_contexts(without)
+    with h5py.File(tmp_path / "none.h5") as f:
+        assert "context_prompts" not in f and len(f["contexts/text"]) == 0
+    assert load_truth(tmp_path / "none.h5").params["contexts"] is False
