@@ -61,7 +61,8 @@ def run_demo(config: DemoConfig | None = None, *, log: Callable[[str], None] = p
     t = time.perf_counter()
     log(f"[3/4] adapt budgets {config.budgets} x {config.seeds} seeds")
     acfg = (AdaptConfig.paper if config.paper else AdaptConfig)(
-        budgets=list(config.budgets), seeds=config.seeds, baseline_runs=[str(out / "runs" / m) for m in BASELINE_FITS])
+        budgets=list(config.budgets), seeds=config.seeds, methods=["default", "drm", "lore"],
+        baseline_runs=[str(out / "runs" / m) for m in BASELINE_FITS])
     adapt = run_adapt(cache, out / "runs" / "micro", out / "adapt", acfg, overwrite=True)
     timings["adapt"] = time.perf_counter() - t
 

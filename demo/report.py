@@ -6,10 +6,10 @@ import base64
 import html
 from pathlib import Path
 
-from ..methods import METHODS, REGISTRY
+from ..methods import REGISTRY
 
 # Methods of the headline table, in reading order, with what each one is.
-HEADLINE = [(name, REGISTRY[name].description) for name in METHODS]
+HEADLINE = [(name, REGISTRY[name].description) for name in REGISTRY]
 
 
 def _fmt(entry: dict | None, sep: str = " ± ") -> str:
@@ -51,7 +51,7 @@ def stage1_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 
 def budget_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     adapt = summary["adapt"]
-    methods = [m for m in METHODS if REGISTRY[m].block == "budget" and m in adapt["methods"]]
+    methods = [m for m in REGISTRY if REGISTRY[m].block == "budget" and m in adapt["methods"]]
     header = ["budget per group"] + methods
     rows = []
     for b in sorted(adapt["summary"], key=int):
