@@ -12,8 +12,10 @@ reward. Beside it, batch Hedge: the same first n pairs' head losses summed in on
 (context_log_weights) and the test pairs scored in-process with those weights.
 
 latency: 100,000 users are written to the database first; then 1 and 8 concurrent clients send /feedback
-(one pair) and /get_reward (one row, a random known user) requests. Each reply carries the seconds its
-batch spent in the model (X-Backbone-Seconds); overhead = client latency - backbone. Throughput of
+(one pair) and /get_reward (one row, a random known user) requests over keep-alive connections. Each
+reply carries the seconds its batch spent in the model (X-Backbone-Seconds) and waited for it
+(X-Queue-Seconds: the window and earlier batches); overhead = client latency - backbone - queue (HTTP,
+JSON, validation, database). The database calls alone are also timed in-process. Throughput of
 /get_reward with 8 clients: micro-batching (window 5 ms) vs one request per forward (--max-batch-rows 1).
 Postgres: --postgres URL, or a throwaway server started with initdb/pg_ctl when the binaries exist.
 """
@@ -65,14 +67,25 @@ def spawn(run: Path, users: str, *extra: str) -> tuple[subprocess.Popen, str]:
     return proc, line.split("serving rewards on ")[1].strip().rsplit("/", 1)[0]
 
 
-def post(url: str, body: object) -> tuple[dict, float, float]:
-    """(reply, seconds, backbone seconds)."""
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def post(url: str, body: object, conn=None) -> tuple[dict, float, float, float]:
+    """(reply, seconds, backbone seconds, queue seconds); `conn` an http.client connection to reuse (keep-alive)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    own = conn is None
+    conn = conn or http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+    data = json.dumps(body).encode()
     start = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=600) as resp:
-        reply = json.loads(resp.read())
-        backbone = float(resp.headers.get("X-Backbone-Seconds", "0"))
-    return reply, time.perf_counter() - start, backbone
+    conn.request("POST", parts.path, body=data, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    reply = json.loads(resp.read())
+    seconds = time.perf_counter() - start
+    if resp.status != 200:
+        raise RuntimeError(f"{url}: {resp.status} {reply}")
+    if own:
+        conn.close()
+    return reply, seconds, float(resp.getheader("X-Backbone-Seconds", "0")), float(resp.getheader("X-Queue-Seconds", "0"))
 
 
 # ---- learning curve --------------------------------------------------------------------------------------
@@ -102,7 +115,7 @@ def curve(out: Path, max_pairs: int, seed: int) -> str:
                 for _, r in train.iloc[sent:n].iterrows():
                     post(f"{url}/feedback", {"user": user, "prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]})
                 sent = n
-                reply, _, _ = post(f"{url}/get_reward", {"prompts": tp + tp, "responses": tc + tr, "user": user})
+                reply, *_ = post(f"{url}/get_reward", {"prompts": tp + tp, "responses": tc + tr, "user": user})
                 r = np.asarray(reply["rewards"])
                 online = float(np.mean(r[: len(tp)] > r[len(tp):]))
                 state = None if n == 0 else UserState(user, losses[:n].sum(0), n, None, 0.0)
@@ -159,21 +172,28 @@ def populate(store, users: int, heads: int) -> None:
 
 
 def measure(url: str, table, clients: int, per_client: int, endpoint: str, users: int) -> dict:
+    """Latency split of `clients` concurrent keep-alive clients: total, backbone (the request's batch in the
+    model), queue (waiting for the model: the window and earlier batches), and the rest = overhead."""
+    import http.client
+    from urllib.parse import urlsplit
+
     rows = table[table["split"] == "train"].to_dict("records")
-    results: list[tuple[float, float]] = []
+    results: list[tuple[float, float, float]] = []
     lock = threading.Lock()
+    host, port = urlsplit(url).hostname, urlsplit(url).port
 
     def client(c: int):
-        rng = random.Random(c)
+        rng, conn = random.Random(c), http.client.HTTPConnection(host, port, timeout=600)
         for _ in range(per_client):
             r, user = rng.choice(rows), f"bench-{rng.randrange(users)}"
             if endpoint == "feedback":
                 body = {"user": user, "prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
             else:
                 body = {"prompts": [r["prompt"]], "responses": [r["chosen"]], "user": user}
-            _, seconds, backbone = post(f"{url}/{endpoint}", body)
+            _, seconds, backbone, queued = post(f"{url}/{endpoint}", body, conn)
             with lock:
-                results.append((seconds, backbone))
+                results.append((seconds, backbone, queued))
+        conn.close()
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
@@ -182,12 +202,27 @@ def measure(url: str, table, clients: int, per_client: int, endpoint: str, users
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    total = np.array([s for s, _ in results])
-    backbone = np.array([b for _, b in results])
+    total, backbone, queued = (np.array(x) for x in zip(*results))
     q = lambda x, p: float(np.percentile(x, p) * 1000)  # noqa: E731
+    rest = total - backbone - queued
     return {"endpoint": endpoint, "clients": clients, "requests": len(results), "p50_ms": q(total, 50), "p99_ms": q(total, 99),
-            "backbone_p50_ms": q(backbone, 50), "backbone_p99_ms": q(backbone, 99),
-            "overhead_p50_ms": q(total - backbone, 50), "overhead_p99_ms": q(total - backbone, 99), "req_per_s": len(results) / wall}
+            "backbone_p50_ms": q(backbone, 50), "backbone_p99_ms": q(backbone, 99), "queue_p50_ms": q(queued, 50), "queue_p99_ms": q(queued, 99),
+            "overhead_p50_ms": q(rest, 50), "overhead_p99_ms": q(rest, 99), "req_per_s": len(results) / wall}
+
+
+def database_ops(store, users: int, heads: int, n: int = 300) -> dict:
+    """p50/p99 ms of the database calls a request makes, in-process on the populated database."""
+    rng = random.Random(0)
+    timings = {"add_pairs (feedback)": [], "get_many (get_reward)": []}
+    for _ in range(n):
+        user = f"bench-{rng.randrange(users)}"
+        t = time.perf_counter()
+        store.add_pairs(user, np.ones((1, heads)))
+        timings["add_pairs (feedback)"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        store.get_many([f"bench-{rng.randrange(users)}"])
+        timings["get_many (get_reward)"].append(time.perf_counter() - t)
+    return {k: (float(np.percentile(v, 50) * 1000), float(np.percentile(v, 99) * 1000)) for k, v in timings.items()}
 
 
 def latency(out: Path, postgres: str | None, users: int, per_client: int) -> str:
@@ -203,13 +238,15 @@ def latency(out: Path, postgres: str | None, users: int, per_client: int) -> str
     backends = {"sqlite": str(out / "latency-users.db")} | ({"postgres": postgres} if postgres else {})
     for suffix in ("", "-wal", "-shm"):
         Path(f"{backends['sqlite']}{suffix}").unlink(missing_ok=True)
-    results = []
+    results, dbops = [], {}
     try:
         for name, url_db in backends.items():
             store = open_store(model, url_db)
             if store.count() < users:
                 populate(store, users, model.heads_model.k)
             print(f"{name}: {store.count()} users", flush=True)
+            dbops[name] = database_ops(store, users, model.heads_model.k)
+            print(json.dumps(dbops[name]), flush=True)
             store.close()
             proc, url = spawn(run, url_db)
             try:
@@ -234,11 +271,15 @@ def latency(out: Path, postgres: str | None, users: int, per_client: int) -> str
     finally:
         if pg:
             stop_postgres(pg)
-    (out / "latency.json").write_text(json.dumps({"latency": results, "throughput": throughput}, indent=1))
-    lines = ["| database | endpoint | clients | p50 ms | p99 ms | backbone p50 / p99 ms | overhead p50 / p99 ms |", "|---|---|---|---|---|---|---|"]
+    (out / "latency.json").write_text(json.dumps({"latency": results, "throughput": throughput, "database_ops": dbops}, indent=1))
+    lines = ["| database | endpoint | clients | p50 ms | p99 ms | backbone p50 / p99 ms | queue p50 / p99 ms | overhead p50 / p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['database']} | /{r['endpoint']} | {r['clients']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                     f"{r['backbone_p50_ms']:.1f} / {r['backbone_p99_ms']:.1f} | {r['overhead_p50_ms']:.1f} / {r['overhead_p99_ms']:.1f} |")
+                     f"{r['backbone_p50_ms']:.1f} / {r['backbone_p99_ms']:.1f} | {r['queue_p50_ms']:.1f} / {r['queue_p99_ms']:.1f} | "
+                     f"{r['overhead_p50_ms']:.1f} / {r['overhead_p99_ms']:.1f} |")
+    lines += ["", "| database, 100,000 users | call | p50 ms | p99 ms |", "|---|---|---|---|"]
+    lines += [f"| {db} | {op} | {a:.2f} | {b:.2f} |" for db, ops in dbops.items() for op, (a, b) in ops.items()]
     lines += ["", "| /get_reward, 8 clients | requests/s |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in throughput.items()]
     text = "\n".join(lines)
     (out / "latency.md").write_text(text + "\n")
@@ -288,7 +329,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--postgres", default=None, help="a postgresql:// URL (default: start a throwaway server)")
     parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--per-client", type=int, default=40)
+    parser.add_argument("--per-client", type=int, default=30)
     args = parser.parse_args()
     out = Path(args.out)
     text = curve(out, args.max_pairs, args.seed) if args.what == "curve" else latency(out, args.postgres, args.users, args.per_client)

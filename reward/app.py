@@ -97,25 +97,34 @@ def create_app(model: Any, *, store: UserStore | None = None, context: str | Non
     app = FastAPI(title="micro reward server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     metrics = Metrics()
     app.state.batcher, app.state.store, app.state.metrics = batcher, store, metrics
-    _guard(app, metrics, token, max_request_bytes)
+    app.add_middleware(Guard, metrics=metrics, token=token, max_request_bytes=max_request_bytes)
     _reward_routes(app, model, store, batcher, context)
     _user_routes(app, model, store, batcher, keep_text)
     _ops_routes(app, model, store, metrics)
     return app
 
 
-def _guard(app: FastAPI, metrics: Metrics, token: str | None, max_request_bytes: int) -> None:
-    expected = None if token is None else f"Bearer {token}".encode()
+class Guard:
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): refusals before the body is read, then metrics."""
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        start = time.perf_counter()
-        response = _refuse(request, expected, max_request_bytes)
-        if response is None:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe(getattr(route, "path", "other"), response.status_code, time.perf_counter() - start)
-        return response
+    def __init__(self, app, *, metrics: Metrics, token: str | None, max_request_bytes: int):
+        self.app, self.metrics, self.max_request_bytes = app, metrics, max_request_bytes
+        self.expected = None if token is None else f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        refusal = _refuse(Request(scope), self.expected, self.max_request_bytes)
+        await (refusal if refusal is not None else self.app)(scope, receive, sending)
+        route = scope.get("route")
+        self.metrics.observe(getattr(route, "path", "other"), status[0], time.perf_counter() - start)
 
 
 def _refuse(request: Request, expected: bytes | None, max_request_bytes: int) -> JSONResponse | None:
@@ -157,8 +166,7 @@ def _reward_routes(app: FastAPI, model: Any, store: UserStore | None, batcher: B
             result = await asyncio.wrap_future(batcher.submit("score", req.prompts, req.responses, req.contexts or [None] * n, users))
         except ValueError as exc:  # e.g. a conversation the template cannot render
             return _error(400, str(exc))
-        return JSONResponse({"rewards": [float(r) for r in result.values]},
-                            headers={"X-Backbone-Seconds": f"{result.backbone_seconds:.6f}"})
+        return JSONResponse({"rewards": [float(r) for r in result.values]}, headers=_timing(result))
 
 
 def _user_routes(app: FastAPI, model: Any, store: UserStore | None, batcher: Batcher, keep_text: bool) -> None:
@@ -187,8 +195,7 @@ def _user_routes(app: FastAPI, model: Any, store: UserStore | None, batcher: Bat
         losses = head_losses(torch.from_numpy(result.values)).numpy()
         states = await run_in_threadpool(_write_feedback, store, pairs, losses, keep_text)
         body = [s.to_dict(rate, masked) for s in states]
-        return JSONResponse(body[0] if not isinstance(parsed, list) else {"users": body},
-                            headers={"X-Backbone-Seconds": f"{result.backbone_seconds:.6f}"})
+        return JSONResponse(body[0] if not isinstance(parsed, list) else {"users": body}, headers=_timing(result))
 
     @app.get("/users/{user_id:path}")
     async def get_user(user_id: str):
@@ -205,6 +212,11 @@ def _user_routes(app: FastAPI, model: Any, store: UserStore | None, batcher: Bat
         if store is None or not await run_in_threadpool(store.delete, user_id):
             return _error(404, f"no user {user_id!r}")
         return {"deleted": user_id}
+
+
+def _timing(result) -> dict[str, str]:
+    """Headers splitting the latency: seconds in the model (its batch) and waiting for it."""
+    return {"X-Backbone-Seconds": f"{result.backbone_seconds:.6f}", "X-Queue-Seconds": f"{result.queue_seconds:.6f}"}
 
 
 def _write_feedback(store: UserStore, pairs: list[Feedback], losses, keep_text: bool) -> list:

@@ -5,7 +5,8 @@ seconds for others to join it (or until `max_rows` rows are queued), but only wh
 arrive together (the last batch held several jobs, or more are already queued): a lone client pays no
 window. The worker then runs all queued
 score jobs as one `model.score` call and all feedback jobs as one `model.head_margins` call, and hands
-each job its slice. Each result carries the seconds the batch spent in the model (`backbone_seconds`).
+each job its slice. Each result carries the seconds the batch spent in the model (`backbone_seconds`) and
+the seconds the job waited for it (`queue_seconds`: the window and the batches before it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Job:
     kind: str  # "score" (prompts, responses, contexts, users) or "margins" (prompts, chosen, rejected)
     rows: tuple[list, ...]
     future: Future = field(default_factory=Future)
+    submitted: float = field(default_factory=time.perf_counter)
 
     @property
     def size(self) -> int:
@@ -36,6 +38,7 @@ class Result:
     values: np.ndarray  # score: [n] rewards; margins: [n, K] per-head margins
     backbone_seconds: float
     batch_rows: int
+    queue_seconds: float = 0.0  # from submit to the start of its batch's model call (window + earlier batches)
 
 
 class Batcher:
@@ -102,5 +105,5 @@ class Batcher:
             return
         seconds, offset = time.perf_counter() - start, 0
         for j in jobs:
-            j.future.set_result(Result(np.asarray(values[offset : offset + j.size]), seconds, len(values)))
+            j.future.set_result(Result(np.asarray(values[offset : offset + j.size]), seconds, len(values), start - j.submitted))
             offset += j.size
