@@ -37,30 +37,51 @@ def prompt_folds(train: CacheSplit, folds: int, seed: int = 0) -> list[torch.Ten
     return [torch.from_numpy(np.flatnonzero(fold_of == f)) for f in range(folds) if (fold_of == f).any()]
 
 
+def split_users(split: CacheSplit) -> list[str]:
+    """The names of the attributes (user ids) that label at least one pair of `split`, in attribute order."""
+    ids = torch.unique(split.attribute[split.attribute >= 0]).tolist()
+    return [split.attributes[i] for i in ids]
+
+
+def user_rows(split: CacheSplit, users: list[str]) -> torch.Tensor:
+    """[n] each pair's row in `users` (a model's user names), -1 where its attribute is not among them."""
+    where = {name: i for i, name in enumerate(users)}
+    lookup = torch.tensor([where.get(name, -1) for name in split.attributes] + [-1], dtype=torch.long)
+    return lookup[split.attribute.long().clamp(-1, len(split.attributes) - 1)]  # -1 (no attribute) reads the last: -1
+
+
 class DeviceSplit:
     """A cache split on the training device: differences, router inputs (`router_input`: 'prompt',
-    'context' or None), gathered by row, and batches of row indices."""
+    'context' or None) and, with `users` (a model's user names), each pair's user row, gathered by row, and
+    batches of row indices."""
 
-    def __init__(self, train: CacheSplit, router_input: str | None, device: str = "cpu"):
+    def __init__(self, train: CacheSplit, router_input: str | None, device: str = "cpu", users: list[str] | None = None):
         self.device = torch.device(device)
         self.diff = train.diff.to(self.device, torch.float32)
-        self.table = self.index = None
+        self.table = self.index = self.user = None
         if router_input is not None:
             table, index = router_table(train, router_input)
             self.table, self.index = table.to(self.device, torch.float32), index.to(self.device)
+        if users:
+            self.user = user_rows(train, users).to(self.device)
 
     def inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(differences, router inputs) of some rows."""
         x = None if self.table is None else self.table.index_select(0, self.index.index_select(0, rows))
         return self.diff.index_select(0, rows), x
 
+    def users(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """[B] the user rows of some rows (-1: none); None without users."""
+        return None if self.user is None else self.user.index_select(0, rows)
+
     def probe(self, rows: torch.Tensor) -> tuple:
-        """(differences, distinct router rows, inverse) of some rows, for `outputs`."""
+        """(differences, distinct router rows, inverse, user rows or None) of some rows, for `outputs`."""
         rows = rows.to(self.device)
+        users = None if self.user is None else self.user[rows]
         if self.table is None:
-            return self.diff[rows], None, None
+            return self.diff[rows], None, None, users
         distinct, inverse = torch.unique(self.index[rows], return_inverse=True)
-        return self.diff[rows], self.table[distinct], inverse
+        return self.diff[rows], self.table[distinct], inverse, users
 
     def batches(self, rows: torch.Tensor, batch_size: int, gen: torch.Generator):
         """Endless batches of `rows`, reshuffled every pass."""

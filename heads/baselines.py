@@ -35,7 +35,8 @@ class HeadTrainer:
         return torch.log_softmax(self.v, 0) if len(self.v) else torch.full((k,), -math.log(k), device=self.w.device)
 
     @torch.no_grad()
-    def step(self, d: torch.Tensor, x: torch.Tensor | None, lr: float, mask: torch.Tensor | None = None, want_loss: bool = False) -> float | None:
+    def step(self, d: torch.Tensor, x: torch.Tensor | None, lr: float, mask: torch.Tensor | None = None, want_loss: bool = False,
+             users: torch.Tensor | None = None) -> float | None:
         margins, n = d @ (self.w + self.prior), d.shape[0]
         if len(self.v):  # static: the mixture NLL and its weights' gradient
             log_w = self.log_weights()
@@ -55,7 +56,8 @@ class HeadTrainer:
         return None if loss is None else float(loss)
 
     @torch.no_grad()
-    def outputs(self, lo: int, hi: int, d: torch.Tensor, table: torch.Tensor | None, inverse: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def outputs(self, lo: int, hi: int, d: torch.Tensor, table: torch.Tensor | None, inverse: torch.Tensor | None,
+                users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         margins = d @ (self.w + self.prior)
         return self.log_weights().expand_as(margins).unsqueeze(0), margins.unsqueeze(0)
 

@@ -24,7 +24,7 @@ from .config import ROUTER_HIDDEN, MixtureConfig
 from .criteria import CRITERIA, recorded_z
 from .model import MixtureRewardModel
 from .search import candidates, held_out_sets, is_default, select
-from ..embedcache.rows import DeviceSplit
+from ..embedcache.rows import DeviceSplit, split_users
 from .train import Search, build_model, make_trainer, train_fixed
 
 #: train again on every pair after the search for caches of at most this many training pairs
@@ -139,20 +139,21 @@ def ensemble_prior(train: CacheSplit, config: MixtureConfig) -> tuple[float, flo
 
 def _fit(train: CacheSplit, config: MixtureConfig, log: Callable | None) -> MixtureRewardModel:
     n, d = train.diff.shape
-    data = DeviceSplit(train, config.router_input if config.method == "micro" else None, config.device)
+    users = split_users(train) if config.method == "micro" and config.users == "on" else []
+    data = DeviceSplit(train, config.router_input if config.method == "micro" else None, config.device, users)
     prior_unit, l2 = ensemble_prior(train, config)
     searching = config.method == "micro"
     cands = candidates(config, searching and config.epochs is None)
     if config.epochs is not None:
         steps = config.epochs * math.ceil(n / config.batch_size)
-        model, history = train_fixed(data, config, build_model(config, d, cands[0], prior_unit), steps, cands[0].alpha, l2, log)
+        model, history = train_fixed(data, config, build_model(config, d, cands[0], prior_unit, users), steps, cands[0].alpha, l2, log)
         model.fit_record = FitRecord("fixed-epochs", steps=steps, best_step=steps, stop_reason="epochs", train_pairs=n,
                                      candidate_steps=steps, candidates=[c.__dict__ for c in cands], head_init=cands[0].head_init)
         model.train_history = history
         return model
 
     def trainer_for(members: list[int]):
-        models = [build_model(config, d, cands[i], prior_unit) for i in members]
+        models = [build_model(config, d, cands[i], prior_unit, users) for i in members]
         return make_trainer(config, data, models, [cands[i].alpha for i in members], l2)
 
     held = held_out_sets(train, config.seed, cross_validate=searching and n <= REFIT_MAX_PAIRS)
@@ -169,7 +170,7 @@ def _fit(train: CacheSplit, config: MixtureConfig, log: Callable | None) -> Mixt
         else:  # the folds' best steps, each scaled to all pairs, averaged
             sizes = np.diff(search.bounds)
             record.refit_steps = max(1, int(round(np.mean([s * n / (n - m) for s, m in zip(record.fold_best_steps, sizes)]))))
-        model, model.train_history = train_fixed(data, config, build_model(config, d, cands[chosen], prior_unit), record.refit_steps,
+        model, model.train_history = train_fixed(data, config, build_model(config, d, cands[chosen], prior_unit, users), record.refit_steps,
                                                  cands[chosen].alpha, l2)
     record.candidate_steps = search.candidate_steps + record.refit_steps
     record.steps_vs_one_start = round(record.candidate_steps / (search.folds * steps + record.refit_steps), 2)

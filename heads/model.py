@@ -2,7 +2,10 @@
 
 Heads have no bias, so r_k(x, a_w) - r_k(x, a_l) = w_k . (e_w - e_l): every method trains on the
 difference vectors of the cache. The router maps a prompt (or context + prompt) embedding to mixture
-weights on the simplex. Weights are saved as safetensors beside a JSON config; nothing is pickled.
+weights on the simplex. A model fitted with users (the cache's attribute ids, MixtureConfig.users) also
+holds one learned logit vector u_g [K] per user seen in training, added to the router's logits:
+f(x, g) = softmax(router(x) + u_g); a pair without a known user is routed by router(x) alone. Weights are
+saved as safetensors beside a JSON config (the user names under "architecture"); nothing is pickled.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class MixtureRewardModel(nn.Module):
         prior_scale: float = 0.0,
         seed: int = 0,
         head_init: float = 1.0,
+        users: list[str] | tuple[str, ...] = (),
     ):
         super().__init__()
         if weights not in ("router", "static", "uniform"):
@@ -97,6 +101,11 @@ class MixtureRewardModel(nn.Module):
                 torch.manual_seed(seed)
                 self.router = Router(hidden_size, k, router, router_hidden)
         self.static_logits = nn.Parameter(torch.zeros(k)) if weights == "static" else None
+        self.user_names: list[str] = check_users(users, "users")
+        if self.user_names and weights != "router":
+            raise ValueError(f"per-user routing needs a router; weights {weights!r} has none")
+        # zeros: every user starts routed as the prompt router routes; training moves each user's own logits
+        self.user_logits = nn.Parameter(torch.zeros(len(self.user_names), k)) if self.user_names else None
         self.register_buffer("head_mask", torch.zeros(k, dtype=torch.bool), persistent=False)
 
     def mask_heads(self, heads) -> "MixtureRewardModel":
@@ -124,30 +133,54 @@ class MixtureRewardModel(nn.Module):
         """[n, K] per-head rewards of response embeddings."""
         return embeddings @ self.head_vectors().T
 
+    # -- users ----------------------------------------------------------------------------------------
+    def user_index(self, names) -> torch.Tensor:
+        """[n] long: each name's row in `user_names`, -1 for a user the model has not seen."""
+        rows = {name: i for i, name in enumerate(self.user_names)}
+        return torch.tensor([rows.get(name, -1) for name in names], dtype=torch.long)
+
+    def user_log_weights(self, name: str) -> torch.Tensor | None:
+        """[K] the seen user's logit offset u_g (added to the router's logits: f = softmax(router(x) + u_g));
+        None for a user the model has not seen (route by the router alone)."""
+        if name not in self.user_names:
+            return None
+        return self.user_logits[self.user_names.index(name)].detach().clone()
+
+    def user_offsets(self, users: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+        """[n, K] each pair's user logits (0 where users[i] < 0); None without users."""
+        if users is None or self.user_logits is None:
+            return None
+        users = users.to(like.device)
+        known = users >= 0
+        return self.user_logits.to(like.dtype)[users.clamp_min(0)] * known.unsqueeze(-1).to(like.dtype)
+
     # -- mixture weights --------------------------------------------------------------------------
-    def router_logits(self, router_input: torch.Tensor) -> torch.Tensor:
+    def router_logits(self, router_input: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, K] mixture logits; `users` ([n] rows of `user_names`, -1: unknown) adds each pair's user logits."""
         n = router_input.shape[0]
         if self.router is not None:
-            return self.router(router_input)  # the router applies the mask
+            logits = self.router(router_input)  # the router applies the mask
+            offsets = self.user_offsets(users, logits)
+            return logits if offsets is None else logits + offsets
         if self.static_logits is not None:
             return mask_logits(self.static_logits.expand(n, -1), self.head_mask)
         return mask_logits(torch.zeros(n, self.k, device=router_input.device, dtype=router_input.dtype), self.head_mask)
 
-    def log_weights(self, router_input: torch.Tensor) -> torch.Tensor:
-        """[n, K] log mixture weights."""
-        return torch.log_softmax(self.router_logits(router_input), dim=-1)
+    def log_weights(self, router_input: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, K] log mixture weights (with each pair's user logits where `users` gives one)."""
+        return torch.log_softmax(self.router_logits(router_input, users), dim=-1)
 
-    def mixture_log_prob(self, diff: torch.Tensor, router_input: torch.Tensor) -> torch.Tensor:
+    def mixture_log_prob(self, diff: torch.Tensor, router_input: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """[n] log P(chosen > rejected) = logsumexp_k (log f_k + log sigmoid(margin_k)); never underflows."""
-        return torch.logsumexp(self.log_weights(router_input) + nn.functional.logsigmoid(self.head_margins(diff)), dim=-1)
+        return torch.logsumexp(self.log_weights(router_input, users) + nn.functional.logsigmoid(self.head_margins(diff)), dim=-1)
 
-    def routed_margin(self, diff: torch.Tensor, router_input: torch.Tensor) -> torch.Tensor:
+    def routed_margin(self, diff: torch.Tensor, router_input: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """[n] the routed reward margin sum_k f_k(x) (r_k(w) - r_k(l)); its sign is the routed choice."""
-        return (self.log_weights(router_input).exp() * self.head_margins(diff)).sum(-1)
+        return (self.log_weights(router_input, users).exp() * self.head_margins(diff)).sum(-1)
 
     # -- persistence ------------------------------------------------------------------------------
     def architecture(self) -> dict[str, Any]:
-        return {
+        arch = {
             "hidden_size": self.hidden_size,
             "k": self.k,
             "weights": self.weights_kind,
@@ -155,6 +188,9 @@ class MixtureRewardModel(nn.Module):
             "router_hidden": self.router_hidden,
             "prior_scale": self.prior_scale,
         }
+        if self.user_names:  # the rows of user_logits, in order
+            arch["users"] = list(self.user_names)
+        return arch
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any]) -> "MixtureRewardModel":
@@ -165,7 +201,17 @@ class MixtureRewardModel(nn.Module):
             router=arch["router"],
             router_hidden=arch["router_hidden"],
             prior_scale=arch.get("prior_scale", 0.0),
+            users=arch.get("users", ()),
         )
+
+
+def check_users(users: Any, source: Any) -> list[str]:
+    """`users` as a list of distinct strings (the user names of a model), or ValueError naming `source`."""
+    if isinstance(users, str) or not isinstance(users, (list, tuple)) or not all(isinstance(u, str) for u in users):
+        raise ValueError(f"{source}: users must be a list of strings, not {users!r}")
+    if len(set(users)) != len(users):
+        raise ValueError(f"{source}: users must be distinct; {sorted({u for u in users if users.count(u) > 1})} repeat")
+    return list(users)
 
 
 def save_model(model: MixtureRewardModel, run_dir: str | Path, config: dict[str, Any]) -> None:
@@ -200,6 +246,12 @@ def check_architecture(arch: Any, source: Any) -> dict[str, Any]:
     scale = arch.get("prior_scale", 0.0)
     if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
         raise RunConfigError(f"{source}: architecture.prior_scale must be a finite number, not {scale!r}")
+    try:
+        users = check_users(arch.get("users", []), f"{source}: architecture")
+    except ValueError as exc:
+        raise RunConfigError(str(exc)) from None
+    if users and arch["weights"] != "router":
+        raise RunConfigError(f"{source}: architecture.users needs weights 'router', not {arch['weights']!r}")
     return arch
 
 
@@ -247,6 +299,9 @@ def load_model(run_dir: str | Path) -> tuple[MixtureRewardModel, dict[str, Any]]
         expected = [arch["k"], arch["hidden_size"]]
         if shapes.get("heads") != expected:
             raise RunConfigError(f"{cfg_path}: architecture says heads of shape {expected}, {weights_path.name} holds {shapes.get('heads')}")
+        users = [len(arch.get("users", [])), arch["k"]] if arch.get("users") else None
+        if shapes.get("user_logits") != users:
+            raise RunConfigError(f"{cfg_path}: architecture says user logits of shape {users}, {weights_path.name} holds {shapes.get('user_logits')}")
     except RunConfigError as exc:
         raise RunConfigError(f"{exc}; {fix}.") from None
     model = MixtureRewardModel.from_architecture(arch)

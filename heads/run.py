@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -86,13 +87,45 @@ def train_and_eval_splits(cache: "Cache | str | os.PathLike", eval_split: str, s
     return train, test, warnings
 
 
-def _warnings(config: MixtureConfig, result: dict) -> list[str]:
+@torch.no_grad()
+def evaluate_users(model: MixtureRewardModel, split: CacheSplit, router_input: str = "prompt") -> dict[str, Any] | None:
+    """The routing of each seen user on `split` (f = softmax(router(x) + u_user)); None for a model without users.
+
+    {"users": the model's user count, "per_attribute": {attr: {routed_accuracy, pairs}} for the attributes the
+    model has seen, "average": {routed_accuracy} (unweighted over those attributes), "router_entropy": the mean
+    normalised entropy of the users' weights (1.0 = uniform; None for K = 1), "unseen": the split's attributes
+    the model has no logits for (routed by the router alone, as in "test")}."""
+    if not model.user_names:
+        return None
+    from ..embedcache.rows import user_rows
+    from ..embedcache.store import router_table
+
+    users = user_rows(split, model.user_names)
+    table, index = router_table(split, router_input)
+    log_w = model.log_weights(table[index].float(), users)
+    routed = ((log_w.exp() * (split.diff.float() @ model.head_vectors().T)).sum(-1) > 0).float()
+    per = {}
+    for a, name in enumerate(split.attributes):
+        mask = (split.attribute == a) & (users >= 0)
+        if bool(mask.any()):
+            per[name] = {"routed_accuracy": float(routed[mask].mean()), "pairs": int(mask.sum())}
+    seen = users >= 0
+    entropy = float(-(log_w.exp() * log_w.clamp_min(-1e30)).sum(-1)[seen].mean() / math.log(model.k)) if model.k > 1 and bool(seen.any()) else None
+    unseen = sorted({split.attributes[int(a)] for a in split.attribute[~seen].unique().tolist() if a >= 0})
+    return {"users": len(model.user_names), "per_attribute": per,
+            "average": {"routed_accuracy": sum(v["routed_accuracy"] for v in per.values()) / max(1, len(per))},
+            "router_entropy": entropy, "unseen": unseen}
+
+
+def _warnings(config: MixtureConfig, result: dict, users: dict | None = None) -> list[str]:
     out = []
     entropy, agreement = result["router_entropy"], result["head_agreement"]
+    if users is not None:  # the users' own weights are the routing of this model
+        entropy = users["router_entropy"]
     if config.method == "micro" and entropy is not None and entropy > UNIFORM_ROUTER:
         out.append(
             f"The router is uniform (normalised entropy {entropy:.3f} > {UNIFORM_ROUTER}): its weights do not depend on "
-            f"the {config.router_input}, so routing carries no information. "
+            f"the {'user' if users is not None else config.router_input}, so routing carries no information. "
             + (
                 f"The per-example entropy term (eq. 4, alpha={config.alpha}) can pin the router there; try --balance batch or a smaller --alpha."
                 if config.balance == "example" and config.alpha > 0
@@ -142,7 +175,7 @@ def _run_differences(out_dir: Path, config: MixtureConfig, cache_path) -> list[s
     except (OSError, ValueError, KeyError, TypeError):
         return [f"it is not a finished `micro fit-mixture` run ({len(list(out_dir.iterdir()))} entries)"]
     new_config = config.to_dict()
-    for name, undecided in (("router_input", "auto"), ("batch_size", None)):  # decided by the cache: compare the rest
+    for name, undecided in (("router_input", "auto"), ("users", "auto"), ("batch_size", None)):  # decided by the cache: compare the rest
         if name in new_config and new_config[name] == undecided:
             new_config.pop(name)
     diffs = diff_fields(old_config, new_config, new_config)
@@ -164,7 +197,8 @@ def _fit_into(cache_path, out_dir: Path, config: MixtureConfig, eval_split: str,
     model = fit_mixture(train, config, log=log)
     train_seconds = time.perf_counter() - start
     result = evaluate(model, test, config.router_input)
-    warnings += _warnings(config, result)
+    users = evaluate_users(model, test, config.router_input)
+    warnings += _warnings(config, result, users)
 
     out_dir = Path(out_dir)
     run_config = {"config": config.to_dict(), "cache": cache_identity(meta, cache_path), "eval_split": test.split}
@@ -183,6 +217,7 @@ def _fit_into(cache_path, out_dir: Path, config: MixtureConfig, eval_split: str,
         "test": {k: result[k] for k in ("per_attribute", "average", "overall")},
         "router_entropy": result["router_entropy"],
         "head_agreement": result["head_agreement"],
+        **({"users": users} if users is not None else {}),
         "warnings": warnings,
         "files": {"model": str(out_dir / "model.safetensors"), "config": str(out_dir / "config.json")},
     }

@@ -25,6 +25,7 @@ from .criteria import CRITERIA, mixture_pair_nll, pair_values, paired_z
 from .model import MixtureRewardModel
 from .search import RUNGS, Candidate, halve
 from .baselines import HeadTrainer
+from . import stack as _stack
 from .stack import MicroStack
 
 #: early stopping: evaluations without an improvement of more than MIN_DELTA (relative) before the fit stops
@@ -35,13 +36,18 @@ MIN_STEPS, MIN_EPOCHS, MAX_STEPS, MAX_EPOCHS = 1000, 0.25, 20_000, 4.0
 WARMUP = 0.05
 
 
-def build_model(config: MixtureConfig, hidden_size: int, candidate: Candidate, prior_unit: float = 1.0) -> MixtureRewardModel:
+def build_model(config: MixtureConfig, hidden_size: int, candidate: Candidate, prior_unit: float = 1.0,
+                users: list[str] | None = None) -> MixtureRewardModel:
     """The untrained model of a candidate, initialised from its seed alone (global RNG untouched). For the
-    ensemble, prior margins have std rms(diff) / prior_unit."""
+    ensemble, prior margins have std rms(diff) / prior_unit; `users`: the user names of a micro fit with users."""
     weights = {"micro": "router", "static": "static", "single": "uniform", "ensemble": "uniform"}[config.method]
-    return MixtureRewardModel(hidden_size, config.num_heads, weights=weights, router=config.router, router_hidden=ROUTER_HIDDEN,
-                              prior_scale=1.0 / max(prior_unit, 1e-12) if config.method == "ensemble" else 0.0,
-                              seed=candidate.seed, head_init=candidate.head_init)
+    model = MixtureRewardModel(hidden_size, config.num_heads, weights=weights, router=config.router, router_hidden=ROUTER_HIDDEN,
+                               prior_scale=1.0 / max(prior_unit, 1e-12) if config.method == "ensemble" else 0.0,
+                               seed=candidate.seed, head_init=candidate.head_init, users=users or ())
+    if model.user_logits is not None and not _stack.USERS_READ_PROMPT:  # the router's logits are its last bias alone
+        with torch.no_grad():
+            model.router.net[-1].weight.zero_()
+    return model
 
 
 def lr_factor(step: int, total: int) -> float:
@@ -91,7 +97,8 @@ def train_fixed(data: DeviceSplit, config: MixtureConfig, model: MixtureRewardMo
     batches, start = data.batches(torch.arange(n), config.batch_size, gen), time.perf_counter()
     per_pass = math.ceil(n / config.batch_size)
     for step in range(steps):
-        losses.append(trainer.step(*data.inputs(next(batches)), config.lr * lr_factor(step, steps), want_loss=True))
+        batch = next(batches)
+        losses.append(trainer.step(*data.inputs(batch), config.lr * lr_factor(step, steps), want_loss=True, users=data.users(batch)))
         if len(losses) == per_pass or step == steps - 1:
             history.append(float(np.mean(losses)))
             losses = []
@@ -223,7 +230,7 @@ class Search:
             batch = next(batches)
             mask = None if self.folds == 1 else (self.fold_of[batch.cpu()].to(self.data.device) != self.member_fold[:, None]).float()
             lr = config.lr * min(1.0, (step + 1) / plan.warmup_steps)
-            self.trainer.step(*self.data.inputs(batch), lr, mask)
+            self.trainer.step(*self.data.inputs(batch), lr, mask, users=self.data.users(batch))
             step += 1
             self.candidate_steps += len(self.live) * len(self.active)
             if step % plan.eval_every == 0 or step >= plan.max_steps:
