@@ -274,7 +274,9 @@ def run_app(app, *, host: str, port: int, log: Callable[[str], None] | None = pr
 
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without it a keep-alive
+    # client waits ~40 ms (Nagle + delayed ACK) for the body written after the headers
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)  # connections made before uvicorn starts wait in the backlog

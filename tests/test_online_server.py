@@ -78,7 +78,7 @@ def live(app):
     """The app served by uvicorn in this process on 127.0.0.1 (a free port); stopped on exit."""
     import uvicorn
 
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
