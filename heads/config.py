@@ -109,12 +109,8 @@ class MixtureConfig:
 
     router_input: str = "auto"
     """What the router reads: 'prompt' (the paper), 'context' (context + prompt), or 'auto': 'context' when every
-    training pair has one."""
-
-    users: str = "auto"
-    """Per-user routing by the attribute ids: 'on' learns logits u over the heads for each user and routes its
-    pairs by softmax(b + u_user), b the router's bias (the prompt unread); 'auto': 'on' for a micro fit on a
-    cache with no contexts and more than one attribute, else 'off' (--paper). docs/users.md."""
+    training pair has one; with no context at all and several attributes, each user's (attribute's) own learned
+    weights over the heads (docs/users.md)."""
 
     balance: str = "batch"
     """Regulariser form: 'batch' keeps every head in use over a batch; 'example' is eq. 4 per example (--paper)."""
@@ -151,7 +147,7 @@ class MixtureConfig:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         self.head_init = _positive_tuple("head_init", self.head_init, allow_zero=False)
         self.alpha_alternatives = _positive_tuple("alpha_alternatives", self.alpha_alternatives, allow_zero=True, allow_empty=True)
-        choices = {"method": FIT_METHODS, "router": ("mlp", "linear"), "router_input": ("auto", "prompt", "context"), "users": ("auto", "on", "off"),
+        choices = {"method": FIT_METHODS, "router": ("mlp", "linear"), "router_input": ("auto", "prompt", "context"),
                    "balance": ("batch", "example"), "ensemble_prior": ("calibrated", "paper")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -175,20 +171,16 @@ class MixtureConfig:
         """The paper's exact stage 1 (section 4.1, B.1): the router reads the prompt only, the regulariser is
         eq. 4's per-example entropy, the ensemble's prior is uncalibrated, batch 32, the usual layer
         initialisation of the heads and one regulariser weight. The per-dataset K is `micro.paper.PRESETS`."""
-        paper = {"router_input": "prompt", "users": "off", "balance": "example", "ensemble_prior": "paper", "batch_size": BASE_BATCH,
+        paper = {"router_input": "prompt", "balance": "example", "ensemble_prior": "paper", "batch_size": BASE_BATCH,
                  "head_init": (1.0,), "alpha_alternatives": ()}
         return cls(**{**paper, **overrides})
 
     def resolved(self, train: "Any") -> "MixtureConfig":
-        """This config with router_input 'auto', users 'auto' and batch_size None decided for a training split
-        (a CacheSplit)."""
+        """This config with router_input 'auto' and batch_size None decided for a training split (a CacheSplit).
+        Whether 'auto' also routes by user (`routes_by_user`) is decided before: the resolved config reads 'prompt'."""
         done = self
         if self.router_input == "auto":
             done = replace(done, router_input="context" if train.all_have_context else "prompt")
-        if self.method != "micro":  # the baselines have no router to add users to
-            done = replace(done, users="off")
-        elif self.users == "auto":
-            done = replace(done, users="on" if users_help(done, train) else "off")
         if self.batch_size is None:
             done = replace(done, batch_size=BASE_BATCH if self.epochs is not None else auto_batch_size(len(train)))
         return done
@@ -200,10 +192,11 @@ class MixtureConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def users_help(config: MixtureConfig, train: "Any") -> bool:
-    """users 'auto': a micro fit whose router reads the prompt, on a split with no contexts at all and more than
-    one attribute (the user ids): there nothing else can tell apart groups that share their prompts."""
-    if config.router_input != "prompt" or train.has_context:
+def routes_by_user(config: MixtureConfig, train: "Any") -> bool:
+    """Whether a fit of `config` (before `resolved`) learns each user's own weights over the heads: a micro fit
+    with router_input 'auto' on a split with no context at all and more than one attribute (the user ids), where
+    nothing else tells apart groups that share their prompts. An explicit 'prompt' (--paper) never does."""
+    if config.method != "micro" or config.router_input != "auto" or train.has_context:
         return False
     ids = train.attribute[train.attribute >= 0]
     return len(ids) > 0 and bool((ids != ids[0]).any())

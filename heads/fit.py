@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..embedcache.store import CacheSplit
-from .config import ROUTER_HIDDEN, MixtureConfig
+from .config import ROUTER_HIDDEN, MixtureConfig, routes_by_user
 from .criteria import CRITERIA, recorded_z
 from .model import MixtureRewardModel
 from .search import candidates, held_out_sets, is_default, select
@@ -77,7 +77,9 @@ def fit_mixture(train: CacheSplit, config: MixtureConfig | None = None, *, log: 
     fixed epochs), "best_nll", "best_step", "lr", "restarts", "seconds"} at each held-out evaluation (each
     pass with fixed epochs). The model returned is on the CPU in eval mode; `model.fit_record` says what
     the fit did, `model.train_history` holds the refit's (or the fixed schedule's) mean loss per pass."""
-    config = (config or MixtureConfig()).resolved(train)
+    config = config or MixtureConfig()
+    by_user = routes_by_user(config, train)  # decided on router_input 'auto', before it resolves
+    config = config.resolved(train)
     if len(train.diff) == 0:
         raise ValueError("the training split has no pairs")
     if config.num_heads > len(train.diff):
@@ -91,7 +93,7 @@ def fit_mixture(train: CacheSplit, config: MixtureConfig | None = None, *, log: 
     flushed = config.device == "cpu" and torch.set_flush_denormal(True)
     try:
         start = time.perf_counter()
-        model = _fit(train, config, log)
+        model = _fit(train, config, log, by_user)
         record = model.fit_record
         record.seconds = round(time.perf_counter() - start, 3)
         hidden = ROUTER_HIDDEN if config.method == "micro" else 0
@@ -137,9 +139,9 @@ def ensemble_prior(train: CacheSplit, config: MixtureConfig) -> tuple[float, flo
     return rms / max(float((diff @ head).std()), 1e-6), ENSEMBLE_L2 * rms**2
 
 
-def _fit(train: CacheSplit, config: MixtureConfig, log: Callable | None) -> MixtureRewardModel:
+def _fit(train: CacheSplit, config: MixtureConfig, log: Callable | None, by_user: bool = False) -> MixtureRewardModel:
     n, d = train.diff.shape
-    users = split_users(train) if config.method == "micro" and config.users == "on" else []
+    users = split_users(train) if by_user else []
     data = DeviceSplit(train, config.router_input if config.method == "micro" else None, config.device, users)
     prior_unit, l2 = ensemble_prior(train, config)
     searching = config.method == "micro"

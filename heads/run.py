@@ -175,7 +175,7 @@ def _run_differences(out_dir: Path, config: MixtureConfig, cache_path) -> list[s
     except (OSError, ValueError, KeyError, TypeError):
         return [f"it is not a finished `micro fit-mixture` run ({len(list(out_dir.iterdir()))} entries)"]
     new_config = config.to_dict()
-    for name, undecided in (("router_input", "auto"), ("users", "auto"), ("batch_size", None)):  # decided by the cache: compare the rest
+    for name, undecided in (("router_input", "auto"), ("batch_size", None)):  # decided by the cache: compare the rest
         if name in new_config and new_config[name] == undecided:
             new_config.pop(name)
     diffs = diff_fields(old_config, new_config, new_config)
@@ -192,9 +192,9 @@ def _fit_into(cache_path, out_dir: Path, config: MixtureConfig, eval_split: str,
     meta, cache_path = cache.meta, cache.path
     train, test, warnings = train_and_eval_splits(cache, eval_split, config.seed)
 
-    config = config.resolved(train)
     start = time.perf_counter()
-    model = fit_mixture(train, config, log=log)
+    model = fit_mixture(train, config, log=log)  # router_input 'auto' decides users there
+    config = config.resolved(train)
     train_seconds = time.perf_counter() - start
     result = evaluate(model, test, config.router_input)
     users = evaluate_users(model, test, config.router_input)

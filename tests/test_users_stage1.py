@@ -1,7 +1,8 @@
 """Stage 1 with user ids (the cache's attribute) when the data have no contexts: each user's own logits over the
-heads (f = softmax(router(x) + u_user)), its hand-written gradient against autograd, when it switches on, what
-a run stores, and the known answer: on a planted cache whose groups label the same prompts, without contexts,
-the per-user routing recovers the groups that the prompt router cannot tell apart (docs/users.md)."""
+heads (f = softmax(router(x) + u_user)), its hand-written gradient against autograd, when router_input 'auto'
+switches it on, what a run stores, and the known answer: on a planted cache whose groups label the same
+prompts, without contexts, the per-user routing recovers the groups that the prompt router cannot tell apart
+(docs/users.md)."""
 
 import json
 from dataclasses import replace
@@ -15,7 +16,7 @@ from micro.embedcache import load_split
 from micro.embedcache.rows import DeviceSplit, split_users, user_rows
 from micro.heads import MixtureConfig, evaluate, fit_mixture, load_run, run_fit_mixture, simulate
 from micro.heads import stack as stack_module
-from micro.heads.config import SimulateConfig
+from micro.heads.config import SimulateConfig, routes_by_user
 from micro.heads.losses import mixture_nll, weight_regulariser
 from micro.heads.model import RunConfigError
 from micro.heads.search import Candidate
@@ -74,7 +75,7 @@ def test_stacked_step_with_users_has_autograds_gradients(small, monkeypatch, rou
     logits are its last bias (its last weights stay 0)."""
     monkeypatch.setattr(stack_module, "USERS_READ_PROMPT", reads_prompt)
     _, train, _ = small
-    config = MixtureConfig(k=3, router=router, balance=balance, users="on").resolved(train)
+    config = MixtureConfig(k=3, router=router, balance=balance).resolved(train)
     names = split_users(train)
     models = [build_model(config, train.hidden_size, Candidate(0.5, 1.0, s), users=names) for s in (0, 1)]
     for r, model in enumerate(models):  # random user logits, so that they count in the forward pass too
@@ -106,22 +107,23 @@ def test_stacked_step_with_users_has_autograds_gradients(small, monkeypatch, rou
 
 
 def test_users_switch_on_only_without_contexts_and_with_several_users(small, tmp_path):
-    """'auto': on for micro on a cache without contexts and with more than one attribute; off with contexts
-    (the default stays), with one attribute, for the baselines and in the paper's configuration."""
+    """router_input 'auto' routes by user for micro on a cache without contexts and with more than one attribute;
+    not with contexts (the default stays), with one attribute, for the baselines, with an explicit 'prompt',
+    nor in the paper's configuration. The resolved config reads 'prompt'."""
     _, train, _ = small
-    resolved = lambda config, split=train: config.resolved(split).users  # noqa: E731
-    assert resolved(MixtureConfig()) == "on" and MixtureConfig().users == "auto"
-    assert resolved(MixtureConfig(method="single")) == resolved(MixtureConfig(method="static", users="on")) == "off"
-    assert resolved(MixtureConfig.paper()) == "off" and MixtureConfig.paper().router_input == "prompt"
-    assert resolved(MixtureConfig(), train.subset(torch.nonzero(train.attribute == 1).flatten())) == "off"
+    assert routes_by_user(MixtureConfig(), train) and MixtureConfig().resolved(train).router_input == "prompt"
+    assert not any(routes_by_user(MixtureConfig(method=m), train) for m in ("single", "static", "ensemble"))
+    assert not routes_by_user(MixtureConfig.paper(), train) and not routes_by_user(MixtureConfig(router_input="prompt"), train)
+    assert not routes_by_user(MixtureConfig(), train.subset(torch.nonzero(train.attribute == 1).flatten()))
     path = tmp_path / "ctx.h5"
     simulate(path, regime="shared", groups=3, pairs=300, dim=8, seed=0)  # with contexts
     with_context = load_split(path, "train")
-    assert resolved(MixtureConfig(), with_context) == "off"
-    assert resolved(MixtureConfig(router_input="prompt"), with_context) == "off"  # contexts exist: no users unless asked
-    assert resolved(MixtureConfig(users="on"), with_context) == "on"
-    with pytest.raises(ValueError, match="users must be one of auto, on, off"):
-        MixtureConfig(users="yes")
+    assert not routes_by_user(MixtureConfig(), with_context) and not routes_by_user(MixtureConfig(router_input="prompt"), with_context)
+    part = replace(with_context, context_index=torch.where(torch.arange(len(with_context)) % 2 == 0, with_context.context_index, -1))
+    assert not routes_by_user(MixtureConfig(), part)  # some contexts: the prompt router, as before
+    model = fit_mixture(train, MixtureConfig(k=2, epochs=1, threads=1))
+    assert model.user_names == ["group0", "group1", "group2"] and model.architecture()["users"] == model.user_names
+    assert fit_mixture(train, MixtureConfig(k=2, epochs=1, threads=1, router_input="prompt")).user_names == []
 
 
 def _run(tmp_path, name="run", **fields):
@@ -141,7 +143,7 @@ def test_a_run_stores_its_users_and_reloads_them(tmp_path):
     run = tmp_path / "run"
     model, config = load_run(run)
     assert model.user_names == ["group0", "group1", "group2"] == config["architecture"]["users"]
-    assert config["config"]["users"] == "on"
+    assert config["config"]["router_input"] == "prompt"  # what the router reads; the users are the model's
     stored = load_file(str(run / "model.safetensors"))["user_logits"]
     assert stored.shape == (3, 3) and float(stored.abs().max()) > 0
     offset = model.user_log_weights("group1")
@@ -160,7 +162,7 @@ def test_a_run_stores_its_users_and_reloads_them(tmp_path):
 
 
 def test_a_run_without_users_stores_none(tmp_path):
-    _, metrics = _run(tmp_path, users="off")
+    _, metrics = _run(tmp_path, router_input="prompt")
     model, config = load_run(tmp_path / "run")
     assert model.user_names == [] and model.user_log_weights("group0") is None and "users" not in config["architecture"]
     assert "user_logits" not in load_file(str(tmp_path / "run" / "model.safetensors")) and "users" not in metrics
@@ -178,9 +180,9 @@ def test_per_user_routing_recovers_planted_groups_that_share_their_prompts(four_
     group's best head, and its own routing, within a few points of the group's planted rule."""
     truth, train, test = four_groups
     target = truth_per_group(truth, test)
-    off = fit_mixture(train, MixtureConfig(epochs=30, users="off", threads=1))
+    off = fit_mixture(train, MixtureConfig(epochs=30, router_input="prompt", threads=1))
     assert off.user_names == [] and np.all(best_per_group(off, test) < target - 0.15) and best_per_group(off, test).mean() < 0.7
-    model = fit_mixture(train, MixtureConfig(epochs=30, threads=1))  # users 'auto': on
+    model = fit_mixture(train, MixtureConfig(epochs=30, threads=1))  # router_input 'auto': by user
     assert model.user_names == ["group0", "group1", "group2", "group3"]
     best, own = best_per_group(model, test), user_routed_per_group(model, test)
     assert np.all(best >= target - 0.05), (best, target)
