@@ -177,7 +177,9 @@ def config_options(cls: type, *, exclude: tuple[str, ...] = (), flags: dict[str,
         )
         extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann)
                  for name, _, _, _, ann in specs if name not in taken]
-        removed = getattr(cls, "removed_options", {})
+        taken_flags = {flag for _, flag, _, _, _ in specs}  # a removed name whose flag another field now uses is that field's
+        removed = {name: why for name, why in getattr(cls, "removed_options", {}).items()
+                   if "--" + name.replace("_", "-") not in taken_flags}
         extra += [inspect.Parameter(f"removed_{name}", inspect.Parameter.KEYWORD_ONLY, default=None,
                                     annotation=Annotated[Optional[str], typer.Option("--" + name.replace("_", "-"), hidden=True)])
                   for name in removed]

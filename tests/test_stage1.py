@@ -16,7 +16,7 @@ from micro.embedcache import load_split
 from micro.heads import MixtureConfig, evaluate, fit_mixture, match_heads, simulate
 from micro.heads.config import auto_batch_size
 from micro.heads.criteria import CALIBRATION_SCALES, _nll_at, best_scale, mixture_pair_nll, pair_values, paired_z
-from micro.heads.search import HOLDOUT, HOLDOUT_MAX, SELECT_Z, Candidate, candidates, halve, select
+from micro.heads.search import FOLDS, HOLDOUT, HOLDOUT_MAX, SELECT_Z, Candidate, candidates, halve, select
 from micro.heads.losses import mixture_nll, per_head_bt, weight_regulariser
 from micro.heads.baselines import HeadTrainer
 from micro.heads.stack import FlatAdamW, MicroStack
@@ -263,8 +263,8 @@ def test_cross_validation_recovers_planted_heads_that_one_slice_misses(tmp_path)
     train = load_split(path, "train")
     model = fit_mixture(train, MixtureConfig(seed=0))
     rec = model.fit_record
-    assert rec.folds == 5 and rec.heldout_pairs == len(train) and rec.chosen != 0
-    assert float(np.mean(match_heads(truth, model.head_vectors())["cosine"])) > 0.8
+    assert rec.folds == FOLDS and rec.heldout_pairs == len(train) and rec.chosen != 0
+    assert float(np.mean(match_heads(truth, model.head_vectors())["cosine"])) > 0.75  # one slice: ~0.55
 
 
 @pytest.mark.slow
@@ -295,10 +295,10 @@ def test_run_records_the_fit_and_plots_the_curve(small, tmp_path):
     path = small[0]
     result = CliRunner().invoke(app, ["fit-mixture", str(path), "--out", str(tmp_path / "run"), "--k", "3", "--restarts", "1"])
     assert result.exit_code == 0, result.output
-    assert "held-out NLL" in result.stderr and "5-fold cross-validation over prompts" in result.stdout
+    assert "held-out NLL" in result.stderr and f"{FOLDS}-fold cross-validation over prompts" in result.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     fit = metrics["fit"]
-    assert fit["folds"] == 5 and {"candidates", "chosen", "rungs", "curve", "candidate_steps", "time_vs_matmul"} <= set(fit)
+    assert fit["folds"] == FOLDS and {"candidates", "chosen", "rungs", "curve", "candidate_steps", "time_vs_matmul"} <= set(fit)
     assert metrics["train_steps"] == fit["candidate_steps"] and (tmp_path / "run" / "heldout_curve.png").stat().st_size > 0
     quiet = CliRunner().invoke(app, ["fit-mixture", str(path), "--out", str(tmp_path / "q"), "--k", "3", "--restarts", "1", "--quiet"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
