@@ -4,6 +4,7 @@ with --spread pairs that vary along their group's direction); and, with --lore-f
 full space against the fit in a subspace (router/peers.py), seconds and accuracy. docs/peers.md has the numbers.
 
     python benchmarks/peers.py --out /tmp/peers.md                     # 2 regimes x (spread 0, 4), 5 seeds
+    python benchmarks/peers.py --pairs 900 --dim 12 --seeds 2 --spreads 0   # a smoke run: ~2 min
     python benchmarks/peers.py --out /tmp/peers.md --demo-cache /tmp/demo.h5 [--hs2-cache /tmp/hs2.h5]
     micro simulate --dim 3072 --pairs 23500 --seed 1 --out /tmp/p3072.h5
     python benchmarks/peers.py --lore-fit /tmp/p3072.h5 --project none,128   # ~20 min: the full-space fit
@@ -77,7 +78,7 @@ def tables(results: dict) -> str:
             if REGISTRY[m].block != "budget":  # budget-free: the same value in every column
                 cells = [cells[0]] + ["″"] * (len(BUDGETS) - 1)
             lines.append(f"| {REGISTRY[m].label} | {'yes' if REGISTRY[m].needs_group_labels else 'no'} | " + " | ".join(cells) + " |")
-        lines.append("| DRM, every principal direction (diagnostic) | no | "
+        lines.append(f"| DRM, every principal direction (diagnostic) | {'yes' if REGISTRY['drm'].needs_group_labels else 'no'} | "
                      + " | ".join(cell(by_rule["drm-all"][str(b)]["drm"].get("Average")) for b in BUDGETS) + " |")
         lines += ["", f"{regime}, acquisition rule vs budget (same stage-1 run, same seeds):", "",
                   "| method | acquire | " + " | ".join(f"B = {b}" for b in BUDGETS) + " |", "|---|---|" + "---|" * len(BUDGETS)]
