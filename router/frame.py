@@ -83,6 +83,6 @@ def open_sweep(cache: Cache | str | Path, run_dir: str | Path, out: Path, config
         train_margins = model.head_margins(train.diff)
         train_losses = head_losses(train_margins).masked_fill(model.head_mask, float("inf"))
         test_margins = model.head_margins(test.diff)
-    return Sweep(config=config, cache=cache, run_dir=run_dir, run_config=run_config, model=model, train=train, test=test,
+    return Sweep(config=config, cache=cache, evaluate=evaluate, run_dir=run_dir, run_config=run_config, model=model, train=train, test=test,
                  eval_train=eval_train, augmented=augmented, train_margins=train_margins, train_losses=train_losses,
                  test_margins=test_margins, scores=Scores(test=test), out=Path(out), log=log, notes=notes)

@@ -61,6 +61,7 @@ class Sweep:
 
     config: AdaptConfig
     cache: Cache
+    evaluate: Cache  # the cache whose test split is scored (`cache` itself without --eval-cache)
     run_dir: Path
     run_config: dict
     model: Any  # the frozen stage-1 MixtureRewardModel, masked heads applied

@@ -111,7 +111,7 @@ def _results(sweep: Sweep, timings: dict) -> dict:
     for r in sweep.scores.records:
         r["acquire"] = config.acquire
     attributes = [test.attributes[a] for a in sorted(rows)]
-    eval_meta = Cache(config.eval_cache).meta if config.eval_cache else sweep.cache.meta
+    eval_meta = sweep.evaluate.meta
     inputs = {  # what the results were computed from, by content: a moved file keeps its run id
         "cache_sha256": sweep.cache.meta.get("source_sha256"),
         "eval_cache_sha256": eval_meta.get("source_sha256"),
@@ -121,7 +121,7 @@ def _results(sweep: Sweep, timings: dict) -> dict:
     return {
         "run_id": hashlib.sha256(json.dumps({**inputs, "config": config.to_dict()}, sort_keys=True).encode()).hexdigest()[:12],
         "cache": str(sweep.cache.path.resolve()),
-        "eval_cache": str(Path(config.eval_cache or sweep.cache.path).resolve()),
+        "eval_cache": str(sweep.evaluate.path.resolve()),
         "run_dir": str(sweep.run_dir.resolve()),
         "inputs": inputs,
         "config": config.to_dict(),
