@@ -103,7 +103,7 @@ def test_results_files_have_the_tidy_columns_methods_and_routers(prompt_sim):
     df = pd.read_csv(out / "results.csv")
     assert {"budget", "seed", "attribute", "method", "accuracy"} <= set(df.columns)
     assert set(df["method"]) == {"micro", "single", "static", "ensemble-best", "stage1-best", "hyre", "micro-hyre",
-                                 "budget-bt", "oracle", "micro-refine", "drm", "lore"}
+                                 "budget-bt", "oracle", "micro-refine"}  # the default methods: the peers only on request
     assert set(df["budget"]) == {10, 50} and set(df["seed"]) == {0, 1, 2} and set(df["attribute"]) == {"group0", "group1", "group2"}
     # budget-free methods are repeated per budget with identical values
     single = df[df.method == "single"].pivot_table(index=["seed", "attribute"], columns="budget", values="accuracy")
