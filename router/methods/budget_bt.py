@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..baselines import fit_budget_bt
 from ..plugin import Budget, Plugin, Sweep
-from .common import per_attribute, problems
+from .common import per_attribute, positive_grid, problems
 from .refine import GRID
 
 
@@ -16,9 +16,7 @@ class BudgetBtOptions:
     """Candidate prior precisions, in units of 1 / mean ||d||^2; chosen per user by leave-one-out."""
 
     def __post_init__(self) -> None:
-        self.grid = tuple(float(c) for c in self.grid)
-        if not self.grid or min(self.grid) <= 0:
-            raise ValueError(f"budget-bt: grid must be positive numbers, not {self.grid!r}")
+        self.grid = positive_grid("budget-bt", self.grid)
 
 
 class BudgetBt(Plugin):

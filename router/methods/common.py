@@ -24,6 +24,14 @@ class Problems:
         return i * len(self.attributes) + j
 
 
+def positive_grid(method: str, grid) -> tuple[float, ...]:
+    """`grid` as a tuple of floats; ValueError naming `method` unless every value is positive."""
+    grid = tuple(float(c) for c in grid)
+    if not grid or min(grid) <= 0:
+        raise ValueError(f"{method}: grid must be positive numbers, not {grid!r}")
+    return grid
+
+
 def problems(sweep: Sweep, budget: Budget) -> Problems | None:
     """The budget's problems (None when the eval cache has no train split); shared by every method."""
     def make() -> Problems | None:

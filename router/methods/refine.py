@@ -15,7 +15,7 @@ import torch
 from ..draws import draw_budget_pairs
 from ..plugin import Budget, Plugin, Sweep
 from ..refine import fit_refinement
-from .common import per_attribute, problems
+from .common import per_attribute, positive_grid, problems
 from .micro import weights
 
 #: the prior head averages micro's routing over this many training prompts of the user (not the budget's)
@@ -33,9 +33,9 @@ class RefineOptions:
     """The routed prior is scaled by a fitted s ~ N(1, 1 / this): a wrong prior can shrink to 0."""
 
     def __post_init__(self) -> None:
-        self.grid = tuple(float(c) for c in self.grid)
-        if not self.grid or min(self.grid) <= 0 or not float(self.scale_precision) > 0:
-            raise ValueError(f"micro-refine: grid must be positive numbers and scale_precision > 0, not {self.grid!r}, {self.scale_precision!r}")
+        self.grid = positive_grid("micro-refine", self.grid)
+        if not float(self.scale_precision) > 0:
+            raise ValueError(f"micro-refine: scale_precision must be > 0, not {self.scale_precision!r}")
 
 
 class MicroRefine(Plugin):

@@ -10,6 +10,7 @@ import torch
 from ..baselines import fit_oracle_head
 from ..draws import attribute_rows
 from ..plugin import Budget, Plugin, Sweep
+from .common import positive_grid
 
 
 class Stage1Best(Plugin):
@@ -27,9 +28,7 @@ class OracleOptions:
     """Candidate precisions (units of 1 / mean ||d||^2), chosen on a 20 % hold-out of the user's pairs."""
 
     def __post_init__(self) -> None:
-        self.grid = tuple(float(c) for c in self.grid)
-        if not self.grid or min(self.grid) <= 0:
-            raise ValueError(f"oracle: grid must be positive numbers, not {self.grid!r}")
+        self.grid = positive_grid("oracle", self.grid)
 
 
 class Oracle(Plugin):
