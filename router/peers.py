@@ -84,7 +84,7 @@ class LoreBasis:
 
 def unit_rms_scale(diff: torch.Tensor) -> float:
     """sqrt(mean_i ||d_i||^2): dividing by it gives the rows unit root-mean-square norm."""
-    return float(diff.double().pow(2).sum(-1).mean().sqrt().clamp_min(1e-12))
+    return float(torch.linalg.vector_norm(diff.float(), dim=-1).double().pow(2).mean().sqrt().clamp_min(1e-12))
 
 
 def lore_subspace(x: torch.Tensor, groups: torch.Tensor, components: int, *, seed: int = 0) -> torch.Tensor | None:
@@ -146,14 +146,25 @@ def fit_lore(diff: torch.Tensor, groups: torch.Tensor, rank: int, *, steps: int,
 def _adam_lore(x: torch.Tensor, g: torch.Tensor, basis: torch.Tensor, logits: torch.Tensor, steps: int,
                lr: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`steps` full-batch Adam steps on the mean BT loss of margins (x @ basis) . softmax(logits)[g]."""
-    basis, logits = basis.clone().requires_grad_(), logits.clone().requires_grad_()
+    basis, logits = basis.clone(), logits.clone()
     opt = torch.optim.Adam([basis, logits], lr=lr)
+    member = F.one_hot(g, logits.shape[0]).float()  # [n, G]
     for _ in range(steps):
-        opt.zero_grad()
-        margins = ((x @ basis) * torch.softmax(logits, -1)[g]).sum(-1)
-        F.softplus(-margins).mean().backward()
+        basis.grad, logits.grad = lore_gradients(x, member, basis, logits)
         opt.step()
-    return basis.detach(), logits.detach()
+    return basis, logits
+
+
+def lore_gradients(x: torch.Tensor, member: torch.Tensor, basis: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of the mean BT loss of margins_i = (x_i @ basis) . softmax(logits)[group of i] with respect
+    to basis [q, r] and logits [G, r] (`member` [n, G] one-hot groups), by hand: about 3x faster than autograd,
+    whose backward multiplies by x [n, q] in its slow transposed layout (a test checks them against autograd)."""
+    w = torch.softmax(logits, -1)  # [G, r]
+    z = x @ basis.T.contiguous().T  # [n, r]; this layout of the skinny factor takes BLAS's fast path (2x)
+    wg = member @ w  # [n, r]
+    s = torch.sigmoid(-(z * wg).sum(-1)).neg_().div_(x.shape[0])[:, None]  # dL/dmargin [n, 1]
+    dw = member.T @ (s * z)  # [G, r]
+    return ((s * wg).T @ x).T, w * (dw - (dw * w).sum(-1, keepdim=True))
 
 
 def _extend(space: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -194,11 +205,17 @@ def fit_lore_users(model: LoreBasis, diff: torch.Tensor, *, steps: int, lr: floa
     """[U, r] logits of U new users from their labelled pairs `diff` [U, B, d], the basis frozen (mean BT
     loss per user, full batch, all users at once, starting from uniform weights)."""
     z = (diff.float() / model.scale) @ model.basis  # [U, B, r]
-    logits = torch.zeros(diff.shape[0], model.basis.shape[1], requires_grad=True)
+    logits = torch.zeros(diff.shape[0], model.basis.shape[1])
     opt = torch.optim.Adam([logits], lr=lr)
     for _ in range(steps):
-        opt.zero_grad()
-        margins = (z @ torch.softmax(logits, -1).unsqueeze(-1)).squeeze(-1)
-        F.softplus(-margins).mean(-1).sum().backward()
+        logits.grad = lore_user_gradient(z, logits)
         opt.step()
-    return logits.detach()
+    return logits
+
+
+def lore_user_gradient(z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """[U, r] gradient of sum_u mean_b softplus(-z[u, b] . softmax(logits[u])) (z [U, B, r]), by hand."""
+    w = torch.softmax(logits, -1)  # [U, r]
+    s = torch.sigmoid(-(z @ w.unsqueeze(-1))).neg_().div_(z.shape[1])  # dL/dmargin [U, B, 1]
+    dw = (s * z).sum(1)  # [U, r]
+    return w * (dw - (dw * w).sum(-1, keepdim=True))

@@ -157,3 +157,25 @@ def test_projected_lore_fit_agrees_with_the_plain_fit(tmp_path, one_thread):
         assert (abs(gap) < 0.015) if spread == 0 else (-0.01 < gap < 0.03), (spread, accuracy)
         assert accuracy[None] > 0.8, accuracy
     assert lore_subspace(x, train.attribute, 64) is None  # no smaller space: the plain fit
+
+
+def test_lore_hand_gradients_match_autograd():
+    """The basis fit's and a new user's hand-derived gradients agree with autograd on the same losses."""
+    import torch.nn.functional as F
+
+    from micro.router import peers
+
+    gen = torch.Generator().manual_seed(0)
+    x, g = torch.randn(200, 12, generator=gen, dtype=torch.float64), torch.randint(0, 3, (200,), generator=gen)
+    basis = torch.randn(12, 4, generator=gen, dtype=torch.float64).requires_grad_()
+    logits = torch.randn(3, 4, generator=gen, dtype=torch.float64).requires_grad_()
+    F.softplus(-((x @ basis) * torch.softmax(logits, -1)[g]).sum(-1)).mean().backward()
+    got = peers.lore_gradients(x, F.one_hot(g, 3).double(), basis.detach(), logits.detach())
+    torch.testing.assert_close(got[0], basis.grad)
+    torch.testing.assert_close(got[1], logits.grad)
+
+    # a new user's logits
+    z = torch.randn(5, 7, 4, generator=gen, dtype=torch.float64)
+    w = torch.randn(5, 4, generator=gen, dtype=torch.float64).requires_grad_()
+    F.softplus(-(z @ torch.softmax(w, -1).unsqueeze(-1))).squeeze(-1).mean(-1).sum().backward()
+    torch.testing.assert_close(peers.lore_user_gradient(z, w.detach()), w.grad)
