@@ -4,12 +4,17 @@
     git worktree add /tmp/before <commit>; mkdir -p /tmp/b && ln -s /tmp/before /tmp/b/micro
     python benchmarks/stage2_sweep.py big.h5 run --before /tmp/b --rounds 2 --after-methods default --after-methods all
 
-Each round runs `micro adapt CACHE RUN --budgets 5,10,25,50,100,150 --seeds 5` once with this checkout for
+Each round runs `micro adapt CACHE RUN --budgets 5,10,25,50,100,150 --seeds 5` (other budgets with --budgets) once with this checkout for
 each `--after-methods` value and once with the code on `--before` (a folder whose `micro` is the other
 version; omit it to time this checkout alone), in turn, each into a fresh output folder (the stage-1
 baselines are fitted every time). Prints one JSON line per run (wall seconds, results.json's `timings_s`),
 then the median wall seconds per version and a paired before/after accuracy table: per (budget, method) the
 mean over the 5 seeds before → after and the 95 % t interval of the per-seed differences.
+
+With --fit, RUN is not read: each version first fits stage 1 on CACHE with its own `micro fit-mixture` (the
+defaults) and sweeps on that run, so the table compares both stages, e.g. on a cache with contexts:
+
+    python benchmarks/stage2_sweep.py demo.h5 - --fit --budgets 5,10,25,50 --before /tmp/b
 """
 
 from __future__ import annotations
@@ -31,16 +36,20 @@ from scipy import stats
 BUDGETS = "5,10,25,50,100,150"
 
 
-def sweep(cache: str, run: str, out: Path, pythonpath: str | None, methods: str | None) -> dict:
-    """One `micro adapt` run in a subprocess; its wall seconds and results."""
-    shutil.rmtree(out, ignore_errors=True)
+def micro(args: list[str], pythonpath: str | None) -> None:
+    """`micro ARGS` in a subprocess with the version on `pythonpath` (None: this checkout)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    cmd = [sys.executable, "-c", "from micro.cli import main; main()", "adapt", cache, run, "--out", str(out),
-           "--budgets", BUDGETS, "--seeds", "5", "--json"] + (["--methods", methods] if methods else [])
+    subprocess.run([sys.executable, "-c", "from micro.cli import main; main()", *args], env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def sweep(cache: str, run: str, out: Path, pythonpath: str | None, methods: str | None, budgets: str = BUDGETS) -> dict:
+    """One `micro adapt` run in a subprocess; its wall seconds and results."""
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["adapt", cache, run, "--out", str(out), "--budgets", budgets, "--seeds", "5", "--json"] + (["--methods", methods] if methods else [])
     start = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    micro(args, pythonpath)
     wall = time.perf_counter() - start
     return {"wall_s": round(wall, 2), "results": json.loads((out / "results.json").read_text())}
 
@@ -73,6 +82,8 @@ def main() -> None:
     p.add_argument("--before", default=None, help="a folder holding the other version as `micro` (PYTHONPATH)")
     p.add_argument("--after-methods", action="append", default=None, help="--methods of this checkout's runs (repeatable; default: its default)")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--budgets", default=BUDGETS)
+    p.add_argument("--fit", action="store_true", help="each version fits stage 1 on CACHE first (RUN is not read)")
     args = p.parse_args()
     versions = [(f"after {m or 'default'}", None, m) for m in (args.after_methods or [None])]
     if args.before:
@@ -80,9 +91,14 @@ def main() -> None:
     walls: dict = {name: [] for name, _, _ in versions}
     last: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
+        runs = {name: args.run for name, _, _ in versions}
+        if args.fit:
+            for name, path, _ in versions:
+                runs[name] = str(Path(tmp) / f"run-{name.replace(' ', '-')}")
+                micro(["fit-mixture", args.cache, "--out", runs[name]], path)
         for r in range(args.rounds):
             for name, path, methods in versions:
-                res = sweep(args.cache, args.run, Path(tmp) / "out", path, methods)
+                res = sweep(args.cache, runs[name], Path(tmp) / "out", path, methods, args.budgets)
                 walls[name].append(res["wall_s"])
                 last[name] = res["results"]
                 print(json.dumps({"round": r, "version": name, "wall_s": res["wall_s"], "timings_s": res["results"]["timings_s"]}), flush=True)

@@ -11,12 +11,14 @@ from .store import CacheError, CacheSplit, load_split, read_meta
 
 class Cache:
     """An opened cache. `meta` is read (and checked) on opening; `split(name)` loads a split on first use
-    and hands the same object to every later caller."""
+    and hands the same object to every later caller; the splits share one copy of the prompt and context
+    embeddings."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.meta: dict[str, Any] = read_meta(self.path)
         self._splits: dict[tuple[str, bool], CacheSplit] = {}
+        self._tables: dict[str, Any] = {}  # the prompt and context embeddings every split shares, read once
 
     @classmethod
     def of(cls, cache: "Cache | str | os.PathLike") -> "Cache":
@@ -33,7 +35,8 @@ class Cache:
         if key not in self._splits:
             if not self.has(name):
                 raise CacheError(f"cache {self.path} has no {name!r} split; it has {self.meta['splits']}.")
-            self._splits[key] = load_split(self.path, name, context_in_sequence=context_in_sequence, meta=self.meta)
+            self._splits[key] = load_split(self.path, name, context_in_sequence=context_in_sequence, meta=self.meta,
+                                            tables=self._tables)
         return self._splits[key]
 
     def __fspath__(self) -> str:

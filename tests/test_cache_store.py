@@ -54,6 +54,25 @@ def test_split_diff_is_chosen_minus_rejected(tmp_path):
     assert only_long.attribute.tolist() == [1]
 
 
+def test_pair_differences_across_row_blocks_and_shared_tables(tmp_path):
+    """Pairs whose rows fall in different read blocks get the same differences; one Cache's splits share one
+    copy of the prompt and context tables, equal to the file's."""
+    from micro.embedcache.handle import Cache
+    from micro.embedcache.store import _pair_difference
+
+    seq = _toy_cache(tmp_path / "c.h5").astype(np.float32)
+    chosen, rejected = np.array([0, 2, 4, 1, 5]), np.array([1, 3, 5, 0, 0])
+    with h5py.File(tmp_path / "c.h5") as f:
+        for block in (1, 2, 4, 32768):
+            np.testing.assert_array_equal(_pair_difference(f["sequences/embedding"], chosen, rejected, block), seq[chosen] - seq[rejected])
+        prompts, contexts = f["prompts/embedding"][()].astype(np.float32), f["context_prompts/embedding"][()].astype(np.float32)
+    cache = Cache(tmp_path / "c.h5")
+    train, test = cache.split("train"), cache.split("test")
+    assert train.prompt_embedding is test.prompt_embedding and train.context_embedding is test.context_embedding
+    np.testing.assert_array_equal(train.prompt_embedding.numpy(), prompts)
+    np.testing.assert_array_equal(test.context_embedding.numpy(), contexts)
+
+
 def test_texts_round_trip(tmp_path):
     _toy_cache(tmp_path / "c.h5")
     table = load_texts(tmp_path / "c.h5", "train")
