@@ -161,7 +161,7 @@ def _reward_routes(app: FastAPI, model: Any, store: UserStore | None, batcher: B
             if store is None:
                 return _error(400, "'user' needs a server that keeps users: start micro serve with --users DATABASE")
             states = await run_in_threadpool(store.get_many, [u for u in req.users if u is not None])
-            users = [None if u is None else states.get(u) for u in req.users]
+            users = [None if u is None else model.user_or_stage1(states.get(u), u) for u in req.users]
         try:
             result = await asyncio.wrap_future(batcher.submit("score", req.prompts, req.responses, req.contexts or [None] * n, users))
         except ValueError as exc:  # e.g. a conversation the template cannot render

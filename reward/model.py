@@ -210,7 +210,8 @@ class PersonalizedRewardModel:
                                      contexts: Sequence[str | None] | None = None) -> np.ndarray:
         """[n] rewards of `embed`'s output; users: one UserState (reward/users.py) or None per row. A known
         user's Hedge log-weights are added to the row's routing logits; a known user whose row has no
-        context is routed by the stage-1 prompt router (stage 2 routes (context + prompt))."""
+        context is routed by the stage-1 prompt router (stage 2 routes (context + prompt)), plus the user's
+        own stage-1 logits where the run learned them (`micro adapt`'s rule for users without context)."""
         router_in = None if self.router_input is None else (emb.context_prompt if self.router_input == "context" else emb.prompt)
         router_in = None if router_in is None else torch.from_numpy(router_in)
         sequence = torch.from_numpy(emb.sequence)
@@ -229,6 +230,9 @@ class PersonalizedRewardModel:
         for i, u in enumerate(users):
             if u is not None:
                 offsets[i] = u.log_weights(rate).float()
+                own = None if contexts and contexts[i] else self.heads_model.user_log_weights(u.user)
+                if own is not None:  # a user stage 1 learned a routing for (data without contexts): theirs, as in stage 2
+                    offsets[i] += own.float()
         w = torch.softmax(mask_logits(logits + offsets, self._mask), dim=-1)
         return (w * self.head_rewards(sequence)).sum(-1).numpy()
 
@@ -243,8 +247,17 @@ class PersonalizedRewardModel:
         """This model scoring for `user` of a UserStore (reward/users.py) with their current Hedge state
         (and their context where a row gives none); an unknown user scores as this model does."""
         model = copy.copy(self)
-        model.user_state = store.get(user)
+        model.user_state = self.user_or_stage1(store.get(user), user)
         return model
+
+    def user_or_stage1(self, state, user: str):
+        """`state`, or for a user without one whom stage 1 learned a routing for, a state without feedback
+        (so that their own routing applies before their first pair)."""
+        from .users import UserState
+
+        if state is None and self.heads_model.user_log_weights(user) is not None:
+            return UserState(user, np.zeros(self.heads_model.k), 0, None, 0.0)
+        return state
 
     def head_margins(self, prompts: Sequence[Any], chosen: Sequence[str], rejected: Sequence[str]) -> np.ndarray:
         """[n, K] each stage-1 head's margin r_k(chosen) - r_k(rejected): what a user's feedback adds to Hedge."""

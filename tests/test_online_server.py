@@ -363,3 +363,24 @@ def test_serving_another_runs_database_is_refused(run, tmp_path):
     assert res.exit_code == 2
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "holds the users of another run" in errors[0]
+
+
+def test_a_stage1_user_without_context_is_routed_by_their_own_logits_from_the_first_request(tiny_llama, tmp_path):
+    """A run fitted on data without contexts learns each user's routing; the server applies it to a user id
+    stage 1 knew before any feedback (stage 2's rule), and an unknown id gets the router alone."""
+    _, run = fx._fit(tmp_path, str(tiny_llama), fx.make_table().assign(context=None))
+    model = PersonalizedRewardModel.from_run(run, device="cpu")
+    assert model.heads_model.user_names == ["brief", "detailed"]
+    prompts, responses = ["what is the sky?"] * 2, ["blue", "the sky is blue because of the way air scatters light"]
+    emb = model.embed(prompts, responses)
+    heads = model.head_rewards(torch.from_numpy(emb.sequence)).double()
+    base = model.stage1_logits(torch.from_numpy(emb.prompt), 2).double()
+    expected = {u: (torch.softmax(base + model.heads_model.user_log_weights(u).double(), -1) * heads).sum(-1).numpy()
+                for u in ("brief", "detailed")}
+    expected["stranger"] = (torch.softmax(base, -1) * heads).sum(-1).numpy()
+    assert abs(expected["brief"] - expected["detailed"]).max() > 1e-3  # the users' routings differ
+    with serving(model, f"sqlite:///{tmp_path / 'users.db'}") as (url, _):
+        for user, want in expected.items():
+            status, body = _call(url + "/get_reward", "POST", {"prompts": prompts, "responses": responses, "user": user})
+            assert status == 200, body
+            np.testing.assert_allclose(body["rewards"], want, rtol=1e-5, atol=1e-5, err_msg=user)
