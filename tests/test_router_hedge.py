@@ -115,6 +115,22 @@ def test_map_head_without_prior_is_regularised_logistic_regression():
     assert torch.allclose(sol.delta[0].double(), w.detach(), atol=1e-4)
 
 
+def test_oracle_head_minimises_its_regularised_bt_loss():
+    """fit_oracle_head (L-BFGS on a hand-written gradient) returns a point where autograd's gradient of the
+    objective at the chosen precision vanishes."""
+    from micro.router.baselines import fit_oracle_head
+
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randn(400, 8, generator=gen)
+    d = d * torch.sign(d[:, :1] + 0.5 * torch.randn(400, 1, generator=gen))
+    head, c = fit_oracle_head(d, (1e-3, 1e-2, 1e-1, 1.0))
+    w = head.double().clone().requires_grad_()
+    lam = c * float(d.double().pow(2).sum(1).mean())
+    ((torch.nn.functional.softplus(-(d.double() @ w)).sum() + 0.5 * lam * w.pow(2).sum()) / len(d)).backward()
+    assert float(w.grad.abs().max()) < 1e-4, w.grad
+    assert float(head.norm()) > 0.1  # a real head, not the start
+
+
 def test_api_scores_margins_and_rewards_consistently(tmp_path):
     from micro.heads.model import save_model
 
