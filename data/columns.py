@@ -22,6 +22,10 @@ class ColumnKeys:
         return {k: v for k, v in asdict(self).items() if v != getattr(ColumnKeys, k)}
 
 
+#: A source without an `attribute` column whose pairs name their annotator in this column: it is the
+#: attribute (the user id; docs/users.md).
+USER_KEY = "user"
+
 #: Columns of prompt + response rows (`micro score`): the response, and each row's id.
 RESPONSE_KEY = "response"
 ID_KEY = "id"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from .columns import ColumnKeys
+from .columns import USER_KEY, ColumnKeys
 from .errors import PreferenceDataError, closest, missing_column
 from .pairs import as_messages, is_missing, is_transcript, split_pair
 from .source import Part
@@ -89,6 +89,8 @@ def table_from_parts(parts: list[Part], keys: ColumnKeys | None = None, *, sourc
     for part in parts:
         fmt = formats[part.label] = detect_format(part, keys)
         attribute_key = _optional_key(part, "attribute", keys.attribute, defaults.attribute, warnings)
+        if attribute_key is None and keys.attribute == defaults.attribute and USER_KEY in part.columns:
+            attribute_key = USER_KEY  # the annotator's id is the attribute
         # HelpSteer3's 'context' column is the conversation (the prompt), not the table's context
         context_key = (None if fmt == TWO_RESPONSES and keys.context == defaults.context
                        else _optional_key(part, "context", keys.context, defaults.context, warnings))

@@ -24,6 +24,9 @@ def print_summary(summary: dict) -> None:
         console.print(f"format of {where}: {fmt}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"distinct prompts: {summary['distinct_prompts']}   distinct responses: {summary['distinct_responses']}"
                   f"   distinct contexts: {summary['distinct_contexts']}")
+    if summary.get("users"):
+        console.print("no contexts: each attribute is a user id; stage 1 learns each user's routing over the heads "
+                      "(docs/users.md)", markup=False, highlight=False, soft_wrap=True)
     console.print(f"duplicates dropped: {summary['duplicates_dropped']}   invalid rows dropped: {summary['rows_dropped']}"
                   f"   sha256: {summary['sha256'][:16]}")
     if summary["sample"]:

@@ -225,6 +225,7 @@ def summarize(df: pd.DataFrame, *, sample_chars: int = 200) -> dict[str, Any]:
         "distinct_prompts": len(prompts),
         "distinct_responses": len(responses),
         "distinct_contexts": len(contexts),
+        "users": not contexts and len(set(df["attribute"].dropna())) > 1,
         "duplicates_dropped": int(df.attrs.get("duplicates_dropped", 0)),
         "rows_dropped": int(df.attrs.get("rows_dropped", 0)),
         "formats": dict(df.attrs.get("formats", {})),

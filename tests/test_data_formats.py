@@ -52,6 +52,19 @@ def test_standard_explicit(tmp_path):
     assert df.iloc[0][["prompt", "chosen", "rejected"]].tolist() == ["The sky is", " blue.", " green."]
 
 
+def test_a_user_column_is_the_attribute_when_there_is_none(tmp_path):
+    """Annotator ids in a `user` column become the attribute (and the preview says each attribute is a user);
+    an `attribute` column, or an explicit --attribute-key, wins over it."""
+    rows = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b", "user": f"u{i % 2}"} for i in range(4)]
+    df = load_both(tmp_path, rows)
+    assert df["attribute"].tolist() == ["u0", "u1", "u0", "u1"]
+    assert summarize(df)["users"]
+    with_attribute = load_both(tmp_path / "a", [dict(r, attribute="x") for r in rows])
+    assert set(with_attribute["attribute"]) == {"x"} and not summarize(with_attribute)["users"]
+    with_context = load_both(tmp_path / "c", [dict(r, context="I like short answers") for r in rows])
+    assert not summarize(with_context)["users"]
+
+
 def test_standard_implicit_takes_the_common_prefix_as_trl_does(tmp_path):
     df = load_both(tmp_path, [{"chosen": "The sky is blue.", "rejected": "The sky is green."}])
     assert fmt(df) == STANDARD_IMPLICIT
