@@ -43,6 +43,10 @@ SCHEMA = (
 )
 
 
+#: the Postgres advisory lock held while the schema is created (any fixed 64-bit number)
+SCHEMA_LOCK = 0x6D6963726F
+
+
 class StoreError(RuntimeError):
     """A database that cannot be used: wrong run, unreachable server, missing driver (one line)."""
 
@@ -109,13 +113,25 @@ class _Dialect:
     def connect(self, url: str):
         conn = sqlite3.connect(url, timeout=60.0, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 60000")
-        conn.execute("PRAGMA journal_mode = WAL")
+        for attempt in range(20):  # entering WAL takes an exclusive lock that the busy timeout does not wait for
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 19:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         conn.execute("PRAGMA synchronous = FULL")  # the commit is on disk before the reply
         conn.execute("PRAGMA secure_delete = ON")  # a forgotten user's bytes are overwritten, not left in free pages
         return conn
 
     def after_delete(self, conn) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # old page images of the user leave the WAL
+
+    @contextmanager
+    def schema_lock(self, conn) -> Iterator[None]:
+        """Held while the schema is created (SQLite: its DDL takes the write lock, and a race is retried)."""
+        yield
 
 
 class _Postgres(_Dialect):
@@ -143,6 +159,15 @@ class _Postgres(_Dialect):
     def after_delete(self, conn) -> None:
         conn.execute("VACUUM micro_users")
         conn.execute("VACUUM micro_pairs")
+
+    @contextmanager
+    def schema_lock(self, conn) -> Iterator[None]:
+        """An advisory lock of this database: concurrent CREATE TABLE IF NOT EXISTS raise DuplicateObject."""
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
 
 
 def _redact(url: str) -> str:
@@ -221,13 +246,14 @@ class UserStore:
 
     # ---- schema and run identity ----------------------------------------------------------------
     def _create(self, conn) -> None:
-        for attempt in range(3):  # two servers creating the schema at once: one wins, the other retries
-            try:
-                for ddl in SCHEMA:
-                    self._exec(conn, ddl)
-                return
-            except self.dialect.integrity_errors:
-                time.sleep(0.1 * (attempt + 1))
+        with self.dialect.schema_lock(conn):
+            for attempt in range(3):  # two servers creating the schema at once: one wins, the other retries
+                try:
+                    for ddl in SCHEMA:
+                        self._exec(conn, ddl)
+                    return
+                except self.dialect.integrity_errors:
+                    time.sleep(0.1 * (attempt + 1))
         raise StoreError(f"cannot create micro's tables in {_redact(self.url)}")
 
     def _check_run(self, conn) -> None:

@@ -113,7 +113,7 @@ def _spawn(run: Path, *users_urls: str) -> list[tuple[subprocess.Popen, str]]:
         line = ""
         while "serving rewards on" not in line:
             line = proc.stderr.readline()
-            assert line or proc.poll() is None, "server exited before listening"
+            assert line or proc.poll() is None, f"server exited before listening: {proc.stderr.read()[-2000:]}"
         started.append((proc, line.split("serving rewards on ")[1].strip().rsplit("/", 1)[0]))
     return started
 

@@ -65,6 +65,28 @@ def test_concurrent_writers_lose_no_update(users_url):
             s.close()
 
 
+def test_stores_opened_at_once_on_a_fresh_database_all_open(users_url):
+    """Servers started together create the schema at once: every one of them opens (none dies on the race)."""
+    errors, stores = [], []
+    barrier = threading.Barrier(8)
+
+    def opener():
+        barrier.wait()
+        try:
+            stores.append(_open(users_url))
+        except Exception as exc:  # noqa: BLE001 (collected and shown by the assertion)
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=opener) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for store in stores:
+        store.close()
+    assert not errors and len(stores) == 8, errors
+
+
 WRITER = """
 import sys, numpy as np
 from micro.reward.users import UserStore
