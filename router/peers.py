@@ -157,7 +157,7 @@ def _adam_lore(x: torch.Tensor, g: torch.Tensor, basis: torch.Tensor, logits: to
 
 def lore_gradients(x: torch.Tensor, member: torch.Tensor, basis: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of the mean BT loss of margins_i = (x_i @ basis) . softmax(logits)[group of i] with respect
-    to basis [q, r] and logits [G, r] (`member` [n, G] one-hot groups), by hand: about 3x faster than autograd,
+    to basis [q, r] and logits [G, r] (`member` [n, G] one-hot groups), by hand: about 3x faster per step than autograd,
     whose backward multiplies by x [n, q] in its slow transposed layout (a test checks them against autograd)."""
     w = torch.softmax(logits, -1)  # [G, r]
     z = x @ basis.T.contiguous().T  # [n, r]; this layout of the skinny factor takes BLAS's fast path (2x)
