@@ -488,6 +488,33 @@ def check_cache(f: h5py.File, path: Any, meta: Mapping[str, Any], pairs: Mapping
                              f"{' (or -1)' if low < 0 else ''} ({len(bad)} such pairs); {fix}")
 
 
+def _split_difference(f: h5py.File, path: Any, split: str, sel: dict[str, np.ndarray], context_in_sequence: bool) -> np.ndarray:
+    """[n, d] float32 chosen - rejected embeddings of the selected pairs, from the (context + prompt, response)
+    table with `context_in_sequence`; a missing table, a pair without a context there, or a NaN/inf row is
+    refused (CacheError naming the rows)."""
+    if context_in_sequence:
+        if "context_sequences" not in f:
+            raise CacheError(
+                f"cache {path} has no (context + prompt, response) embeddings; rebuild it with `micro embed --context-in-sequence`."
+            )
+        if (sel["chosen_context"] < 0).any():
+            missing = int((sel["chosen_context"] < 0).sum())
+            raise CacheError(
+                f"{missing} of {len(sel['chosen_context'])} pairs in split {split!r} of cache {path} have no context, so no "
+                "context-in-sequence embedding: give every pair a context, or drop --context-in-sequence."
+            )
+        name, chosen, rejected = "context_sequences/embedding", sel["chosen_context"], sel["rejected_context"]
+    else:
+        name, chosen, rejected = "sequences/embedding", sel["chosen"], sel["rejected"]
+    emb = _dataset(f, name)
+    diff = _pair_difference(emb, chosen, rejected)
+    if not np.isfinite(diff).all():  # name the rows of the table that hold the NaN/inf
+        bad = ~np.isfinite(diff).all(axis=1)
+        suspects = np.unique(np.concatenate([chosen[bad], rejected[bad]]))
+        _check_finite(path, name, _float32(emb[suspects]), suspects)
+    return diff
+
+
 def load_split(
     path: str | os.PathLike,
     split: str,
@@ -522,28 +549,7 @@ def load_split(
             keep &= np.isin(pairs["attribute"], ids)
         rows = np.flatnonzero(keep)
         sel = {name: arr[rows] for name, arr in pairs.items()}
-        if context_in_sequence:
-            if "context_sequences" not in f:
-                raise CacheError(
-                    f"cache {path} has no (context + prompt, response) embeddings; rebuild it with `micro embed --context-in-sequence`."
-                )
-            if (sel["chosen_context"] < 0).any():
-                missing = int((sel["chosen_context"] < 0).sum())
-                raise CacheError(
-                    f"{missing} of {len(rows)} pairs in split {split!r} of cache {path} have no context, so no "
-                    "context-in-sequence embedding: give every pair a context, or drop --context-in-sequence."
-                )
-            name = "context_sequences/embedding"
-            chosen, rejected = sel["chosen_context"], sel["rejected_context"]
-        else:
-            name = "sequences/embedding"
-            chosen, rejected = sel["chosen"], sel["rejected"]
-        emb = _dataset(f, name)
-        diff = _pair_difference(emb, chosen, rejected)
-        if not np.isfinite(diff).all():  # name the rows of the table that hold the NaN/inf
-            bad = ~np.isfinite(diff).all(axis=1)
-            suspects = np.unique(np.concatenate([chosen[bad], rejected[bad]]))
-            _check_finite(path, name, _float32(emb[suspects]), suspects)
+        diff = _split_difference(f, path, split, sel, context_in_sequence)
         tables = {} if tables is None else tables
         if "prompts" not in tables:
             tables["prompts"] = _table(f, path, "prompts/embedding")
